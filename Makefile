@@ -1,0 +1,47 @@
+# Two set-up commands: `make demo` (the main job) and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+TORCH_PINS := torch==2.14.1 torchvision==0.29.1
+DATA ?= data/synthetic
+RUNS ?= runs
+
+.PHONY: install test test-all lint format demo data bench clean
+
+# Idempotent: a stamp file records that the install matches pyproject.toml.
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q $(TORCH_PINS)
+	$(PIP) install -q -e '.[dev]' $(TORCH_PINS)
+	$(PIP) install -q --no-deps SoccerNet
+	touch $@
+
+test: install
+	$(PY) -m pytest -q
+
+test-all: install
+	$(PY) -m pytest -q -m "not bench"
+
+lint: install
+	$(VENV)/bin/ruff check mvcli tests
+	$(VENV)/bin/ruff format --check mvcli tests
+
+format: install
+	$(VENV)/bin/ruff format mvcli tests
+	$(VENV)/bin/ruff check --fix mvcli tests
+
+data: install
+	test -f $(DATA)/Test/annotations.json || $(PY) -m mvcli.data.synthetic --root $(DATA)
+
+demo: install data
+	$(PY) -m mvcli.demo --data_root $(DATA) --runs $(RUNS)
+
+bench: install
+	$(PY) -m pytest -q -m bench tests/benchmarks -s
+
+clean:
+	rm -rf $(RUNS) .pytest_cache .ruff_cache

@@ -1,0 +1,3 @@
+from mvcli.cli import run
+
+run()

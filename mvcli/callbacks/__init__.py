@@ -1,0 +1,3 @@
+from mvcli.callbacks.prediction_writer import SubmissionWriter
+
+__all__ = ["SubmissionWriter"]

@@ -1,0 +1,136 @@
+"""Streams predictions to disk per batch and assembles the official submission file."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.callbacks import BasePredictionWriter
+from lightning.pytorch.utilities import rank_zero_info
+
+from mvcli.data.taxonomy import HEADS, submission_entry
+
+
+class SubmissionWriter(BasePredictionWriter):
+    """Writes ``predictions.json`` in the SoccerNet-MVFoul submission format.
+
+    ``Actions`` holds exactly what the official evaluator reads; ``details`` adds, per
+    action, the probabilities of every class, the top-2 of each head and the views used;
+    ``failed`` lists actions with no readable view (left out of ``Actions``, so the
+    evaluator counts them as missed). Each rank streams its rows to a part file per batch;
+    the parts are merged at the end, so memory does not grow with the number of actions.
+
+    Args:
+        output_path: file to write; default ``<log_dir>/predictions.json``.
+        overwrite: replace an existing file instead of stopping before predicting.
+    """
+
+    def __init__(self, output_path: Path | None = None, overwrite: bool = False) -> None:
+        super().__init__(write_interval="batch")
+        self.output_path = Path(output_path) if output_path is not None else None
+        self.overwrite = overwrite
+        self._part: Path | None = None
+        self._ckpt: str | None = None
+
+    def resolve_path(self, trainer: Trainer) -> Path:
+        if self.output_path is not None:
+            return self.output_path
+        return Path(trainer.log_dir or trainer.default_root_dir) / "predictions.json"
+
+    def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        path = self.resolve_path(trainer)
+        if path.exists() and not self.overwrite:
+            raise FileExistsError(
+                f"{path} exists; pass --prediction_writer.overwrite true or another "
+                "--prediction_writer.output_path"
+            )
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._part = path.with_name(f"{path.name}.part{trainer.global_rank}")
+        self._part.write_text("")
+        self._ckpt = trainer.ckpt_path
+
+    def write_on_batch_end(
+        self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0
+    ) -> None:
+        with self._part.open("a") as handle:
+            for row in _rows(prediction):
+                handle.write(json.dumps(row) + "\n")
+
+    def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        trainer.strategy.barrier()
+        if trainer.is_global_zero:
+            path = self.resolve_path(trainer)
+            parts = [path.with_name(f"{path.name}.part{r}") for r in range(trainer.world_size)]
+            written = _assemble(parts, path, self._ckpt)
+            for part in parts:
+                part.unlink(missing_ok=True)
+            rank_zero_info(f"predictions for {written} actions written to {path}")
+            if written == 0:
+                raise RuntimeError(
+                    f"nothing could be predicted: every action lacked a readable view (see "
+                    f"'failed' in {path})"
+                )
+        trainer.strategy.barrier()
+
+
+def _rows(prediction: dict) -> list[dict]:
+    rows = []
+    probs = prediction.get("probabilities", {})
+    for i, action_id in enumerate(prediction["action_id"]):
+        per_head = {h: probs[h][i] for h in HEADS}
+        classes = {h: int(p.argmax()) for h, p in per_head.items()}
+        rows.append(
+            {
+                "action_id": action_id,
+                "entry": submission_entry(classes["offence_severity"], classes["action"]),
+                "details": {
+                    **{h: _head_detail(h, p) for h, p in per_head.items()},
+                    "views": prediction["views"][i],
+                    "skipped_views": prediction["skipped_views"][i],
+                },
+            }
+        )
+    for failed in prediction["failed"]:
+        rows.append({"action_id": failed["action_id"], "failed": failed["skipped_views"]})
+    return rows
+
+
+def _head_detail(head: str, probs: torch.Tensor) -> dict:
+    names = HEADS[head]
+    top = probs.topk(2)
+    return {
+        "probabilities": {n: round(float(p), 6) for n, p in zip(names, probs, strict=True)},
+        "top2": [
+            {"class": names[int(i)], "confidence": round(float(v), 6)}
+            for v, i in zip(top.values, top.indices, strict=True)
+        ],
+    }
+
+
+def _assemble(parts: list[Path], path: Path, ckpt: str | None) -> int:
+    actions, details, failed = {}, {}, {}
+    for part in parts:
+        if not part.exists():
+            continue
+        with part.open() as handle:
+            for line in handle:
+                row = json.loads(line)
+                if "failed" in row:
+                    failed[row["action_id"]] = row["failed"]
+                else:
+                    actions[row["action_id"]] = row["entry"]
+                    details[row["action_id"]] = row["details"]
+    order = sorted(actions, key=lambda a: (0, int(a)) if a.isdigit() else (1, a))
+    payload = {
+        "Actions": {a: actions[a] for a in order},
+        "checkpoint": ckpt,
+        "details": {a: details[a] for a in order},
+        "failed": failed,
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2) + "\n")
+    os.replace(tmp, path)
+    return len(actions)

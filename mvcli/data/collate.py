@@ -1,0 +1,44 @@
+"""Pads a list of samples with different view counts into one batch dict with a view mask."""
+
+from __future__ import annotations
+
+import torch
+
+LABEL_KEYS = ("offence_severity", "action")
+
+
+def collate_views(samples: list[dict]) -> dict:
+    """Batch samples; actions without any readable view go to ``failed`` instead.
+
+    Returns:
+        ``video`` uint8 (B, V, C, T, H, W) zero-padded to the largest view count, ``view_mask``
+        bool (B, V), labels (B,) when present, ``action_id``, ``views``, ``skipped_views``,
+        ``failed`` (list of dicts naming the dropped actions and why).
+    """
+    ok = [s for s in samples if s["video"] is not None]
+    failed = [
+        {"action_id": s["action_id"], "skipped_views": s["skipped_views"]}
+        for s in samples
+        if s["video"] is None
+    ]
+    batch: dict = {"failed": failed}
+    batch["action_id"] = [s["action_id"] for s in ok]
+    batch["views"] = [s["views"] for s in ok]
+    batch["skipped_views"] = [s["skipped_views"] for s in ok]
+    if not ok:
+        batch["video"] = None
+        return batch
+    max_views = max(s["video"].shape[0] for s in ok)
+    first = ok[0]["video"]
+    video = torch.zeros((len(ok), max_views, *first.shape[1:]), dtype=first.dtype)
+    mask = torch.zeros((len(ok), max_views), dtype=torch.bool)
+    for i, sample in enumerate(ok):
+        v = sample["video"].shape[0]
+        video[i, :v] = sample["video"]
+        mask[i, :v] = True
+    batch["video"] = video
+    batch["view_mask"] = mask
+    for key in LABEL_KEYS:
+        if all(key in s for s in ok):
+            batch[key] = torch.tensor([s[key] for s in ok], dtype=torch.long)
+    return batch

@@ -1,0 +1,179 @@
+"""MVFoulDataModule: its typed ``__init__`` is the ``data:`` section of the CLI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from lightning.pytorch import LightningDataModule
+from lightning.pytorch.utilities import rank_zero_info
+import torch
+from torch.utils.data import DataLoader
+
+from mvcli.data.annotations import SPLITS, ActionRecord, discover_actions, read_split
+from mvcli.data.collate import collate_views
+from mvcli.data.dataset import ClipSpec, MultiViewDataset
+from mvcli.data.taxonomy import NUM_CLASSES
+
+KINETICS_MEAN = (0.43216, 0.394666, 0.37645)
+KINETICS_STD = (0.22803, 0.22145, 0.216989)
+Split = Literal["Train", "Valid", "Test", "Chall"]
+
+
+class MVFoulDataModule(LightningDataModule):
+    """SoccerNet-MVFoul data: ``<root>/<Split>/annotations.json`` + ``action_<id>/clip_<k>.*``.
+
+    Args:
+        root: dataset folder holding ``Train``, ``Valid``, ``Test`` (and ``Chall``).
+        predict_root: what ``predict`` reads: a split (with or without annotations.json), a
+            folder of ``action_*`` folders, or one action's folder of views. Defaults to
+            ``<root>/<predict_split>``.
+        predict_split: split of ``root`` used by ``predict`` when ``predict_root`` is unset.
+        frames_per_clip: frames decoded from each view.
+        center_frame: frame the window is centred on, counted at ``source_fps`` (the foul is
+            near frame 75 in MVFoul).
+        source_fps: frame rate on which ``center_frame`` is counted (25 in MVFoul).
+        target_fps: rate the window is sampled at; lower values cover a longer moment with
+            the same number of frames. Files of any frame rate are resampled to it.
+        img_height: frame height after resizing.
+        img_width: frame width after resizing.
+        mean: per-channel normalisation mean (RGB, [0, 1] units), applied on the device.
+        std: per-channel normalisation std (RGB, [0, 1] units), applied on the device.
+        num_views: views drawn at random per action in training (fewer when an action has
+            fewer). Evaluation and prediction use every view of an action.
+        min_frames: a view decoding to fewer frames than this counts as damaged.
+        batch_size: actions per training batch.
+        eval_batch_size: actions per evaluation/prediction batch (default: ``batch_size``).
+        num_workers: data loading processes (0 decodes in the main process).
+        pin_memory: page-locked host memory, for faster copies to a GPU.
+    """
+
+    def __init__(
+        self,
+        root: Path | None = None,
+        predict_root: Path | None = None,
+        predict_split: Split = "Test",
+        frames_per_clip: int = 16,
+        center_frame: int = 75,
+        source_fps: float = 25.0,
+        target_fps: float = 25.0,
+        img_height: int = 224,
+        img_width: int = 398,
+        mean: tuple[float, float, float] = KINETICS_MEAN,
+        std: tuple[float, float, float] = KINETICS_STD,
+        num_views: int = 2,
+        min_frames: int = 4,
+        batch_size: int = 8,
+        eval_batch_size: int | None = None,
+        num_workers: int = 4,
+        pin_memory: bool = True,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        _check_positive(frames_per_clip=frames_per_clip, img_height=img_height,
+                        img_width=img_width, num_views=num_views, batch_size=batch_size,
+                        target_fps=target_fps, source_fps=source_fps)
+        self.root = Path(root) if root is not None else None
+        self.predict_root = Path(predict_root) if predict_root is not None else None
+        self.spec = ClipSpec(
+            num_frames=frames_per_clip,
+            center_frame=center_frame,
+            source_fps=source_fps,
+            target_fps=target_fps,
+            height=img_height,
+            width=img_width,
+            min_frames=min_frames,
+        )
+        self._records: dict[str, list[ActionRecord]] = {}
+        self.datasets: dict[str, MultiViewDataset] = {}
+
+    @property
+    def num_classes(self) -> dict[str, int]:
+        """Classes per head, linked to the model."""
+        return dict(NUM_CLASSES)
+
+    # -- reading -----------------------------------------------------------------------------
+    def split_dir(self, split: str) -> Path:
+        if self.root is None:
+            raise ValueError("data.root is not set: point it at the dataset folder")
+        path = self.root / split
+        if not (path / "annotations.json").is_file():
+            raise FileNotFoundError(
+                f"{path / 'annotations.json'} not found: data.root must hold "
+                f"{'/'.join(SPLITS)} folders with annotations.json (make a synthetic set with "
+                "`python -m mvcli.data.synthetic --root DIR`)"
+            )
+        return path
+
+    def records(self, split: str) -> list[ActionRecord]:
+        """Labelled actions of a split, read once; skipped actions reported once by reason."""
+        if split not in self._records:
+            records, report = read_split(self.split_dir(split), require_labels=True)
+            rank_zero_info(report.summary())
+            if not records:
+                raise ValueError(f"{report.source}: no usable action (see the report above)")
+            self._records[split] = records
+        return self._records[split]
+
+    def predict_records(self) -> list[ActionRecord]:
+        root = self.predict_root or self.split_dir(self.hparams.predict_split)
+        records, report = discover_actions(root)
+        rank_zero_info(report.summary())
+        if not records:
+            raise ValueError(f"nothing to predict in {root}: no action with a video file found")
+        return records
+
+    def setup(self, stage: str) -> None:
+        if stage == "fit":
+            self.datasets["train"] = self._dataset(self.records("Train"), self.hparams.num_views)
+            self.datasets["val"] = self._dataset(self.records("Valid"))
+        elif stage == "validate":
+            self.datasets["val"] = self._dataset(self.records("Valid"))
+        elif stage == "test":
+            self.datasets["test"] = self._dataset(self.records("Test"))
+        elif stage == "predict":
+            self.datasets["predict"] = self._dataset(self.predict_records())
+
+    def _dataset(self, records: list[ActionRecord], num_views: int | None = None):
+        return MultiViewDataset(records, self.spec, num_views=num_views)
+
+    # -- loaders -----------------------------------------------------------------------------
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.datasets["train"], self.hparams.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.datasets["val"], self._eval_batch_size)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.datasets["test"], self._eval_batch_size)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(self.datasets["predict"], self._eval_batch_size)
+
+    @property
+    def _eval_batch_size(self) -> int:
+        return self.hparams.eval_batch_size or self.hparams.batch_size
+
+    def _loader(self, dataset: MultiViewDataset, batch_size: int, shuffle: bool = False):
+        workers = self.hparams.num_workers
+        extra = {"persistent_workers": True, "prefetch_factor": 2} if workers > 0 else {}
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            num_workers=workers,
+            collate_fn=collate_views,
+            pin_memory=self.hparams.pin_memory and _has_accelerator(),
+            **extra,
+        )
+
+
+def _has_accelerator() -> bool:
+    return torch.cuda.is_available()
+
+
+def _check_positive(**values: float) -> None:
+    for name, value in values.items():
+        if value <= 0:
+            raise ValueError(f"data.{name} must be > 0, got {value}")
+

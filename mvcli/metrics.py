@@ -1,0 +1,52 @@
+"""Metrics of the MVFoul leaderboard, as torchmetrics so they sync across processes."""
+
+from __future__ import annotations
+
+import torch
+from torchmetrics import Metric, MetricCollection
+from torchmetrics.classification import MulticlassAccuracy
+
+
+class BalancedAccuracy(Metric):
+    """Mean per-class recall over the classes present in the ground truth.
+
+    The official evaluator divides by per-class support and returns NaN when a class is absent
+    from the ground truth; absent classes are left out of the mean here instead, so a small
+    split (the real sample has only two severity classes) still scores.
+    """
+
+    full_state_update = False
+    higher_is_better = True
+
+    def __init__(self, num_classes: int, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.num_classes = num_classes
+        self.add_state("correct", torch.zeros(num_classes, dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("support", torch.zeros(num_classes, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
+        if preds.ndim == target.ndim + 1:
+            preds = preds.argmax(dim=-1)
+        self.support += torch.bincount(target, minlength=self.num_classes)
+        self.correct += torch.bincount(target[preds == target], minlength=self.num_classes)
+
+    def compute(self) -> torch.Tensor:
+        present = self.support > 0
+        if not present.any():
+            return torch.tensor(float("nan"))
+        return (self.correct[present].float() / self.support[present]).mean()
+
+
+def head_metrics(num_classes: int) -> MetricCollection:
+    """Accuracy and balanced accuracy for one head."""
+    return MetricCollection(
+        {
+            "acc": MulticlassAccuracy(num_classes, average="micro"),
+            "bacc": BalancedAccuracy(num_classes),
+        }
+    )
+
+
+def leaderboard(values: dict[str, torch.Tensor], heads: list[str], prefix: str) -> torch.Tensor:
+    """The challenge's ranking value: mean of the heads' balanced accuracies."""
+    return torch.stack([values[f"{prefix}/bacc_{h}"] for h in heads]).mean()

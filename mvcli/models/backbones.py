@@ -1,0 +1,263 @@
+"""Backbones by name: torchvision video models (or a small CPU one) as feature extractors.
+
+Each builder returns a :class:`Backbone`: a module mapping (N, C, T, H, W) float clips to
+(N, F) features, its feature size, its natural stages (stem first, deepest last; used by
+freezing) and the input sizes it accepts, checked before any training starts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import nn
+from torchvision.models import video as tvv
+from torchvision.models.video import mvit as tv_mvit
+
+BackboneName = Literal[
+    "tiny", "r3d_18", "mc3_18", "r2plus1d_18", "s3d", "mvit_v1_b", "mvit_v2_s", "swin3d_t", "swin3d_s"
+]
+BACKBONES: tuple[str, ...] = BackboneName.__args__
+
+
+@dataclass
+class InputConstraints:
+    """Input sizes a backbone accepts: minimums, divisors, or one fixed size."""
+
+    min_frames: int = 1
+    min_size: int = 16
+    frame_multiple: int = 1
+    size_multiple: int = 1
+    fixed: tuple[int, int, int] | None = None  # (T, H, W) the model was built for
+
+    def check(self, name: str, frames: int, height: int, width: int) -> None:
+        problems = []
+        if self.fixed is not None and (frames, height, width) != self.fixed:
+            problems.append(f"needs exactly {self.fixed[0]} frames of {self.fixed[1]}x{self.fixed[2]}")
+        if frames < self.min_frames:
+            problems.append(f"needs at least {self.min_frames} frames")
+        if min(height, width) < self.min_size:
+            problems.append(f"needs height and width >= {self.min_size}")
+        if frames % self.frame_multiple:
+            problems.append(f"needs a frame count divisible by {self.frame_multiple}")
+        if height % self.size_multiple or width % self.size_multiple:
+            problems.append(f"needs height and width divisible by {self.size_multiple}")
+        if problems:
+            raise ValueError(
+                f"backbone {name!r} cannot take clips of {frames} frames at {height}x{width}: "
+                + "; ".join(problems)
+                + " (set data.frames_per_clip / data.img_height / data.img_width accordingly)"
+            )
+
+
+@dataclass
+class Backbone:
+    name: str
+    module: nn.Module
+    feature_dim: int
+    stages: list[nn.Module] = field(default_factory=list)
+    constraints: InputConstraints = field(default_factory=InputConstraints)
+
+
+class TinyVideoNet(nn.Module):
+    """A ~60k-parameter 3D CNN: fast enough to train on two CPU cores (tests and the demo)."""
+
+    def __init__(self, width: int = 16) -> None:
+        super().__init__()
+
+        def block(cin: int, cout: int, kernel, stride) -> nn.Sequential:
+            pad = tuple(k // 2 for k in kernel)
+            return nn.Sequential(
+                nn.Conv3d(cin, cout, kernel, stride, pad, bias=False),
+                nn.BatchNorm3d(cout),
+                nn.ReLU(inplace=True),
+            )
+
+        self.stem = block(3, width, (3, 5, 5), (1, 2, 2))
+        self.layer1 = block(width, width * 2, (3, 3, 3), (2, 2, 2))
+        self.layer2 = block(width * 2, width * 4, (3, 3, 3), (2, 2, 2))
+        self.pool = nn.AdaptiveAvgPool3d(1)
+        self.out_dim = width * 4
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.layer2(self.layer1(self.stem(x)))).flatten(1)
+
+
+class _FeaturesThenPool(nn.Module):
+    """S3D without its fixed-size classifier pooling, so any input large enough works."""
+
+    def __init__(self, features: nn.Module) -> None:
+        super().__init__()
+        self.features = features
+        self.pool = nn.AdaptiveAvgPool3d(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.features(x)).flatten(1)
+
+
+def _tiny(frames: int, height: int, width: int) -> Backbone:
+    net = TinyVideoNet()
+    return Backbone("tiny", net, net.out_dim, [net.stem, net.layer1, net.layer2], InputConstraints(1, 8))
+
+
+def _video_resnet(name: str) -> Callable[[int, int, int], Backbone]:
+    def build(frames: int, height: int, width: int) -> Backbone:
+        net = getattr(tvv, name)()
+        net.fc = nn.Identity()
+        stages = [net.stem, net.layer1, net.layer2, net.layer3, net.layer4]
+        return Backbone(name, net, 512, stages, InputConstraints(min_frames=1, min_size=16))
+
+    return build
+
+
+def _s3d(frames: int, height: int, width: int) -> Backbone:
+    f = tvv.s3d().features
+    stages = [f[0:2], f[2:5], f[5:8], f[8:14], f[14:16]]
+    # Strided stem and max-pools need at least 8 frames and 32 px to leave a non-empty map.
+    return Backbone("s3d", _FeaturesThenPool(f), 1024, stages, InputConstraints(8, 32, 1, 1))
+
+
+def _mvit(name: str) -> Callable[[int, int, int], Backbone]:
+    def build(frames: int, height: int, width: int) -> Backbone:
+        # Positional embeddings are sized at construction: build for the configured input,
+        # once it is known to fit (too small a clip fails inside torchvision's constructor).
+        constraints = InputConstraints(2, 32, 2, 32, (frames, height, width))
+        constraints.check(name, frames, height, width)
+        # torchvision's mvit_* builders hard-code 16x224x224 (passing spatial_size or
+        # temporal_size raises TypeError), so override the size where they hand it on.
+        build_mvit = tv_mvit._mvit
+        size = {"spatial_size": (height, width), "temporal_size": frames}
+
+        def sized(**kwargs):
+            return build_mvit(**(kwargs | size))
+
+        tv_mvit._mvit = sized
+        try:
+            net = getattr(tvv, name)()
+        finally:
+            tv_mvit._mvit = build_mvit
+        net.head = nn.Identity()
+        blocks = net.blocks
+        stages = [
+            nn.ModuleList([net.conv_proj, net.pos_encoding]),
+            blocks[0:1],
+            blocks[1:3],
+            blocks[3:14],
+            nn.ModuleList([*blocks[14:], net.norm]),
+        ]
+        return Backbone(name, net, 768, stages, constraints)
+
+    return build
+
+
+def _swin3d(name: str) -> Callable[[int, int, int], Backbone]:
+    def build(frames: int, height: int, width: int) -> Backbone:
+        net = getattr(tvv, name)()
+        net.head = nn.Identity()
+        f = net.features
+        stages = [net.patch_embed, f[0], f[1:3], f[3:5], nn.ModuleList([*f[5:], net.norm])]
+        return Backbone(name, net, 768, stages, InputConstraints(2, 32, 1, 1))
+
+    return build
+
+
+_BUILDERS: dict[str, Callable[[int, int, int], Backbone]] = {
+    "tiny": _tiny,
+    "r3d_18": _video_resnet("r3d_18"),
+    "mc3_18": _video_resnet("mc3_18"),
+    "r2plus1d_18": _video_resnet("r2plus1d_18"),
+    "s3d": _s3d,
+    "mvit_v1_b": _mvit("mvit_v1_b"),
+    "mvit_v2_s": _mvit("mvit_v2_s"),
+    "swin3d_t": _swin3d("swin3d_t"),
+    "swin3d_s": _swin3d("swin3d_s"),
+}
+_WEIGHTS = {
+    "r3d_18": "R3D_18_Weights",
+    "mc3_18": "MC3_18_Weights",
+    "r2plus1d_18": "R2Plus1D_18_Weights",
+    "s3d": "S3D_Weights",
+    "mvit_v1_b": "MViT_V1_B_Weights",
+    "mvit_v2_s": "MViT_V2_S_Weights",
+    "swin3d_t": "Swin3D_T_Weights",
+    "swin3d_s": "Swin3D_S_Weights",
+}
+
+
+def build_backbone(
+    name: str, frames: int, height: int, width: int, pretrained: str | None = None
+) -> Backbone:
+    """Build ``name`` for clips of ``frames`` x ``height`` x ``width``, checking they fit.
+
+    Args:
+        name: one of :data:`BACKBONES`.
+        frames: frames per clip.
+        height: clip height in pixels.
+        width: clip width in pixels.
+        pretrained: None (random init), ``"torchvision"`` (torchvision's default weights,
+            read from the torch hub cache, never downloaded) or a path to a weights file.
+    """
+    if name not in _BUILDERS:
+        raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
+    backbone = _BUILDERS[name](frames, height, width)
+    backbone.constraints.check(name, frames, height, width)
+    if pretrained is not None:
+        if name.startswith("mvit") and (frames, height, width) != (16, 224, 224):
+            raise ValueError(
+                f"pretrained {name} has positional embeddings for 16 frames of 224x224, "
+                f"not {frames}x{height}x{width}: set data.frames_per_clip=16, "
+                "data.img_height=224, data.img_width=224"
+            )
+        load_weights(backbone, _weights_file(name, pretrained))
+    return backbone
+
+
+def _weights_file(name: str, pretrained: str) -> Path:
+    if pretrained != "torchvision":
+        path = Path(pretrained).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"pretrained weights file {path} not found (model.pretrained)")
+        return path
+    if name not in _WEIGHTS:
+        raise ValueError(f"backbone {name!r} has no torchvision weights; use a weights file path")
+    url = getattr(tvv, _WEIGHTS[name]).DEFAULT.url
+    path = Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"torchvision weights for {name} are not in the torch hub cache: expected {path}. "
+            f"This tool never downloads; fetch {url} on a connected machine and copy it there "
+            "(or set TORCH_HOME), or pass model.pretrained=/path/to/weights.pth"
+        )
+    return path
+
+
+def load_weights(backbone: Backbone, path: Path) -> None:
+    """Load a state dict into the backbone, ignoring classifier heads; fail on anything else."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    own = backbone.module.state_dict()
+    state = {k.removeprefix("backbone.module."): v for k, v in state.items()}
+    state = {k: v for k, v in state.items() if k in own or not _is_head(k)}
+    # Same names, other shapes (r3d_18 weights into mc3_18): load_state_dict would raise a
+    # RuntimeError that never names the file.
+    resized = sorted(k for k, v in state.items() if k in own and v.shape != own[k].shape)
+    if resized:
+        raise ValueError(
+            f"weights file {path} does not fit backbone {backbone.name!r}: other shapes for "
+            f"{resized[:5]}{'...' if len(resized) > 5 else ''}"
+        )
+    missing, unexpected = backbone.module.load_state_dict(state, strict=False)
+    if unexpected or missing:
+        raise ValueError(
+            f"weights file {path} does not fit backbone {backbone.name!r}: "
+            f"missing {sorted(missing)[:5]}{'...' if len(missing) > 5 else ''}, "
+            f"unexpected {sorted(unexpected)[:5]}{'...' if len(unexpected) > 5 else ''}"
+        )
+
+
+def _is_head(key: str) -> bool:
+    return key.split(".")[0] in ("fc", "head", "classifier")

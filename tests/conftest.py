@@ -1,0 +1,57 @@
+"""Shared fixtures: one tiny synthetic dataset per session and the real sample folder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from mvcli.data.synthetic import write_synthetic_dataset
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs"
+# Clip geometry of the tiny dataset and of every CLI run in the tests.
+TINY = {"num_frames": 24, "event_frame": 12, "height": 32, "width": 56}
+
+
+def sample_dir() -> Path | None:
+    """The real five-action sample: ``../shared/data/mvfoul-sample`` or $MVCLI_SAMPLE_DIR."""
+    candidates = [os.environ.get("MVCLI_SAMPLE_DIR"), REPO.parent / "shared/data/mvfoul-sample"]
+    for candidate in candidates:
+        if candidate and (Path(candidate) / "Test/annotations.json").is_file():
+            return Path(candidate)
+    return None
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory) -> Path:
+    """Tiny synthetic set: every class present in each split, plus the skip-rule quirks."""
+    root = tmp_path_factory.mktemp("synthetic")
+    write_synthetic_dataset(root, train=16, valid=12, test=16, chall=4, quirks=True, seed=1, **TINY)
+    return root
+
+
+@pytest.fixture(scope="session")
+def sample_root() -> Path:
+    root = sample_dir()
+    if root is None:
+        pytest.skip("real sample ../shared/data/mvfoul-sample not available")
+    return root
+
+
+def tiny_args(root: Path, runs: Path, *extra: str) -> list[str]:
+    """CLI arguments that make any config run in seconds on the tiny set."""
+    return [
+        "--data.root", str(root),
+        "--data.frames_per_clip", "8",
+        "--data.center_frame", str(TINY["event_frame"]),
+        "--data.img_height", str(TINY["height"]),
+        "--data.img_width", str(TINY["width"]),
+        "--data.num_workers", "0",
+        "--data.batch_size", "4",
+        "--trainer.logger.init_args.save_dir", str(runs),
+        "--trainer.default_root_dir", str(runs),
+        "--trainer.enable_model_summary", "false",
+        *extra,
+    ]  # fmt: skip
