@@ -7,7 +7,7 @@ TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 DATA ?= data/synthetic
 RUNS ?= runs
 
-.PHONY: install test test-all lint format demo data bench clean
+.PHONY: install test test-all lint format demo demo-shuffled data bench clean
 
 # Idempotent: a stamp file records that the install matches pyproject.toml.
 install: $(VENV)/.installed
@@ -39,6 +39,9 @@ data: install
 
 demo: install data
 	$(PY) -m mvcli.demo --data_root $(DATA) --runs $(RUNS)
+
+demo-shuffled: install data
+	$(PY) -m mvcli.demo --data_root $(DATA) --runs $(RUNS) --shuffle_labels true
 
 bench: install
 	$(PY) -m pytest -q -m bench tests/benchmarks -s

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
+from lightning.pytorch.callbacks import (
+    LearningRateMonitor,
+    ModelCheckpoint,
+    ProgressBar,
+    RichProgressBar,
+)
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 
@@ -57,6 +62,20 @@ class MVCLI(LightningCLI):
             "data.num_classes", "model.num_classes", apply_on="instantiate"
         )
 
+    def instantiate_trainer(self, **kwargs: Any):
+        # Callbacks every run needs, unless the config turns off what they depend on; fresh
+        # instances per run since callbacks hold state.
+        config = self._get(self.config_init, "trainer", default={})
+        callbacks = list(config.get("callbacks") or [])
+        extra = []
+        if config.get("logger") not in (False, None):
+            extra.append(LearningRateMonitor())
+        has_bar = any(isinstance(c, ProgressBar) for c in callbacks)
+        if config.get("enable_progress_bar") is not False and not has_bar:
+            extra.append(RichProgressBar())
+        kwargs["callbacks"] = [*callbacks, *extra]
+        return super().instantiate_trainer(**kwargs)
+
     def after_fit(self) -> None:
         ckpt = self.trainer.checkpoint_callback
         rank_zero_info(f"logs: {self.trainer.log_dir}")
@@ -73,11 +92,7 @@ def main(args: list[str] | None = None, run: bool = True) -> MVCLI:
         args=args,
         run=run,
         seed_everything_default=42,
-        # Callbacks every run needs; fresh instances per call since callbacks hold state.
-        trainer_defaults={
-            "logger": LOGGER_DEFAULT,
-            "callbacks": [LearningRateMonitor(), RichProgressBar()],
-        },
+        trainer_defaults={"logger": LOGGER_DEFAULT},
         save_config_kwargs={"overwrite": True},
         auto_configure_optimizers=False,
         subclass_mode_model=False,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,10 @@ import yaml
 
 from mvcli import __version__
 from mvcli.cli import main
+from mvcli.data.annotations import read_split
+from mvcli.scoring import score
 from tests.conftest import CONFIGS, tiny_args
+from tests.evaluator import official_evaluate
 
 BASE_CONFIGS = {"demo.yaml", "mvfoul.yaml"}  # full recipes; every other file is an overlay
 
@@ -102,36 +106,108 @@ def test_print_config_reproduces_the_run(tmp_path, synthetic_root, capsys):
     assert cli.trainer.state.finished
 
 
-def test_fit_validate_test_predict_round_trip(tmp_path, synthetic_root):
-    common = [*_config_stack("demo.yaml"), *tiny_args(synthetic_root, tmp_path)]
+@pytest.fixture(scope="module")
+def trained(synthetic_root, tmp_path_factory):
+    """One short training run shared by the tests below: (common args, best checkpoint)."""
+    runs = tmp_path_factory.mktemp("runs")
+    common = [*_config_stack("demo.yaml"), *tiny_args(synthetic_root, runs)]
     fit = main(["fit", *common, "--trainer.max_epochs", "2"])
+    return common, fit
+
+
+def test_fit_saves_config_and_checkpoints(trained):
+    _, fit = trained
     fit_dir = _log_dir(fit)
     assert (fit_dir / "config.yaml").is_file()
+    saved = yaml.safe_load((fit_dir / "config.yaml").read_text())
+    assert saved["model"]["backbone"] == "tiny" and saved["data"]["frames_per_clip"] == 8
     ckpts = sorted(p.name for p in (fit_dir / "checkpoints").iterdir())
     assert "last.ckpt" in ckpts
-    assert any(n.startswith("epoch001-leaderboard") or n.startswith("epoch000-leaderboard")
-               for n in ckpts)
-    best = fit.trainer.checkpoint_callback.best_model_path
-    assert Path(best).is_file()
+    best = Path(fit.trainer.checkpoint_callback.best_model_path)
+    assert best.name in ckpts
+    score = fit.trainer.checkpoint_callback.best_model_score
+    assert best.name.startswith("epoch00") and f"leaderboard{float(score):.4f}" in best.name
 
+
+@pytest.mark.parametrize(("stage", "prefix"), [("validate", "val"), ("test", "test")])
+def test_validate_and_test_write_metrics(trained, stage, prefix):
+    common, fit = trained
+    cli = main([stage, *common, "--ckpt_path", fit.trainer.checkpoint_callback.best_model_path])
+    metrics = json.loads((_log_dir(cli) / f"{stage}_metrics.json").read_text())
     names = ["acc_offence_severity", "bacc_offence_severity", "acc_action", "bacc_action",
              "leaderboard", "loss"]
-    for stage, prefix in (("validate", "val"), ("test", "test")):
-        cli = main([stage, *common, "--ckpt_path", best])
-        metrics = json.loads((_log_dir(cli) / f"{stage}_metrics.json").read_text())
-        for name in names:
-            assert 0.0 <= metrics[f"{prefix}/{name}"] < float("inf"), name
-        board = (metrics[f"{prefix}/bacc_offence_severity"] + metrics[f"{prefix}/bacc_action"]) / 2
-        assert metrics[f"{prefix}/leaderboard"] == pytest.approx(board)
+    for name in names:
+        assert 0.0 <= metrics[f"{prefix}/{name}"] < float("inf"), name
+    board = (metrics[f"{prefix}/bacc_offence_severity"] + metrics[f"{prefix}/bacc_action"]) / 2
+    assert metrics[f"{prefix}/leaderboard"] == pytest.approx(board)
 
+
+def test_predict_writes_submission(trained, tmp_path):
+    common, fit = trained
+    best = fit.trainer.checkpoint_callback.best_model_path
     out = tmp_path / "preds" / "predictions.json"
     cli = main(["predict", *common, "--ckpt_path", best, "--data.predict_split", "Chall",
                 "--prediction_writer.output_path", str(out)])
     preds = json.loads(out.read_text())
     assert len(preds["Actions"]) == 4
-    for entry in preds["Actions"].values():
+    for action_id, entry in preds["Actions"].items():
         assert set(entry) == {"Action class", "Offence", "Severity"}
+        detail = preds["details"][action_id]
+        probs = detail["action"]["probabilities"]
+        assert sum(probs.values()) == pytest.approx(1.0, abs=1e-4)
+        assert detail["action"]["top2"][0]["class"] == entry["Action class"]
     assert preds["checkpoint"] == best
     assert cli.config_init.predict.return_predictions is False
+    assert not list(out.parent.glob("*.part*"))
     with pytest.raises(FileExistsError, match="overwrite"):
         main(["predict", *common, "--ckpt_path", best, "--prediction_writer.output_path", str(out)])
+
+
+def test_test_metrics_equal_official_evaluator(trained, synthetic_root, tmp_path):
+    """Metric parity on a split where every class of both heads is present."""
+    common, fit = trained
+    split = tmp_path / "Test"
+    shutil.copytree(synthetic_root / "Test", split)
+    annotations = json.loads((split / "annotations.json").read_text())
+    for entry in annotations["Actions"].values():
+        # The evaluator expects severity "1.0" for any offending dive: keep dives out of that.
+        if entry.get("Action class") == "Dive" and entry.get("Severity") in ("3.0", "5.0"):
+            entry["Severity"] = "1.0"
+    (split / "annotations.json").write_text(json.dumps(annotations))
+    records, _ = read_split(split)
+    assert {r.labels.offence_severity for r in records} == set(range(4))
+    assert {r.labels.action for r in records} == set(range(8))
+
+    args = [*common, "--data.root", str(tmp_path), "--ckpt_path",
+            fit.trainer.checkpoint_callback.best_model_path]
+    tested = main(["test", *args])
+    ours = json.loads((_log_dir(tested) / "test_metrics.json").read_text())
+    out = tmp_path / "predictions.json"
+    main(["predict", *args, "--prediction_writer.output_path", str(out)])
+    official = official_evaluate(split / "annotations.json", out)
+    pairs = {
+        "acc_offence_severity": "accuracy_offence_severity",
+        "acc_action": "accuracy_action",
+        "bacc_offence_severity": "balanced_accuracy_offence_severity",
+        "bacc_action": "balanced_accuracy_action",
+        "leaderboard": "leaderboard_value",
+    }
+    for mine, theirs in pairs.items():
+        assert 100 * ours[f"test/{mine}"] == pytest.approx(official[theirs], abs=1e-4), mine
+
+
+def test_predict_on_real_sample_scores_with_official_evaluator(trained, sample_root, tmp_path):
+    common, fit = trained
+    out = tmp_path / "sample.json"
+    main(["predict", *common, "--ckpt_path", fit.trainer.checkpoint_callback.best_model_path,
+          "--data.predict_root", str(sample_root / "Test"), "--data.center_frame", "75",
+          "--prediction_writer.output_path", str(out)])
+    preds = json.loads(out.read_text())
+    assert sorted(preds["Actions"]) == ["0", "1", "2", "3", "4"]
+    assert preds["details"]["4"]["views"] == ["clip_0.mp4", "clip_1.mp4", "clip_3.mp4"]
+    official = official_evaluate(sample_root / "Test/annotations.json", out)
+    assert 0 <= official["accuracy_action"] <= 100  # counted all five, no crash
+    ours = score(out, sample_root / "Test/annotations.json")
+    assert ours["counted"] == 5 and ours["missing"] == 0
+    assert ours["accuracy_action"] == pytest.approx(official["accuracy_action"])
+    assert 0 <= ours["leaderboard_value"] <= 100  # absent classes: no NaN

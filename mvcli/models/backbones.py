@@ -236,11 +236,18 @@ def _weights_file(name: str, pretrained: str) -> Path:
 
 def load_weights(backbone: Backbone, path: Path) -> None:
     """Load a state dict into the backbone, ignoring classifier heads; fail on anything else."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # pickle, zip and torch errors alike: name the file
+        raise ValueError(f"weights file {path} is not a readable torch file: {err}") from None
     if isinstance(state, dict) and "state_dict" in state:
-        state = state["state_dict"]
+        state = state["state_dict"]  # a Lightning checkpoint (ours included) or a wrapper
+    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
+        raise ValueError(f"weights file {path} holds no state dict (name -> tensor)")
+    if any(k.startswith("network.backbone.") for k in state):  # an mvcli checkpoint
+        state = {k: v for k, v in state.items() if k.startswith("network.backbone.")}
     own = backbone.module.state_dict()
-    state = {k.removeprefix("backbone.module."): v for k, v in state.items()}
+    state = {_strip_prefix(k): v for k, v in state.items()}
     state = {k: v for k, v in state.items() if k in own or not _is_head(k)}
     # Same names, other shapes (r3d_18 weights into mc3_18): load_state_dict would raise a
     # RuntimeError that never names the file.
@@ -257,6 +264,14 @@ def load_weights(backbone: Backbone, path: Path) -> None:
             f"missing {sorted(missing)[:5]}{'...' if len(missing) > 5 else ''}, "
             f"unexpected {sorted(unexpected)[:5]}{'...' if len(unexpected) > 5 else ''}"
         )
+
+
+def _strip_prefix(key: str) -> str:
+    # Our own checkpoints nest the backbone under network.backbone.
+    for prefix in ("network.backbone.", "backbone.module.", "module."):
+        if key.startswith(prefix):
+            return key[len(prefix):]
+    return key
 
 
 def _is_head(key: str) -> bool:

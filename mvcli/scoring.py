@@ -1,0 +1,71 @@
+"""Score a predictions file against an annotations file, as the official evaluator does.
+
+Counting follows ``SoccerNet.Evaluation.MV_FoulRecognition.evaluate`` exactly (same skip
+rules via the taxonomy, same string comparisons of the submission fields). One deliberate
+difference: a class absent from the ground truth is left out of the balanced accuracy
+instead of turning it into NaN, so small or one-sided splits still score.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from mvcli.data.annotations import load_annotations
+from mvcli.data.taxonomy import NUM_CLASSES, SkipAction, labels_from_annotation, submission_entry
+
+
+def score(predictions_file: Path, annotations_file: Path) -> dict[str, float]:
+    """Official numbers in percent: accuracy and balanced accuracy per head, leaderboard.
+
+    Also returns ``missing`` (labelled actions absent from the predictions) and ``counted``.
+    """
+    truth = load_annotations(Path(annotations_file))
+    predicted = json.loads(Path(predictions_file).read_text()).get("Actions", {})
+    support = {h: np.zeros(n) for h, n in NUM_CLASSES.items()}
+    correct = {h: np.zeros(n) for h, n in NUM_CLASSES.items()}
+    missing = 0
+    for action_id, entry in truth.items():
+        try:
+            labels = labels_from_annotation(entry)
+        except SkipAction:
+            continue
+        support["offence_severity"][labels.offence_severity] += 1
+        support["action"][labels.action] += 1
+        guess = predicted.get(action_id)
+        if guess is None:
+            missing += 1
+            continue
+        # The evaluator compares the raw ground-truth Offence string and a normalised severity.
+        expected = _expected_severity(entry, labels.offence_severity)
+        if entry.get("Offence") == guess.get("Offence") and expected == guess.get("Severity"):
+            correct["offence_severity"][labels.offence_severity] += 1
+        if entry.get("Action class") == guess.get("Action class"):
+            correct["action"][labels.action] += 1
+    return _summary(support, correct, missing)
+
+
+def _expected_severity(entry: dict, offence_severity: int) -> str:
+    if offence_severity == 0:
+        return ""
+    if entry.get("Action class") == "Dive":
+        return "1.0"
+    return submission_entry(offence_severity, 0)["Severity"]
+
+
+def _summary(support: dict, correct: dict, missing: int) -> dict[str, float]:
+    result: dict[str, float] = {}
+    for head in NUM_CLASSES:
+        present = support[head] > 0
+        total = support[head].sum()
+        result[f"accuracy_{head}"] = 100 * correct[head].sum() / total if total else float("nan")
+        recall = correct[head][present] / support[head][present]
+        result[f"balanced_accuracy_{head}"] = 100 * recall.mean() if present.any() else float("nan")
+    result["leaderboard_value"] = (
+        result["balanced_accuracy_offence_severity"] + result["balanced_accuracy_action"]
+    ) / 2
+    result["counted"] = float(support["action"].sum())
+    result["missing"] = float(missing)
+    return result
