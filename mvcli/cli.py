@@ -17,6 +17,7 @@ from mvcli import __version__
 from mvcli.callbacks.prediction_writer import SubmissionWriter
 from mvcli.data.datamodule import MVFoulDataModule
 from mvcli.module import MVFoulModule
+from mvcli.trainer import EXTRA_SUBCOMMANDS, MVTrainer
 
 LOGGER_DEFAULT = {
     "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
@@ -32,7 +33,11 @@ CHECKPOINT_DEFAULTS = {
 
 
 class MVCLI(LightningCLI):
-    """``mvcli fit|validate|test|predict``; every knob comes from a typed ``__init__``."""
+    """``mvcli fit|validate|test|predict`` and our own subcommands (``mvcli.trainer``)."""
+
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        return {**LightningCLI.subcommands(), **EXTRA_SUBCOMMANDS}
 
     def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
         kwargs.setdefault("default_env", True)
@@ -58,9 +63,7 @@ class MVCLI(LightningCLI):
         parser.link_arguments("data.img_width", "model.img_width")
         parser.link_arguments("data.mean", "model.mean")
         parser.link_arguments("data.std", "model.std")
-        parser.link_arguments(
-            "data.num_classes", "model.num_classes", apply_on="instantiate"
-        )
+        parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
 
     def instantiate_trainer(self, **kwargs: Any):
         # Callbacks every run needs, unless the config turns off what they depend on; fresh
@@ -89,6 +92,7 @@ def main(args: list[str] | None = None, run: bool = True) -> MVCLI:
     return MVCLI(
         MVFoulModule,
         MVFoulDataModule,
+        trainer_class=MVTrainer,
         args=args,
         run=run,
         seed_everything_default=42,

@@ -47,23 +47,54 @@ def run_demo(
         write_synthetic_dataset(data_root, shuffle_labels=shuffle_labels)
     common = ["--config", str(config), "--data.root", str(data_root)]
     extra = ["--trainer.max_epochs", str(max_epochs)] if max_epochs else []
-    fit = main(["fit", *common, *extra, "--trainer.logger.init_args.save_dir", str(runs),
-                "--trainer.logger.init_args.name", name])
+    fit = main(
+        [
+            "fit",
+            *common,
+            *extra,
+            "--trainer.logger.init_args.save_dir",
+            str(runs),
+            "--trainer.logger.init_args.name",
+            name,
+        ]
+    )
     log_dir = Path(fit.trainer.log_dir)
     best = fit.trainer.checkpoint_callback.best_model_path
     # Test and predict write into the training run's folder.
-    after = [*common, "--ckpt_path", best, "--trainer.logger", "false",
-             "--trainer.default_root_dir", str(log_dir)]
+    after = [
+        *common,
+        "--ckpt_path",
+        best,
+        "--trainer.logger",
+        "false",
+        "--trainer.default_root_dir",
+        str(log_dir),
+    ]
     main(["test", *after])
     predictions = log_dir / "predictions.json"
-    main(["predict", *after, "--data.predict_split", "Test",
-          "--prediction_writer.output_path", str(predictions),
-          "--prediction_writer.overwrite", "true"])
+    main(
+        [
+            "predict",
+            *after,
+            "--data.predict_split",
+            "Test",
+            "--prediction_writer.output_path",
+            str(predictions),
+            "--prediction_writer.overwrite",
+            "true",
+        ]
+    )
     metrics = json.loads((log_dir / "test_metrics.json").read_text())
     official = score(predictions, data_root / "Test" / "annotations.json")
     minutes = (time.perf_counter() - start) / 60
-    summary = {"minutes": round(minutes, 2), "test": metrics, "official": official,
-               "log_dir": str(log_dir), "checkpoint": best, "predictions": str(predictions)}
+    summary = {
+        "minutes": round(minutes, 2),
+        "test": metrics,
+        "official": official,
+        "log_dir": str(log_dir),
+        "checkpoint": best,
+        "predictions": str(predictions),
+    }
     (log_dir / "demo_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     _print_summary(summary, data_root)
     return summary

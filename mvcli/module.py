@@ -190,4 +190,3 @@ class MVFoulModule(LightningModule):
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             config["monitor"] = "val/leaderboard"
         return {"optimizer": optimizer, "lr_scheduler": config}
-

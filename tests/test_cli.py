@@ -58,8 +58,17 @@ def test_configs_stack(tmp_path, synthetic_root):
 
 
 def test_links_carry_data_values_to_the_model(tmp_path, synthetic_root):
-    cli = main([*_config_stack("demo.yaml"), *tiny_args(synthetic_root, tmp_path),
-                "--data.frames_per_clip", "6", "--data.mean", "[0.5,0.5,0.5]"], run=False)
+    cli = main(
+        [
+            *_config_stack("demo.yaml"),
+            *tiny_args(synthetic_root, tmp_path),
+            "--data.frames_per_clip",
+            "6",
+            "--data.mean",
+            "[0.5,0.5,0.5]",
+        ],
+        run=False,
+    )
     hparams = cli.model.hparams
     assert hparams.num_frames == 6
     assert (hparams.img_height, hparams.img_width) == (32, 56)
@@ -85,8 +94,14 @@ def test_backbone_size_error_before_training(tmp_path, synthetic_root):
 
 
 def test_print_config_reproduces_the_run(tmp_path, synthetic_root, capsys):
-    args = [*_config_stack("demo.yaml"), *tiny_args(synthetic_root, tmp_path),
-            "--model.pooling", "attention", "--data.num_views", "3"]
+    args = [
+        *_config_stack("demo.yaml"),
+        *tiny_args(synthetic_root, tmp_path),
+        "--model.pooling",
+        "attention",
+        "--data.num_views",
+        "3",
+    ]
 
     def printed(*argv: str) -> str:
         with pytest.raises(SystemExit):
@@ -134,8 +149,14 @@ def test_validate_and_test_write_metrics(trained, stage, prefix):
     common, fit = trained
     cli = main([stage, *common, "--ckpt_path", fit.trainer.checkpoint_callback.best_model_path])
     metrics = json.loads((_log_dir(cli) / f"{stage}_metrics.json").read_text())
-    names = ["acc_offence_severity", "bacc_offence_severity", "acc_action", "bacc_action",
-             "leaderboard", "loss"]
+    names = [
+        "acc_offence_severity",
+        "bacc_offence_severity",
+        "acc_action",
+        "bacc_action",
+        "leaderboard",
+        "loss",
+    ]
     for name in names:
         assert 0.0 <= metrics[f"{prefix}/{name}"] < float("inf"), name
     board = (metrics[f"{prefix}/bacc_offence_severity"] + metrics[f"{prefix}/bacc_action"]) / 2
@@ -146,8 +167,18 @@ def test_predict_writes_submission(trained, tmp_path):
     common, fit = trained
     best = fit.trainer.checkpoint_callback.best_model_path
     out = tmp_path / "preds" / "predictions.json"
-    cli = main(["predict", *common, "--ckpt_path", best, "--data.predict_split", "Chall",
-                "--prediction_writer.output_path", str(out)])
+    cli = main(
+        [
+            "predict",
+            *common,
+            "--ckpt_path",
+            best,
+            "--data.predict_split",
+            "Chall",
+            "--prediction_writer.output_path",
+            str(out),
+        ]
+    )
     preds = json.loads(out.read_text())
     assert len(preds["Actions"]) == 4
     for action_id, entry in preds["Actions"].items():
@@ -178,8 +209,13 @@ def test_test_metrics_equal_official_evaluator(trained, synthetic_root, tmp_path
     assert {r.labels.offence_severity for r in records} == set(range(4))
     assert {r.labels.action for r in records} == set(range(8))
 
-    args = [*common, "--data.root", str(tmp_path), "--ckpt_path",
-            fit.trainer.checkpoint_callback.best_model_path]
+    args = [
+        *common,
+        "--data.root",
+        str(tmp_path),
+        "--ckpt_path",
+        fit.trainer.checkpoint_callback.best_model_path,
+    ]
     tested = main(["test", *args])
     ours = json.loads((_log_dir(tested) / "test_metrics.json").read_text())
     out = tmp_path / "predictions.json"
@@ -199,9 +235,20 @@ def test_test_metrics_equal_official_evaluator(trained, synthetic_root, tmp_path
 def test_predict_on_real_sample_scores_with_official_evaluator(trained, sample_root, tmp_path):
     common, fit = trained
     out = tmp_path / "sample.json"
-    main(["predict", *common, "--ckpt_path", fit.trainer.checkpoint_callback.best_model_path,
-          "--data.predict_root", str(sample_root / "Test"), "--data.center_frame", "75",
-          "--prediction_writer.output_path", str(out)])
+    main(
+        [
+            "predict",
+            *common,
+            "--ckpt_path",
+            fit.trainer.checkpoint_callback.best_model_path,
+            "--data.predict_root",
+            str(sample_root / "Test"),
+            "--data.center_frame",
+            "75",
+            "--prediction_writer.output_path",
+            str(out),
+        ]
+    )
     preds = json.loads(out.read_text())
     assert sorted(preds["Actions"]) == ["0", "1", "2", "3", "4"]
     assert preds["details"]["4"]["views"] == ["clip_0.mp4", "clip_1.mp4", "clip_3.mp4"]

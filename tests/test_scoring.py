@@ -12,8 +12,13 @@ from mvcli.data.taxonomy import submission_entry
 from mvcli.scoring import score
 from tests.evaluator import official_evaluate
 
-KEYS = ["accuracy_offence_severity", "accuracy_action", "balanced_accuracy_offence_severity",
-        "balanced_accuracy_action", "leaderboard_value"]
+KEYS = [
+    "accuracy_offence_severity",
+    "accuracy_action",
+    "balanced_accuracy_offence_severity",
+    "balanced_accuracy_action",
+    "leaderboard_value",
+]
 
 
 def _write(tmp_path, truth: dict, preds: dict):

@@ -61,7 +61,9 @@ class SkipReport:
             return head
         lines = [f"{head}; skipped {self.skipped}:"]
         for reason, count in self.reasons.most_common():
-            lines.append(f"  {count:5d}  {reason}  (e.g. action {', '.join(self.examples[reason])})")
+            lines.append(
+                f"  {count:5d}  {reason}  (e.g. action {', '.join(self.examples[reason])})"
+            )
         return "\n".join(lines)
 
 
@@ -69,7 +71,9 @@ def find_views(action_dir: Path) -> tuple[Path, ...]:
     """Video files of one action, clip_<k> files in index order first, then others by name."""
     if not action_dir.is_dir():
         return ()
-    files = [p for p in action_dir.iterdir() if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS]
+    files = [
+        p for p in action_dir.iterdir() if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS
+    ]
 
     def order(path: Path) -> tuple[int, int, str]:
         match = _CLIP_INDEX.match(path.stem)
@@ -88,14 +92,18 @@ def load_annotations(path: Path) -> dict[str, dict]:
         raise AnnotationError(f"{path}: not valid JSON ({err})") from None
     actions = data.get("Actions") if isinstance(data, dict) else None
     if not isinstance(actions, dict):
-        raise AnnotationError(f"{path}: expected an object with an 'Actions' mapping of id -> action")
+        raise AnnotationError(
+            f"{path}: expected an object with an 'Actions' mapping of id -> action"
+        )
     for action_id, entry in actions.items():
         if not isinstance(entry, dict):
             raise AnnotationError(f"{path}: Actions[{action_id!r}] should be an object")
     return actions
 
 
-def read_split(split_dir: Path, *, require_labels: bool = True) -> tuple[list[ActionRecord], SkipReport]:
+def read_split(
+    split_dir: Path, *, require_labels: bool = True
+) -> tuple[list[ActionRecord], SkipReport]:
     """Read ``<split_dir>/annotations.json`` and the views on disk of each listed action.
 
     Args:

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
+import torch
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_info
-import torch
 from torch.utils.data import DataLoader
 
 from mvcli.data.annotations import SPLITS, ActionRecord, discover_actions, read_split
@@ -70,9 +70,15 @@ class MVFoulDataModule(LightningDataModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        _check_positive(frames_per_clip=frames_per_clip, img_height=img_height,
-                        img_width=img_width, num_views=num_views, batch_size=batch_size,
-                        target_fps=target_fps, source_fps=source_fps)
+        _check_positive(
+            frames_per_clip=frames_per_clip,
+            img_height=img_height,
+            img_width=img_width,
+            num_views=num_views,
+            batch_size=batch_size,
+            target_fps=target_fps,
+            source_fps=source_fps,
+        )
         self.root = Path(root) if root is not None else None
         self.predict_root = Path(predict_root) if predict_root is not None else None
         self.spec = ClipSpec(
@@ -176,4 +182,3 @@ def _check_positive(**values: float) -> None:
     for name, value in values.items():
         if value <= 0:
             raise ValueError(f"data.{name} must be > 0, got {value}")
-

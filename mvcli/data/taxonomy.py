@@ -105,4 +105,3 @@ def submission_entry(offence_severity: int, action: int) -> dict[str, str]:
     """The official submission fields for predicted class indices."""
     offence, severity = _SUBMISSION_OFFENCE_SEVERITY[offence_severity]
     return {"Action class": ACTION_CLASSES[action], "Offence": offence, "Severity": severity}
-

@@ -18,7 +18,15 @@ from torchvision.models import video as tvv
 from torchvision.models.video import mvit as tv_mvit
 
 BackboneName = Literal[
-    "tiny", "r3d_18", "mc3_18", "r2plus1d_18", "s3d", "mvit_v1_b", "mvit_v2_s", "swin3d_t", "swin3d_s"
+    "tiny",
+    "r3d_18",
+    "mc3_18",
+    "r2plus1d_18",
+    "s3d",
+    "mvit_v1_b",
+    "mvit_v2_s",
+    "swin3d_t",
+    "swin3d_s",
 ]
 BACKBONES: tuple[str, ...] = BackboneName.__args__
 
@@ -36,7 +44,9 @@ class InputConstraints:
     def check(self, name: str, frames: int, height: int, width: int) -> None:
         problems = []
         if self.fixed is not None and (frames, height, width) != self.fixed:
-            problems.append(f"needs exactly {self.fixed[0]} frames of {self.fixed[1]}x{self.fixed[2]}")
+            problems.append(
+                f"needs exactly {self.fixed[0]} frames of {self.fixed[1]}x{self.fixed[2]}"
+            )
         if frames < self.min_frames:
             problems.append(f"needs at least {self.min_frames} frames")
         if min(height, width) < self.min_size:
@@ -63,9 +73,14 @@ class Backbone:
 
 
 class TinyVideoNet(nn.Module):
-    """A ~60k-parameter 3D CNN: fast enough to train on two CPU cores (tests and the demo)."""
+    """A ~160k-parameter 3D CNN: fast enough to train on two CPU cores (tests and the demo).
 
-    def __init__(self, width: int = 16) -> None:
+    Global max pooling, not average: a small moving object would be diluted by the background
+    in a spatial mean (on the synthetic set, max pooling learnt the action head in 2 epochs
+    where average pooling needed 8+).
+    """
+
+    def __init__(self, width: int = 24) -> None:
         super().__init__()
 
         def block(cin: int, cout: int, kernel, stride) -> nn.Sequential:
@@ -79,7 +94,7 @@ class TinyVideoNet(nn.Module):
         self.stem = block(3, width, (3, 5, 5), (1, 2, 2))
         self.layer1 = block(width, width * 2, (3, 3, 3), (2, 2, 2))
         self.layer2 = block(width * 2, width * 4, (3, 3, 3), (2, 2, 2))
-        self.pool = nn.AdaptiveAvgPool3d(1)
+        self.pool = nn.AdaptiveMaxPool3d(1)
         self.out_dim = width * 4
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -100,7 +115,9 @@ class _FeaturesThenPool(nn.Module):
 
 def _tiny(frames: int, height: int, width: int) -> Backbone:
     net = TinyVideoNet()
-    return Backbone("tiny", net, net.out_dim, [net.stem, net.layer1, net.layer2], InputConstraints(1, 8))
+    return Backbone(
+        "tiny", net, net.out_dim, [net.stem, net.layer1, net.layer2], InputConstraints(1, 8)
+    )
 
 
 def _video_resnet(name: str) -> Callable[[int, int, int], Backbone]:
@@ -270,7 +287,7 @@ def _strip_prefix(key: str) -> str:
     # Our own checkpoints nest the backbone under network.backbone.
     for prefix in ("network.backbone.", "backbone.module.", "module."):
         if key.startswith(prefix):
-            return key[len(prefix):]
+            return key[len(prefix) :]
     return key
 
 

@@ -55,8 +55,9 @@ def test_damaged_views_are_skipped_and_reported(synthetic_root, tmp_path, caplog
     assert all(train[0]["video"].shape[0] == len(first.views) - 1 for _ in range(5))
 
     batch = collate_views([dataset[0], dataset[1], dataset[2]])
-    assert batch["failed"] == [{"action_id": second.action_id,
-                                "skipped_views": dead["skipped_views"]}]
+    assert batch["failed"] == [
+        {"action_id": second.action_id, "skipped_views": dead["skipped_views"]}
+    ]
     assert batch["action_id"] == [first.action_id, records[2].action_id]
     assert batch["offence_severity"].shape == (2,)
 
@@ -71,5 +72,5 @@ def test_collate_pads_views_with_mask(synthetic_root):
     assert batch["view_mask"].sum(1).tolist() == counts
     for i, sample in enumerate(samples):
         assert torch.equal(batch["video"][i, : counts[i]], sample["video"])
-        assert not batch["video"][i, counts[i]:].any()
+        assert not batch["video"][i, counts[i] :].any()
     assert collate_views([{**samples[0], "video": None}])["video"] is None

@@ -154,8 +154,9 @@ def test_equals_naive_on_synthetic(clips, clip, center):
 
 def test_threads_do_not_change_output(clips):
     ref = _read(clips["h264_100"], center=2.0)
-    for threads in (1, 2):
-        assert torch.equal(_read(clips["h264_100"], center=2.0, threads=threads), ref)
+    for threads, thread_type in [(1, None), (2, None), (2, "AUTO"), (0, "FRAME")]:
+        out = _read(clips["h264_100"], center=2.0, threads=threads, thread_type=thread_type)
+        assert torch.equal(out, ref)
 
 
 def test_fast_path_seeks_and_stops_early(clips, monkeypatch):
@@ -169,7 +170,7 @@ def test_fast_path_seeks_and_stops_early(clips, monkeypatch):
     monkeypatch.setattr(video, "_decode", spy)
     _read(clips["h264_100"], center=2.0)
     assert len(runs) == 1, "fell back to decoding from the start"
-    assert runs[0].seeked and runs[0].count < 40  # not the 59 frames up to the window end
+    assert runs[0].seeked and runs[0].count < 40  # not the 58 frames up to the window end
 
 
 @pytest.mark.parametrize(
@@ -221,7 +222,9 @@ def test_equals_naive_on_real_clip_edges():
             "height": 112,
             "width": 200,
         }
-        assert torch.equal(read_window(path, **kw), read_full_then_select(path, **kw))
+        ref = read_full_then_select(path, **kw)
+        assert torch.equal(read_window(path, **kw), ref)
+        assert torch.equal(read_window(path, thread_type="AUTO", **kw), ref)
 
 
 def _error(path, **kw) -> VideoDecodeError:
