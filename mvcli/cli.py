@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
 from typing import Any
 
+import torch
+from jsonargparse import CLI
 from lightning.pytorch.callbacks import (
     LearningRateMonitor,
     ModelCheckpoint,
@@ -14,21 +18,48 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 
 from mvcli import __version__
-from mvcli.callbacks.prediction_writer import SubmissionWriter
-from mvcli.data.datamodule import MVFoulDataModule
+from mvcli.callbacks.prediction_writer import NothingPredicted, SubmissionWriter
+from mvcli.data.datamodule import MVFoulDataModule, NothingToPredict
 from mvcli.module import MVFoulModule
+from mvcli.scoring import score_command
 from mvcli.trainer import EXTRA_SUBCOMMANDS, MVTrainer
 
 LOGGER_DEFAULT = {
     "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
     "init_args": {"save_dir": "runs", "name": "mvcli"},
 }
+# What a checkpoint carries into later runs: the model's own choices and the preprocessing.
+# Link targets (sizes, classes) follow from the data values; locations and loader settings
+# belong to the machine the run is on.
+_MODEL_KEYS = {
+    "backbone",
+    "pooling",
+    "head_dropout",
+    "task_weights",
+    "label_smoothing",
+    "hflip_prob",
+}
+_DATA_KEYS = {
+    "frames_per_clip",
+    "center_frame",
+    "source_fps",
+    "target_fps",
+    "img_height",
+    "img_width",
+    "mean",
+    "std",
+    "num_views",
+    "min_frames",
+}
 CHECKPOINT_DEFAULTS = {
     "checkpoint.monitor": "val/leaderboard",
     "checkpoint.mode": "max",
-    "checkpoint.save_last": True,
+    "checkpoint.save_last": False,  # see last_checkpoint
     "checkpoint.filename": "epoch{epoch:03d}-leaderboard{val/leaderboard:.4f}",
     "checkpoint.auto_insert_metric_name": False,
+    "last_checkpoint.filename": "last",
+    "last_checkpoint.monitor": None,
+    "last_checkpoint.save_top_k": 1,
 }
 
 
@@ -53,8 +84,31 @@ class MVCLI(LightningCLI):
             parser.set_defaults(return_predictions=False)
         return parser
 
+    def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
+        self._args = args  # kept to parse again over a checkpoint's settings
+        super().parse_arguments(parser, args)
+
+    def _parse_ckpt_path(self) -> None:
+        """A checkpoint's model and preprocessing settings become the defaults of the run.
+
+        So ``mvcli predict --ckpt_path best.ckpt --data.predict_root clips/`` needs no config:
+        clips are decoded as in training. Anything given explicitly (config file, option,
+        environment) still wins, since the arguments are parsed again over these defaults.
+        """
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if not ckpt_path or not Path(ckpt_path).is_file():
+            return
+        defaults = checkpoint_defaults(Path(ckpt_path))
+        if defaults:
+            self._subcommand_parsers[subcommand].set_defaults(defaults)
+            super().parse_arguments(self.parser, self._args)
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        # Since Lightning 2.6 save_last only writes when a top-k checkpoint is written, so a
+        # second checkpoint without a monitor keeps last.ckpt at the latest epoch (resume).
+        parser.add_lightning_class_args(ModelCheckpoint, "last_checkpoint")
         parser.set_defaults(CHECKPOINT_DEFAULTS)
         parser.add_lightning_class_args(SubmissionWriter, "prediction_writer")
         # What the model must agree on with the data is stated once, in the data section.
@@ -84,7 +138,17 @@ class MVCLI(LightningCLI):
         rank_zero_info(f"logs: {self.trainer.log_dir}")
         if ckpt is not None:
             rank_zero_info(f"best checkpoint: {ckpt.best_model_path} ({ckpt.best_model_score})")
-            rank_zero_info(f"last checkpoint: {ckpt.last_model_path}")
+            rank_zero_info(f"last checkpoint: {Path(ckpt.dirpath or '') / 'last.ckpt'}")
+
+
+def checkpoint_defaults(ckpt_path: Path) -> dict[str, Any]:
+    """``model.*`` and ``data.*`` values saved in a checkpoint, minus links and locations."""
+    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    model = checkpoint.get("hyper_parameters", {})
+    data = checkpoint.get("datamodule_hyper_parameters", {})
+    defaults = {f"model.{k}": v for k, v in model.items() if k in _MODEL_KEYS}
+    defaults |= {f"data.{k}": v for k, v in data.items() if k in _DATA_KEYS}
+    return defaults
 
 
 def main(args: list[str] | None = None, run: bool = True) -> MVCLI:
@@ -103,6 +167,14 @@ def main(args: list[str] | None = None, run: bool = True) -> MVCLI:
     )
 
 
-def run() -> None:
-    """Console script: like :func:`main`, without handing the CLI object to ``sys.exit``."""
-    main()
+def run(argv: list[str] | None = None) -> None:
+    """Console script: :func:`main`, plus ``mvcli score`` and clean exits on hopeless input."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["score"]:
+        CLI(score_command, args=argv[1:], prog="mvcli score")
+        return
+    try:
+        main(argv)
+    except (NothingPredicted, NothingToPredict) as err:
+        sys.stderr.write(f"mvcli: {err}\n")
+        sys.exit(1)

@@ -69,3 +69,23 @@ def _summary(support: dict, correct: dict, missing: int) -> dict[str, float]:
     result["counted"] = float(support["action"].sum())
     result["missing"] = float(missing)
     return result
+
+
+def score_command(predictions: Path, annotations: Path, output: Path | None = None) -> None:
+    """Print the official numbers for a predictions file (``mvcli score``).
+
+    Args:
+        predictions: a predictions.json in the submission format.
+        annotations: the split's annotations.json (ground truth).
+        output: also write the numbers to this JSON file.
+    """
+    result = score(predictions, annotations)
+    width = max(map(len, result))
+    for key, value in result.items():
+        print(
+            f"{key:<{width}}  {value:8.3f}"
+            if key not in ("counted", "missing")
+            else f"{key:<{width}}  {int(value):8d}"
+        )
+    if output is not None:
+        Path(output).write_text(json.dumps(result, indent=2) + "\n")

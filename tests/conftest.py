@@ -40,6 +40,17 @@ def sample_root() -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def trained(synthetic_root, tmp_path_factory):
+    """One short training run shared by many tests: (common CLI args, the fit's CLI object)."""
+    from mvcli.cli import main
+
+    runs = tmp_path_factory.mktemp("runs")
+    common = ["--config", str(CONFIGS / "demo.yaml"), *tiny_args(synthetic_root, runs)]
+    fit = main(["fit", *common, "--trainer.max_epochs", "2"])
+    return common, fit
+
+
 def tiny_args(root: Path, runs: Path, *extra: str) -> list[str]:
     """CLI arguments that make any config run in seconds on the tiny set."""
     return [

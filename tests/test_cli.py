@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from mvcli import __version__
@@ -121,15 +122,6 @@ def test_print_config_reproduces_the_run(tmp_path, synthetic_root, capsys):
     assert cli.trainer.state.finished
 
 
-@pytest.fixture(scope="module")
-def trained(synthetic_root, tmp_path_factory):
-    """One short training run shared by the tests below: (common args, best checkpoint)."""
-    runs = tmp_path_factory.mktemp("runs")
-    common = [*_config_stack("demo.yaml"), *tiny_args(synthetic_root, runs)]
-    fit = main(["fit", *common, "--trainer.max_epochs", "2"])
-    return common, fit
-
-
 def test_fit_saves_config_and_checkpoints(trained):
     _, fit = trained
     fit_dir = _log_dir(fit)
@@ -137,7 +129,9 @@ def test_fit_saves_config_and_checkpoints(trained):
     saved = yaml.safe_load((fit_dir / "config.yaml").read_text())
     assert saved["model"]["backbone"] == "tiny" and saved["data"]["frames_per_clip"] == 8
     ckpts = sorted(p.name for p in (fit_dir / "checkpoints").iterdir())
-    assert "last.ckpt" in ckpts
+    assert "last.ckpt" in ckpts and len(ckpts) == 2
+    last = torch.load(fit_dir / "checkpoints/last.ckpt", weights_only=True)
+    assert (last["epoch"], last["global_step"]) == (1, fit.trainer.global_step)  # latest epoch
     best = Path(fit.trainer.checkpoint_callback.best_model_path)
     assert best.name in ckpts
     score = fit.trainer.checkpoint_callback.best_model_score

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 from pathlib import Path
@@ -25,13 +27,17 @@ class SubmissionWriter(BasePredictionWriter):
 
     Args:
         output_path: file to write; default ``<log_dir>/predictions.json``.
-        overwrite: replace an existing file instead of stopping before predicting.
+        overwrite: replace existing output files instead of stopping before predicting.
+        csv: also write ``<output_path>.csv``, one row per action (for spreadsheets).
     """
 
-    def __init__(self, output_path: Path | None = None, overwrite: bool = False) -> None:
+    def __init__(
+        self, output_path: Path | None = None, overwrite: bool = False, csv: bool = False
+    ) -> None:
         super().__init__(write_interval="batch")
         self.output_path = Path(output_path) if output_path is not None else None
         self.overwrite = overwrite
+        self.csv = csv
         self._part: Path | None = None
         self._ckpt: str | None = None
 
@@ -42,11 +48,12 @@ class SubmissionWriter(BasePredictionWriter):
 
     def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         path = self.resolve_path(trainer)
-        if path.exists() and not self.overwrite:
-            raise FileExistsError(
-                f"{path} exists; pass --prediction_writer.overwrite true or another "
-                "--prediction_writer.output_path"
-            )
+        for target in (path, path.with_suffix(".csv")) if self.csv else (path,):
+            if target.exists() and not self.overwrite:
+                raise FileExistsError(
+                    f"{target} exists; pass --prediction_writer.overwrite true or another "
+                    "--prediction_writer.output_path"
+                )
         path.parent.mkdir(parents=True, exist_ok=True)
         self._part = path.with_name(f"{path.name}.part{trainer.global_rank}")
         self._part.write_text("")
@@ -64,14 +71,20 @@ class SubmissionWriter(BasePredictionWriter):
         if trainer.is_global_zero:
             path = self.resolve_path(trainer)
             parts = [path.with_name(f"{path.name}.part{r}") for r in range(trainer.world_size)]
-            written = _assemble(parts, path, self._ckpt)
+            payload = _assemble(parts, path, self._ckpt)
             for part in parts:
                 part.unlink(missing_ok=True)
-            rank_zero_info(f"predictions for {written} actions written to {path}")
+            if self.csv:
+                write_csv(payload, path.with_suffix(".csv"))
+            written, failed = len(payload["Actions"]), len(payload["failed"])
+            rank_zero_info(
+                f"predictions for {written} actions written to {path}"
+                + (f"; {failed} actions had no readable view (see 'failed')" if failed else "")
+            )
             if written == 0:
-                raise RuntimeError(
-                    f"nothing could be predicted: every action lacked a readable view (see "
-                    f"'failed' in {path})"
+                raise NothingPredicted(
+                    f"nothing could be predicted: no action had a readable view (see 'failed' "
+                    f"in {path})"
                 )
         trainer.strategy.barrier()
 
@@ -110,7 +123,11 @@ def _head_detail(head: str, probs: torch.Tensor) -> dict:
     }
 
 
-def _assemble(parts: list[Path], path: Path, ckpt: str | None) -> int:
+class NothingPredicted(RuntimeError):
+    """Every action of the prediction input lacked a readable view."""
+
+
+def _assemble(parts: list[Path], path: Path, ckpt: str | None) -> dict:
     actions, details, failed = {}, {}, {}
     for part in parts:
         if not part.exists():
@@ -130,7 +147,59 @@ def _assemble(parts: list[Path], path: Path, ckpt: str | None) -> int:
         "details": {a: details[a] for a in order},
         "failed": failed,
     }
+    _write_atomic(path, json.dumps(payload, indent=2) + "\n")
+    return payload
+
+
+CSV_COLUMNS = [
+    "action_id",
+    "Offence",
+    "Severity",
+    "Action class",
+    "offence_severity",
+    "offence_severity_confidence",
+    "offence_severity_second",
+    "action_confidence",
+    "action_second",
+    "views",
+    "skipped_views",
+]
+
+
+def write_csv(payload: dict, path: Path) -> None:
+    """One row per predicted action, then one per failed action (decisions left empty)."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS)
+    writer.writeheader()
+    for action_id, entry in payload["Actions"].items():
+        detail = payload["details"][action_id]
+        os_top, action_top = detail["offence_severity"]["top2"], detail["action"]["top2"]
+        writer.writerow(
+            {
+                "action_id": action_id,
+                **entry,
+                "offence_severity": os_top[0]["class"],
+                "offence_severity_confidence": os_top[0]["confidence"],
+                "offence_severity_second": os_top[1]["class"],
+                "action_confidence": action_top[0]["confidence"],
+                "action_second": action_top[1]["class"],
+                "views": " ".join(detail["views"]),
+                "skipped_views": " ".join(
+                    f"{v['view']}:{v['reason']}" for v in detail["skipped_views"]
+                ),
+            }
+        )
+    for action_id, skipped in payload["failed"].items():
+        writer.writerow(
+            {
+                "action_id": action_id,
+                "skipped_views": " ".join(f"{v['view']}:{v['reason']}" for v in skipped),
+            }
+        )
+    _write_atomic(path, buffer.getvalue())
+
+
+def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
+    tmp.write_text(text)
     os.replace(tmp, path)
-    return len(actions)

@@ -152,10 +152,12 @@ def discover_actions(root: Path) -> tuple[list[ActionRecord], SkipReport]:
         return _records_from_dirs(action_dirs, report), report
     views = find_views(root)
     report = SkipReport(source=str(root), total=1)
+    match = _ACTION_DIR.match(root.name)
+    action_id = match.group(1) if match else root.name
     if not views:
-        report.add(root.name, "no view file on disk")
+        report.add(action_id, "no view file on disk")
         return [], report
-    return [ActionRecord(root.name, views)], report
+    return [ActionRecord(action_id, views)], report
 
 
 def _records_from_dirs(dirs: Iterable[Path], report: SkipReport) -> list[ActionRecord]:

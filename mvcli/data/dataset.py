@@ -75,7 +75,8 @@ class MultiViewDataset(Dataset):
                 used.append(path.name)
             except VideoDecodeError as err:
                 skipped.append({"view": path.name, "reason": err.reason, "detail": str(err)})
-                self._warn(str(path), str(err))
+                if not getattr(err, "recorded", False):  # a cache's record: reported already
+                    self._warn(str(path), str(err))
         sample = {"action_id": record.action_id, "views": used, "skipped_views": skipped}
         if record.labels is not None:
             sample["offence_severity"] = record.labels.offence_severity

@@ -61,11 +61,13 @@ class VideoDecodeError(Exception):
         path: the file.
         reason: one of ``missing``, ``empty``, ``no_video_stream``, ``undecodable``,
             ``too_few_frames``.
+        detail: what the decoder said, if anything.
     """
 
     def __init__(self, path: str | os.PathLike, reason: str, detail: str = "") -> None:
         self.path = str(path)
         self.reason = reason
+        self.detail = detail
         message = f"{self.path}: {_REASON_TEXT.get(reason, reason)}"
         super().__init__(f"{message} ({detail})" if detail else message)
         self._args = (self.path, reason, detail)

@@ -1,0 +1,102 @@
+"""Class-balanced and progressive training samplers.
+
+Each epoch draws ``num_samples`` indices with replacement from per-sample probabilities:
+
+- natural: p_i = 1/N (what a plain shuffle gives in expectation);
+- balanced: p_i = 1 / (G * n_{g(i)}), every present group (class of a head, or pair of
+  classes for ``joint``) drawn equally often in expectation;
+- progressive: p_i(e) = (1 - a(e)) / N + a(e) * balanced_i with a(e) = min(1, e / E): the
+  expected label distribution moves in a straight line from the natural one at epoch 0 to the
+  balanced one at epoch E = ``progressive_epochs``, then stays balanced.
+
+The draw is a function of (seed, epoch) only, so every process of a distributed run draws the
+same list; Lightning wraps the sampler in a ``DistributedSamplerWrapper`` that gives each
+process a disjoint shard of it and forwards ``set_epoch`` (called by the fit loop every
+epoch) to this sampler.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+from torch.utils.data import Sampler
+
+SamplerName = Literal[
+    "natural", "balanced_offence_severity", "balanced_action", "balanced_joint", "progressive"
+]
+BalanceTarget = Literal["offence_severity", "action", "joint"]
+SAMPLERS: tuple[str, ...] = SamplerName.__args__
+
+
+def group_ids(labels: dict[str, Sequence[int]], target: BalanceTarget) -> torch.Tensor:
+    """Per-sample group to balance: a head's class, or the (offence_severity, action) pair."""
+    if target == "joint":
+        os_, action = (torch.as_tensor(labels[h]) for h in ("offence_severity", "action"))
+        return os_ * (int(action.max()) + 1) + action
+    return torch.as_tensor(labels[target])
+
+
+def balanced_probabilities(groups: torch.Tensor) -> torch.Tensor:
+    """p_i = 1 / (G * n_{g(i)}) over the G groups present."""
+    _, inverse, counts = torch.unique(groups, return_inverse=True, return_counts=True)
+    return 1.0 / (len(counts) * counts[inverse].double())
+
+
+class ClassBalancedSampler(Sampler[int]):
+    """Draws training indices with replacement, balanced on a group, optionally progressively.
+
+    Args:
+        groups: per-sample group id (class, or pair of classes) to balance.
+        num_samples: indices drawn per epoch (default: the dataset size).
+        progressive_epochs: None: balanced from the first epoch; E >= 0: the weights move
+            linearly from natural (epoch 0) to balanced (epoch E and after).
+        seed: base seed; each epoch draws with seed and epoch only.
+    """
+
+    def __init__(
+        self,
+        groups: Sequence[int] | torch.Tensor,
+        num_samples: int | None = None,
+        progressive_epochs: int | None = None,
+        seed: int = 0,
+    ) -> None:
+        self.groups = torch.as_tensor(groups, dtype=torch.long)
+        if self.groups.ndim != 1 or len(self.groups) == 0:
+            raise ValueError("the sampler needs at least one labelled sample")
+        if progressive_epochs is not None and progressive_epochs < 0:
+            raise ValueError(f"progressive_epochs must be >= 0, got {progressive_epochs}")
+        self.num_samples = len(self.groups) if num_samples is None else int(num_samples)
+        self.progressive_epochs = progressive_epochs
+        self.seed = int(seed)
+        self.epoch = 0
+        self._natural = torch.full((len(self.groups),), 1.0 / len(self.groups), dtype=torch.double)
+        self._balanced = balanced_probabilities(self.groups)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def balance(self, epoch: int | None = None) -> float:
+        """a(e): 0 = natural, 1 = balanced."""
+        epoch = self.epoch if epoch is None else epoch
+        if not self.progressive_epochs:  # None (balanced throughout) or 0
+            return 1.0
+        return min(1.0, max(0, epoch) / self.progressive_epochs)
+
+    def probabilities(self, epoch: int | None = None) -> torch.Tensor:
+        a = self.balance(epoch)
+        return (1.0 - a) * self._natural + a * self._balanced
+
+    def expected_group_distribution(self, epoch: int | None = None) -> dict[int, float]:
+        """Expected share of each group among the drawn indices at an epoch."""
+        p = self.probabilities(epoch)
+        return {int(g): float(p[self.groups == g].sum()) for g in torch.unique(self.groups)}
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        draw = torch.multinomial(self.probabilities(), self.num_samples, True, generator=generator)
+        return iter(draw.tolist())
+
+    def __len__(self) -> int:
+        return self.num_samples

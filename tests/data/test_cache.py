@@ -1,0 +1,363 @@
+"""ClipCache: exact hits, invalidation, damaged entries, killed and concurrent builders, CLI."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mvcli.cli import main
+from mvcli.data import cache as cache_module
+from mvcli.data.annotations import ActionRecord, read_split
+from mvcli.data.cache import ClipCache, RecordedDecodeError, entry_is_valid
+from mvcli.data.datamodule import MVFoulDataModule
+from mvcli.data.dataset import ClipSpec, MultiViewDataset, decode_view
+from mvcli.data.video import VideoDecodeError
+from tests.conftest import CONFIGS, REPO, TINY, tiny_args
+
+SPEC = ClipSpec(num_frames=8, center_frame=TINY["event_frame"], height=32, width=56)
+# A different value for every ClipSpec field (the test below fails when a field is added).
+CHANGED = {
+    "num_frames": 6,
+    "center_frame": 10,
+    "source_fps": 30.0,
+    "target_fps": 12.5,
+    "height": 16,
+    "width": 28,
+    "min_frames": 2,
+}
+
+
+class Counting:
+    """decode_view that counts its calls (the cache must not call it on a hit)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.__module__ = decode_view.__module__
+        self.__qualname__ = "decode_view"
+
+    def __call__(self, path: Path, spec: ClipSpec) -> torch.Tensor:
+        self.calls += 1
+        return decode_view(path, spec)
+
+
+@pytest.fixture
+def views(synthetic_root, tmp_path) -> list[Path]:
+    """Private copies of a few synthetic views (tests modify them)."""
+    records, _ = read_split(synthetic_root / "Valid")
+    out = []
+    for i, view in enumerate(v for r in records[:3] for v in r.views):
+        out.append(Path(shutil.copy(view, tmp_path / f"view_{i}.mp4")))
+    return out
+
+
+def _cache(tmp_path: Path) -> tuple[ClipCache, Counting]:
+    decode = Counting()
+    return ClipCache(tmp_path / "cache", decode=decode), decode
+
+
+def test_hit_returns_exactly_the_decoded_clip_without_decoding(views, tmp_path):
+    cache, decode = _cache(tmp_path)
+    first = cache(views[0], SPEC)
+    assert decode.calls == 1
+    assert entry_is_valid(cache.entry_path(cache.key(views[0], SPEC)), (8, 32, 56, 3))
+    again = cache(views[0], SPEC)
+    assert decode.calls == 1
+    assert again.dtype == torch.uint8 and again.is_contiguous()
+    assert torch.equal(first, again) and torch.equal(again, decode_view(views[0], SPEC))
+    # Another process (a DataLoader worker) sees the same entry: nothing held in memory.
+    other, other_decode = _cache(tmp_path)
+    assert torch.equal(other(views[0], SPEC), first) and other_decode.calls == 0
+
+
+def test_every_spec_field_is_part_of_the_key(views, tmp_path):
+    assert set(CHANGED) == {f.name for f in dataclasses.fields(ClipSpec)}
+    cache, decode = _cache(tmp_path)
+    cache(views[0], SPEC)
+    keys = {cache.key(views[0], SPEC)}
+    for name, value in CHANGED.items():
+        spec = dataclasses.replace(SPEC, **{name: value})
+        before = decode.calls
+        clip = cache(views[0], spec)
+        assert decode.calls == before + 1, name  # rebuilt, not read
+        assert torch.equal(clip, decode_view(views[0], spec)), name
+        keys.add(cache.key(views[0], spec))
+    assert len(keys) == 1 + len(CHANGED)
+    # Equal values of another numeric type are the same spec.
+    assert cache.key(views[0], dataclasses.replace(SPEC, target_fps=25)) == cache.key(
+        views[0], SPEC
+    )
+
+
+def test_decoder_settings_are_part_of_the_key(views, tmp_path, monkeypatch):
+    cache, _ = _cache(tmp_path)
+    key = cache.key(views[0], SPEC)
+    monkeypatch.setattr(cache_module, "INTERPOLATION", "BILINEAR")
+    assert cache.key(views[0], SPEC) != key
+    monkeypatch.undo()
+    monkeypatch.setattr(cache_module, "CACHE_VERSION", cache_module.CACHE_VERSION + 1)
+    assert cache.key(views[0], SPEC) != key
+    assert ClipCache(tmp_path / "cache").key(views[0], SPEC) != key  # another decoder
+
+
+def test_touching_or_rewriting_the_source_rebuilds(views, tmp_path):
+    cache, decode = _cache(tmp_path)
+    cache(views[0], SPEC)
+    stat = views[0].stat()
+    os.utime(views[0], ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+    cache(views[0], SPEC)
+    assert decode.calls == 2
+    # Replaced by other content: the new content is served, never the old entry.
+    shutil.copy(views[1], views[0])
+    assert torch.equal(cache(views[0], SPEC), decode_view(views[1], SPEC))
+    assert decode.calls == 3
+    # Same content at another path: its own entry.
+    cache(views[1], SPEC)
+    assert decode.calls == 4
+
+
+@pytest.mark.parametrize("damage", ["truncate", "empty", "garbage", "wrong_shape"])
+def test_a_damaged_entry_is_rebuilt_never_read(views, tmp_path, damage):
+    cache, decode = _cache(tmp_path)
+    expected = cache(views[0], SPEC)
+    entry = cache.entry_path(cache.key(views[0], SPEC))
+    data = entry.read_bytes()
+    if damage == "truncate":
+        entry.write_bytes(data[: len(data) // 2])
+    elif damage == "empty":
+        entry.write_bytes(b"")
+    elif damage == "garbage":
+        entry.write_bytes(b"\x00" * len(data))
+    else:
+        np.save(entry, np.zeros((8, 16, 28, 3), np.uint8))
+    assert not entry_is_valid(entry, (8, 32, 56, 3))
+    assert torch.equal(cache(views[0], SPEC), expected)
+    assert decode.calls == 2
+    assert entry_is_valid(entry, (8, 32, 56, 3))
+    # A build checks entries too, and skips the valid ones.
+    entry.write_bytes(data[:100])
+    report = cache.build(views, SPEC, workers=1, progress=False)
+    assert (report.present, report.built) == (0, len(views))
+    assert torch.equal(cache(views[0], SPEC), expected)
+
+
+def test_a_killed_build_leaves_no_entry_and_is_rebuilt(views, tmp_path):
+    """Kill the builder in the middle of writing an entry: only a temporary file remains."""
+    root = tmp_path / "cache"
+    script = f"""
+        import os, numpy as np
+        from mvcli.data import cache
+        from mvcli.data.dataset import ClipSpec
+        def dying_save(f, array, **kw):
+            f.write(b"\\x93NUMPY half an entry")
+            f.flush()
+            os._exit(9)  # like SIGKILL: no cleanup runs
+        cache.np.save = dying_save
+        cache.ClipCache({str(root)!r}).build([{str(views[0])!r}], ClipSpec(**{SPEC.__dict__!r}),
+                                             workers=1, progress=False)
+    """
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], cwd=REPO)
+    assert proc.returncode == 9
+    leftovers = [p for p in root.rglob("*") if p.is_file()]
+    assert leftovers and all(p.name.endswith(".tmp") for p in leftovers)
+    cache, decode = _cache(tmp_path)
+    report = cache.build(views[:1], SPEC, workers=1, progress=False)
+    assert report.built == 1 and decode.calls == 1
+    assert torch.equal(cache(views[0], SPEC), decode_view(views[0], SPEC))
+    # Old leftovers are cleaned by later builds; fresh ones may belong to a live writer.
+    old = time.time() - 2 * cache_module._STALE_TMP_S
+    for tmp in leftovers:
+        os.utime(tmp, (old, old))
+    cache.build(views[1:2], SPEC, workers=1, progress=False)
+    assert not any(p.exists() for p in leftovers)
+
+
+def test_write_errors_leave_nothing_behind(views, tmp_path, monkeypatch):
+    cache, _ = _cache(tmp_path)
+
+    def failing_save(f, array, **kwargs):
+        f.write(b"partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(cache_module.np, "save", failing_save)
+    clip = cache(views[0], SPEC)  # training goes on, uncached
+    assert torch.equal(clip, decode_view(views[0], SPEC))
+    report = cache.build(views, SPEC, workers=2, progress=False)
+    assert "No space left" in report.error and report.built == 0
+    assert not [p for p in (tmp_path / "cache").rglob("*") if p.suffix in (".npy", ".tmp")]
+
+
+def test_concurrent_builders_in_two_processes(views, tmp_path):
+    root, go = tmp_path / "cache", tmp_path / "go"
+    script = f"""
+        import sys, time
+        from pathlib import Path
+        from mvcli.data.cache import ClipCache
+        from mvcli.data.dataset import ClipSpec
+        while not Path({str(go)!r}).exists():
+            time.sleep(0.005)
+        views = {[str(v) for v in views]!r}
+        if sys.argv[1] == "reverse":
+            views = views[::-1]
+        cache = ClipCache({str(root)!r})
+        spec = ClipSpec(**{SPEC.__dict__!r})
+        for _ in range(3):  # build, then read and rebuild entries while the other writes
+            cache.build(views, spec, workers=2, progress=False)
+            for view in views:
+                cache(view, spec)
+                cache.entry_path(cache.key(view, spec)).unlink(missing_ok=True)
+        cache.build(views, spec, workers=2, progress=False)
+    """
+    code = textwrap.dedent(script)
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code, order], cwd=REPO)
+        for order in ("forward", "reverse")
+    ]
+    time.sleep(3)  # both imported and waiting
+    go.touch()
+    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    cache, decode = _cache(tmp_path)
+    for view in views:
+        assert entry_is_valid(cache.entry_path(cache.key(view, SPEC)), (8, 32, 56, 3))
+        assert torch.equal(cache(view, SPEC), decode_view(view, SPEC))
+    assert decode.calls == 0
+    assert not list(root.rglob("*.tmp"))
+
+
+def test_damaged_view_is_recorded_once_and_still_counted(views, tmp_path, caplog):
+    views[1].write_bytes(b"not a video at all")
+    cache, decode = _cache(tmp_path)
+    with pytest.raises(VideoDecodeError) as first:
+        cache(views[1], SPEC)
+    assert not isinstance(first.value, RecordedDecodeError)
+    with pytest.raises(RecordedDecodeError) as again:
+        cache(views[1], SPEC)
+    assert decode.calls == 1
+    assert (again.value.reason, str(again.value)) == (first.value.reason, str(first.value))
+    marker = json.loads(cache.failure_path(cache.key(views[1], SPEC)).read_text())
+    assert marker["reason"] == first.value.reason
+
+    # A build lists it (from the record, without decoding) in the index file.
+    report = cache.build(views, SPEC, workers=2, progress=False)
+    assert decode.calls == len(views)  # the damaged one was decoded once, by the first call
+    assert [d["path"] for d in report.damaged] == [str(views[1])]
+    index = json.loads(report.index.read_text())
+    assert index["damaged"][0]["reason"] == first.value.reason
+    assert "damaged views skipped: 1 " in report.summary()
+
+    # Each epoch still counts it in skipped_views, without warning again.
+    action = ActionRecord(action_id="7", views=(views[0], views[1]), labels=None)
+    caplog.set_level(logging.WARNING)
+    for _ in range(2):  # two epochs (fresh datasets, as in non-persistent workers)
+        sample = MultiViewDataset([action], SPEC, decode=cache)[0]
+        assert sample["views"] == [views[0].name]
+        assert [s["view"] for s in sample["skipped_views"]] == [views[1].name]
+    assert str(views[1]) not in caplog.text
+
+
+def test_missing_view_is_not_recorded(views, tmp_path):
+    cache, decode = _cache(tmp_path)
+    missing = tmp_path / "gone.mp4"
+    with pytest.raises(VideoDecodeError, match="not found") as err:
+        cache(missing, SPEC)
+    assert err.value.reason == "missing" and decode.calls == 0
+    report = cache.build([missing, views[0]], SPEC, workers=1, progress=False)
+    assert report.built == 1 and report.damaged[0]["reason"] == "missing"
+    assert not list((tmp_path / "cache").rglob("*.fail.json"))
+
+
+def test_parallel_build_equals_serial_decoding(views, tmp_path):
+    cache, decode = _cache(tmp_path)
+    report = cache.build(views + views[:1], SPEC, workers=3, progress=False)
+    assert (report.views, report.built, report.present) == (len(views), len(views), 0)
+    assert report.bytes == sum(cache.entry_path(cache.key(v, SPEC)).stat().st_size for v in views)
+    again = cache.build(views, SPEC, workers=3, progress=False)
+    assert (again.built, again.present) == (0, len(views))
+    assert decode.calls == len(views)
+    for view in views:
+        assert torch.equal(cache(view, SPEC), decode_view(view, SPEC))
+
+
+def test_real_sample_clips_are_cached_exactly(sample_root, tmp_path):
+    spec = ClipSpec(num_frames=16, center_frame=75, height=112, width=200)
+    views = sorted((sample_root / "Test").glob("action_*/clip_*.mp4"))[:3]
+    cache = ClipCache(tmp_path)
+    cache.build(views, spec, workers=2, progress=False)
+    for view in views:
+        assert torch.equal(cache(view, spec), decode_view(view, spec))
+
+
+# -- the data module and the CLI -------------------------------------------------------------
+def _npy(root: Path) -> list[Path]:
+    return sorted(root.rglob("*.npy"))
+
+
+def test_fit_with_cache_builds_then_trains(synthetic_root, tmp_path):
+    cache_dir = tmp_path / "cache"
+    args = ["--config", str(CONFIGS / "demo.yaml"), *tiny_args(synthetic_root, tmp_path)]
+    limits = ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2"]
+    cli = main(["fit", *args, *limits, "--data.cache_dir", str(cache_dir)])
+    assert cli.trainer.state.finished
+    assert isinstance(cli.datamodule.datasets["train"].decode, ClipCache)
+    indexes = sorted(p.name.split("-")[0] for p in (cache_dir / "index").iterdir())
+    assert indexes == ["Train", "Valid"]  # what fit reads, built in prepare_data
+    train_views = {v for r in cli.datamodule.records("Train") for v in r.views}
+    valid_views = {v for r in cli.datamodule.records("Valid") for v in r.views}
+    assert len(_npy(cache_dir)) == len(train_views | valid_views)
+
+
+def test_fast_dev_run_caches_only_what_it_reads(synthetic_root, tmp_path):
+    cache_dir = tmp_path / "cache"
+    args = ["--config", str(CONFIGS / "demo.yaml"), *tiny_args(synthetic_root, tmp_path)]
+    cli = main(["fit", *args, "--trainer.fast_dev_run", "true", "--data.cache_dir", str(cache_dir)])
+    assert cli.trainer.state.finished
+    assert not (cache_dir / "index").exists()  # no build ahead of a smoke run
+    dm = cli.datamodule
+    views = {v for split in ("Train", "Valid") for r in dm.records(split) for v in r.views}
+    assert 0 < len(_npy(cache_dir)) < len(views)  # one train and one val batch: cached as read
+
+
+def test_cache_subcommand_builds_ahead(synthetic_root, tmp_path):
+    cache_dir = tmp_path / "cache"
+    args = [*tiny_args(synthetic_root, tmp_path), "--data.cache_dir", str(cache_dir)]
+    cli = main(["cache", *args, "--trainer.enable_progress_bar", "false"])
+    indexes = sorted(p.name.split("-")[0] for p in (cache_dir / "index").iterdir())
+    assert indexes == ["Test", "Train", "Valid"]
+    dm = cli.datamodule
+    views = {v for split in ("Train", "Valid", "Test") for r in dm.records(split) for v in r.views}
+    entries = _npy(cache_dir)
+    assert len(entries) == len(views)
+    mtimes = [p.stat().st_mtime_ns for p in entries]
+    main(["cache", *args, "--splits", "[Train, Chall]"])
+    assert [p.stat().st_mtime_ns for p in entries] == mtimes  # complete: nothing rewritten
+    chall = list(synthetic_root.glob("Chall/action_*/*.mp4"))
+    assert len(_npy(cache_dir)) == len(views) + len(chall)
+
+
+def test_cache_subcommand_needs_cache_dir(synthetic_root, tmp_path):
+    with pytest.raises(ValueError, match="cache_dir"):
+        main(["cache", *tiny_args(synthetic_root, tmp_path)])
+
+
+def test_loader_defaults(synthetic_root, monkeypatch):
+    dm = MVFoulDataModule(root=synthetic_root, img_height=32, img_width=56, center_frame=12)
+    dm.setup("validate")
+    monkeypatch.setattr("mvcli.data.datamodule.default_workers", lambda: 2)
+    loader = dm.val_dataloader()
+    assert loader.num_workers == 2 and loader.persistent_workers
+    assert loader.prefetch_factor == 2
+    assert loader.pin_memory == torch.cuda.is_available()
+    monkeypatch.setattr("mvcli.data.datamodule.default_workers", lambda: 64)
+    assert dm.val_dataloader().num_workers == 8
+    assert dm.cache is None and dm.datasets["val"].decode is not None
