@@ -128,12 +128,15 @@ def test_damaged_views_never_stop_the_run(trained, synthetic_root, tmp_path):
     _write_clip(actions[3] / "clip_0.mp4", num_frames=3)  # too short to be a view
     for view in actions[4].iterdir():  # no readable view at all
         view.write_bytes(b"")
+    shutil.rmtree(actions[5])  # listed in annotations.json, no folder on disk
     out = tmp_path / "p.json"
     _predict(common, fit, out, "--data.predict_root", str(split), "--prediction_writer.csv",
              "true")
     preds = json.loads(out.read_text())
     dead = actions[4].name.removeprefix("action_")
     assert dead not in preds["Actions"] and dead in preds["failed"]
+    gone = actions[5].name.removeprefix("action_")
+    assert preds["failed"][gone][0]["reason"] == "no_views"
     reasons = {a.name.removeprefix("action_"): preds["details"][a.name.removeprefix("action_")]
                ["skipped_views"] for a in actions[:4]}
     assert [r[0]["view"] for r in reasons.values()] == ["clip_0.mp4"] * 4
@@ -146,7 +149,7 @@ def test_damaged_views_never_stop_the_run(trained, synthetic_root, tmp_path):
     assert 0 <= official["accuracy_action"] <= 100
     with out.with_suffix(".csv").open() as handle:
         rows = list(csv.DictReader(handle))
-    assert {r["action_id"] for r in rows} == set(preds["Actions"]) | {dead}
+    assert {r["action_id"] for r in rows} == set(preds["Actions"]) | {dead, gone}
     dead_row = next(r for r in rows if r["action_id"] == dead)
     assert dead_row["Action class"] == "" and "empty" in dead_row["skipped_views"]
 

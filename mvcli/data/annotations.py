@@ -108,8 +108,9 @@ def read_split(
 
     Args:
         split_dir: folder holding ``annotations.json`` and ``action_<id>/`` folders.
-        require_labels: skip actions without usable labels (training/evaluation). When False,
-            labels are kept where present but unlabeled actions are kept too (prediction).
+        require_labels: skip actions without usable labels or without any view file
+            (training/evaluation). When False (prediction), every listed action is kept, with
+            its labels where usable and possibly no view.
     """
     split_dir = Path(split_dir)
     actions = load_annotations(split_dir / "annotations.json")
@@ -128,9 +129,10 @@ def read_split(
             report.add(action_id, "no label fields")
             continue
         views = find_views(split_dir / f"action_{action_id}")
-        if not views:
+        if not views and require_labels:
             report.add(action_id, "no view file on disk")
             continue
+        # Prediction keeps it: the writer lists it under "failed" instead of dropping it.
         records.append(ActionRecord(action_id, views, labels))
     return records, report
 
@@ -148,28 +150,19 @@ def discover_actions(root: Path) -> tuple[list[ActionRecord], SkipReport]:
         return read_split(root, require_labels=False)
     action_dirs = [p for p in root.iterdir() if p.is_dir() and _ACTION_DIR.match(p.name)]
     if action_dirs:
-        report = SkipReport(source=str(root), total=len(action_dirs))
-        return _records_from_dirs(action_dirs, report), report
+        return _records_from_dirs(action_dirs), SkipReport(str(root), total=len(action_dirs))
     views = find_views(root)
     report = SkipReport(source=str(root), total=1)
-    match = _ACTION_DIR.match(root.name)
-    action_id = match.group(1) if match else root.name
     if not views:
-        report.add(action_id, "no view file on disk")
-        return [], report
-    return [ActionRecord(action_id, views)], report
+        return [], report  # not an action folder at all
+    match = _ACTION_DIR.match(root.name)
+    return [ActionRecord(match.group(1) if match else root.name, views)], report
 
 
-def _records_from_dirs(dirs: Iterable[Path], report: SkipReport) -> list[ActionRecord]:
-    records = []
-    for action_dir in sorted(dirs, key=lambda p: _id_key(_ACTION_DIR.match(p.name).group(1))):
-        action_id = _ACTION_DIR.match(action_dir.name).group(1)
-        views = find_views(action_dir)
-        if views:
-            records.append(ActionRecord(action_id, views))
-        else:
-            report.add(action_id, "no view file on disk")
-    return records
+def _records_from_dirs(dirs: Iterable[Path]) -> list[ActionRecord]:
+    ids = [(_ACTION_DIR.match(p.name).group(1), p) for p in dirs]
+    ids.sort(key=lambda item: _id_key(item[0]))
+    return [ActionRecord(action_id, find_views(path)) for action_id, path in ids]
 
 
 def _id_key(action_id: str) -> tuple[int, int | str]:

@@ -101,7 +101,7 @@ class CacheReport:
         return (
             f"clip cache{f' {label}' if label else ''}: {self.views} views, "
             f"{self.present} already cached, {self.built} decoded now in {self.seconds:.1f}s, "
-            f"{self.bytes / 2**30:.2f} GiB; damaged views skipped: {damage}{where}"
+            f"{_human(self.bytes)}; damaged views skipped: {damage}{where}"
         )
 
 
@@ -415,6 +415,14 @@ def _write_atomic(path: Path, write: Callable) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def _human(size: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.1f} {unit}" if unit != "B" else f"{int(size)} B"
+        size /= 1024
+    return ""
 
 
 def _size(path: Path) -> int:

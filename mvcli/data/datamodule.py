@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -14,6 +15,7 @@ from mvcli.data.annotations import SPLITS, ActionRecord, discover_actions, read_
 from mvcli.data.cache import CacheReport, ClipCache, default_workers
 from mvcli.data.collate import collate_views
 from mvcli.data.dataset import ClipSpec, MultiViewDataset
+from mvcli.data.sampler import BalanceTarget, ClassBalancedSampler, SamplerName, group_ids
 from mvcli.data.taxonomy import NUM_CLASSES
 
 KINETICS_MEAN = (0.43216, 0.394666, 0.37645)
@@ -61,6 +63,16 @@ class MVFoulDataModule(LightningDataModule):
         num_workers: data loading processes (0 decodes in the main process; default:
             ``min(8, available CPU cores)``). They persist across epochs.
         pin_memory: page-locked host memory, for faster copies to a GPU.
+        sampler: how training actions are drawn each epoch: ``natural`` (a shuffle),
+            ``balanced_offence_severity`` / ``balanced_action`` (every class of that head
+            equally likely), ``balanced_joint`` (every present (offence-severity, action)
+            pair equally likely), or ``progressive`` (from natural at epoch 0 to balanced on
+            ``progressive_target`` at epoch ``progressive_epochs``, linearly in the
+            sampling weights). Balanced samplers draw with replacement, one dataset's worth
+            per epoch, from the seed and the epoch only (so DDP ranks get disjoint shards).
+        progressive_epochs: epochs over which ``progressive`` moves from natural to balanced.
+        progressive_target: what ``progressive`` balances: ``offence_severity``, ``action``
+            or ``joint``.
     """
 
     def __init__(
@@ -84,6 +96,9 @@ class MVFoulDataModule(LightningDataModule):
         eval_batch_size: int | None = None,
         num_workers: int | None = None,
         pin_memory: bool = True,
+        sampler: SamplerName = "natural",
+        progressive_epochs: int = 10,
+        progressive_target: BalanceTarget = "offence_severity",
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -96,6 +111,8 @@ class MVFoulDataModule(LightningDataModule):
             target_fps=target_fps,
             source_fps=source_fps,
         )
+        if progressive_epochs < 0:
+            raise ValueError(f"data.progressive_epochs must be >= 0, got {progressive_epochs}")
         self.root = Path(root) if root is not None else None
         self.predict_root = Path(predict_root) if predict_root is not None else None
         self.spec = ClipSpec(
@@ -116,6 +133,48 @@ class MVFoulDataModule(LightningDataModule):
     def num_classes(self) -> dict[str, int]:
         """Classes per head, linked to the model."""
         return dict(NUM_CLASSES)
+
+    @property
+    def class_counts(self) -> dict[str, list[int]]:
+        """Training actions per class of each head (Train split), for class-weighted losses."""
+        labels = self.train_labels()
+        return {
+            head: torch.bincount(torch.as_tensor(labels[head]), minlength=n).tolist()
+            for head, n in NUM_CLASSES.items()
+        }
+
+    def train_labels(self, records: list[ActionRecord] | None = None) -> dict[str, list[int]]:
+        """Per head, the class of each training action, in dataset order."""
+        records = self.records("Train") if records is None else records
+        return {head: [getattr(r.labels, head) for r in records] for head in NUM_CLASSES}
+
+    @property
+    def balanced_heads(self) -> tuple[str, ...]:
+        """Heads whose classes the training sampler balances (``progressive`` included)."""
+        target = self._balance_target()
+        if target is None:
+            return ()
+        return tuple(NUM_CLASSES) if target == "joint" else (target,)
+
+    def _balance_target(self) -> str | None:
+        name = self.hparams.sampler
+        if name == "natural":
+            return None
+        if name == "progressive":
+            return self.hparams.progressive_target
+        return name.removeprefix("balanced_")
+
+    def train_sampler(self) -> ClassBalancedSampler | None:
+        """The training sampler (None: Lightning's shuffle), over ``datasets["train"]``."""
+        target = self._balance_target()
+        if target is None:
+            return None
+        records = self.datasets["train"].records
+        groups = group_ids(self.train_labels(records), target)
+        epochs = self.hparams.progressive_epochs if self.hparams.sampler == "progressive" else None
+        # The seed of seed_everything (same on every process), so DDP shards stay disjoint.
+        seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
+        return ClassBalancedSampler(groups, progressive_epochs=epochs, seed=seed)
 
     # -- reading -----------------------------------------------------------------------------
     def split_dir(self, split: str) -> Path:
@@ -215,7 +274,10 @@ class MVFoulDataModule(LightningDataModule):
 
     # -- loaders -----------------------------------------------------------------------------
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.datasets["train"], self.hparams.batch_size, shuffle=True)
+        sampler = self.train_sampler()
+        return self._loader(
+            self.datasets["train"], self.hparams.batch_size, sampler is None, sampler
+        )
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.datasets["val"], self._eval_batch_size)
@@ -230,7 +292,9 @@ class MVFoulDataModule(LightningDataModule):
     def _eval_batch_size(self) -> int:
         return self.hparams.eval_batch_size or self.hparams.batch_size
 
-    def _loader(self, dataset: MultiViewDataset, batch_size: int, shuffle: bool = False):
+    def _loader(
+        self, dataset: MultiViewDataset, batch_size: int, shuffle: bool = False, sampler=None
+    ):
         workers = self.hparams.num_workers
         if workers is None:
             workers = min(8, default_workers())
@@ -241,6 +305,7 @@ class MVFoulDataModule(LightningDataModule):
             dataset,
             batch_size=batch_size,
             shuffle=shuffle,
+            sampler=sampler,
             num_workers=workers,
             collate_fn=collate_views,
             pin_memory=self.hparams.pin_memory and _has_accelerator(),

@@ -77,6 +77,8 @@ class MultiViewDataset(Dataset):
                 skipped.append({"view": path.name, "reason": err.reason, "detail": str(err)})
                 if not getattr(err, "recorded", False):  # a cache's record: reported already
                     self._warn(str(path), str(err))
+        if not record.views:
+            skipped.append({"view": "", "reason": "no_views", "detail": "no video file found"})
         sample = {"action_id": record.action_id, "views": used, "skipped_views": skipped}
         if record.labels is not None:
             sample["offence_severity"] = record.labels.offence_severity
