@@ -10,6 +10,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from mvcli.data.taxonomy import NUM_CLASSES
+
 LossName = Literal["plain", "weighted", "focal"]
 ClassWeighting = Literal["inverse", "sqrt_inverse", "effective_number"]
 LOSSES: tuple[str, ...] = LossName.__args__
@@ -184,8 +186,6 @@ class MultiTaskLoss(nn.Module):
         num_classes: Mapping[str, int] | None = None,
     ) -> None:
         super().__init__()
-        from mvcli.data.taxonomy import NUM_CLASSES
-
         self.task_weights = dict(task_weights)
         heads = list(self.task_weights)
         num_classes = dict(num_classes or NUM_CLASSES)

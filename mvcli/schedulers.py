@@ -169,9 +169,10 @@ def scheduler_kwargs(factory: Any, optimizer: Optimizer, total_steps: int) -> di
 def extend_scheduler_groups(scheduler: Any) -> None:
     """Let a scheduler step an optimizer that gained parameter groups after it was built.
 
-    torch's schedulers keep per-group lists (``base_lrs``, ``min_lrs``, ``lr_lambdas``...)
-    sized when they are built, and zip them strictly with the groups at every step, so a
-    group added later (an unfrozen backbone stage) would make the next step fail. The new
+    Several torch schedulers keep per-group state sized when they are built (``base_lrs``,
+    ``lr_lambdas``, ``max_lrs``; OneCycleLR's ``initial_lr``/``max_lr`` keys) and zip it
+    strictly with the groups at every step, so a group added later (an unfrozen backbone
+    stage) makes the next step fail (LambdaLR: ValueError, OneCycleLR: KeyError). The new
     entries copy the first group's; the freezing callback sets those groups' LRs itself.
     """
     if isinstance(scheduler, (SequentialLR, ChainedScheduler)):

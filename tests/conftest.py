@@ -60,6 +60,7 @@ def tiny_args(root: Path, runs: Path, *extra: str) -> list[str]:
         "--data.img_height", str(TINY["height"]),
         "--data.img_width", str(TINY["width"]),
         "--data.num_workers", "0",
+        "--data.cache_dir", "null",  # configs/mvfoul.yaml's cache is relative to the cwd
         "--data.batch_size", "4",
         "--trainer.logger.init_args.save_dir", str(runs),
         "--trainer.default_root_dir", str(runs),

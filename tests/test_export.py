@@ -23,7 +23,7 @@ def exported(trained, tmp_path_factory):
     out = tmp_path_factory.mktemp("export")
     ckpt = Path(fit.trainer.checkpoint_callback.dirpath) / "last.ckpt"  # fit.model's weights
     main(["export", "--ckpt_path", str(ckpt), "--output_dir", str(out),
-          "--trainer.logger", "false"])
+          "--trainer.logger", "false"])  # fmt: skip
     return out, fit.model
 
 
@@ -71,10 +71,13 @@ def test_torch_export_program_loads_without_mvcli_classes(exported):
 def test_state_dict_rebuilds_the_network(exported):
     out, model = exported
     saved = torch.load(out / "model_state_dict.pt", weights_only=True)
-    network = MultiViewNetwork(build_backbone("tiny", 8, 32, 56), "max",
-                               {"offence_severity": 4, "action": 8},
-                               saved["manifest"]["preprocessing"]["mean"],
-                               saved["manifest"]["preprocessing"]["std"]).eval()
+    network = MultiViewNetwork(
+        build_backbone("tiny", 8, 32, 56),
+        "max",
+        {"offence_severity": 4, "action": 8},
+        saved["manifest"]["preprocessing"]["mean"],
+        saved["manifest"]["preprocessing"]["std"],
+    ).eval()
     network.load_state_dict(saved["state_dict"])
     video, mask = example_inputs(8, 32, 56, batch=2, views=2, seed=5)
     with torch.no_grad():

@@ -29,14 +29,15 @@ def _best(fit) -> str:
     return fit.trainer.checkpoint_callback.best_model_path
 
 
-def _predict(common, fit, out: Path, *extra: str):
+def _predict(common, fit, out: Path, *extra: str):  # fmt: skip
     return main(["predict", *common, "--ckpt_path", _best(fit),
-                 "--prediction_writer.output_path", str(out), *extra])
+                 "--prediction_writer.output_path", str(out), *extra])  # fmt: skip
 
 
 def _reencode(src: Path, dst: Path, codec: str, pix_fmt: str, fps: int, width: int, height: int):
-    frames = read_window(src, center_time=2.5, num_frames=int(5 * fps), target_fps=fps,
-                         height=height, width=width)
+    frames = read_window(
+        src, center_time=2.5, num_frames=int(5 * fps), target_fps=fps, height=height, width=width
+    )
     with av.open(str(dst), "w") as container:
         stream = container.add_stream(codec, rate=fps)
         stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
@@ -72,21 +73,27 @@ def test_predict_needs_only_the_checkpoint(synthetic_root, tmp_path):
                 "--data.img_height", "40", "--data.img_width", "72", "--data.num_workers", "0",
                 "--data.target_fps", "20", "--trainer.max_epochs", "1",
                 "--trainer.logger.init_args.save_dir", str(runs),
-                "--trainer.default_root_dir", str(runs), "--trainer.enable_progress_bar", "false"])
+                "--trainer.default_root_dir", str(runs),
+                "--trainer.enable_progress_bar", "false"])  # fmt: skip
     ckpt = Path(fit.trainer.checkpoint_callback.dirpath) / "last.ckpt"
     out = tmp_path / "p.json"
     cli = main(["predict", "--ckpt_path", str(ckpt), "--data.predict_root",
                 str(synthetic_root / "Chall"), "--prediction_writer.output_path", str(out),
-                "--trainer.logger", "false", "--trainer.default_root_dir", str(runs)])
+                "--trainer.logger", "false", "--trainer.default_root_dir", str(runs)])  # fmt: skip
     spec = cli.datamodule.spec
     assert (spec.num_frames, spec.center_frame, spec.height, spec.width, spec.target_fps) == (
-        6, 11, 40, 72, 20.0)
+        6,
+        11,
+        40,
+        72,
+        20.0,
+    )
     assert cli.model.hparams.backbone == "tiny" and cli.model.hparams.num_frames == 6
     assert len(json.loads(out.read_text())["Actions"]) == 4
     cli = main(["predict", "--ckpt_path", str(ckpt), "--data.predict_root",
                 str(synthetic_root / "Chall"), "--data.img_height", "48",
                 "--prediction_writer.output_path", str(tmp_path / "q.json"),
-                "--trainer.logger", "false", "--trainer.default_root_dir", str(runs)])
+                "--trainer.logger", "false", "--trainer.default_root_dir", str(runs)])  # fmt: skip
     assert (cli.datamodule.spec.height, cli.model.hparams.img_height) == (48, 48)
 
 
@@ -131,14 +138,18 @@ def test_damaged_views_never_stop_the_run(trained, synthetic_root, tmp_path):
     shutil.rmtree(actions[5])  # listed in annotations.json, no folder on disk
     out = tmp_path / "p.json"
     _predict(common, fit, out, "--data.predict_root", str(split), "--prediction_writer.csv",
-             "true")
+             "true")  # fmt: skip
     preds = json.loads(out.read_text())
     dead = actions[4].name.removeprefix("action_")
     assert dead not in preds["Actions"] and dead in preds["failed"]
     gone = actions[5].name.removeprefix("action_")
     assert preds["failed"][gone][0]["reason"] == "no_views"
-    reasons = {a.name.removeprefix("action_"): preds["details"][a.name.removeprefix("action_")]
-               ["skipped_views"] for a in actions[:4]}
+    reasons = {
+        a.name.removeprefix("action_"): preds["details"][a.name.removeprefix("action_")][
+            "skipped_views"
+        ]
+        for a in actions[:4]
+    }
     assert [r[0]["view"] for r in reasons.values()] == ["clip_0.mp4"] * 4
     assert reasons[actions[0].name.removeprefix("action_")][0]["reason"] == "empty"
     assert reasons[actions[3].name.removeprefix("action_")][0]["reason"] == "too_few_frames"
@@ -160,7 +171,7 @@ def test_nothing_predictable_exits_non_zero(trained, synthetic_root, tmp_path, c
     action.mkdir()
     (action / "clip_0.mp4").write_bytes(b"")
     args = ["predict", *common, "--ckpt_path", _best(fit), "--data.predict_root", str(action),
-            "--prediction_writer.output_path", str(tmp_path / "p.json")]
+            "--prediction_writer.output_path", str(tmp_path / "p.json")]  # fmt: skip
     with pytest.raises(SystemExit) as exit_info:
         run(args)
     assert exit_info.value.code == 1
@@ -176,7 +187,7 @@ def test_single_action_folder(trained, sample_root, tmp_path):
     common, fit = trained
     out = tmp_path / "p.json"
     _predict(common, fit, out, "--data.predict_root", str(sample_root / "Test/action_4"),
-             "--data.center_frame", "75")
+             "--data.center_frame", "75")  # fmt: skip
     preds = json.loads(out.read_text())
     assert list(preds["Actions"]) == ["4"]
     assert preds["details"]["4"]["views"] == ["clip_0.mp4", "clip_1.mp4", "clip_3.mp4"]

@@ -4,13 +4,16 @@
 (``cache(path, spec)`` returns what ``decode_view(path, spec)`` returns, bit for bit). Layout
 under the cache folder::
 
-    clips/<key[:2]>/<key>.npy        uint8 (T, H, W, 3): one view's decoded window
+    clips/<key[:2]>/<key>.npy        uint8 (3, T, H, W): one view's decoded window
     clips/<key[:2]>/<key>.fail.json  {"reason", "detail", "path"}: a damaged view, not retried
     index/<label>-<digest>.json      what one build covered: counts, spec, every damaged view
 
 The key is a hash of the source file (resolved path, size, mtime), every :class:`ClipSpec`
 field, :data:`CACHE_VERSION`, the decoder (its function, swscale interpolation and the PyAV /
 FFmpeg versions), so changing any of them can only miss, never read stale data.
+
+Entries are stored channels first and served as a ``(T, H, W, 3)`` view of that memory, so
+the dataset's ``(V, C, T, H, W)`` stack of cached views is a plain copy, not a transpose.
 
 Every file is written under a temporary name in its final folder, then renamed (atomic on
 POSIX): a killed build leaves at most a ``.tmp`` file, never a partial entry, and concurrent
@@ -171,9 +174,9 @@ class ClipCache:
                 was already recorded).
         """
         key = self.key(path, spec)
-        clip = read_entry(self.entry_path(key), clip_shape(spec))
-        if clip is not None:
-            return clip
+        stored = read_entry(self.entry_path(key), stored_shape(spec))
+        if stored is not None:
+            return stored.permute(1, 2, 3, 0)
         failure = _read_failure(self.failure_path(key))
         if failure is not None:
             raise RecordedDecodeError(path, failure["reason"], failure.get("detail", ""))
@@ -203,7 +206,7 @@ class ClipCache:
             payload = (json.dumps(failure, indent=1) + "\n").encode()
             _write_atomic(self.failure_path(key), lambda f: f.write(payload))
         else:
-            array = np.ascontiguousarray(clip.numpy())
+            array = np.ascontiguousarray(clip.permute(3, 0, 1, 2).numpy())
             _write_atomic(self.entry_path(key), lambda f: np.save(f, array, allow_pickle=False))
 
     # -- building ahead ----------------------------------------------------------------------
@@ -232,7 +235,7 @@ class ClipCache:
         report = CacheReport()
         paths = list(dict.fromkeys(Path(p) for p in paths))
         report.views = len(paths)
-        shape = clip_shape(spec)
+        shape = stored_shape(spec)
         keys: dict[Path, str] = {}
         todo: list[Path] = []
         for path in paths:
@@ -342,7 +345,13 @@ def spec_fields(spec: ClipSpec) -> dict:
 
 
 def clip_shape(spec: ClipSpec) -> tuple[int, int, int, int]:
+    """What ``decode`` returns: (T, H, W, 3)."""
     return (spec.num_frames, spec.height, spec.width, 3)
+
+
+def stored_shape(spec: ClipSpec) -> tuple[int, int, int, int]:
+    """What an entry holds: (3, T, H, W)."""
+    return (3, spec.num_frames, spec.height, spec.width)
 
 
 def _open_entry(f, shape: tuple[int, ...]) -> int:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 LABEL_KEYS = ("offence_severity", "action")
@@ -30,11 +32,12 @@ def collate_views(samples: list[dict]) -> dict:
         return batch
     max_views = max(s["video"].shape[0] for s in ok)
     first = ok[0]["video"]
-    video = torch.zeros((len(ok), max_views, *first.shape[1:]), dtype=first.dtype)
+    video = _empty((len(ok), max_views, *first.shape[1:]), first)
     mask = torch.zeros((len(ok), max_views), dtype=torch.bool)
     for i, sample in enumerate(ok):
         v = sample["video"].shape[0]
         video[i, :v] = sample["video"]
+        video[i, v:] = 0  # padding: only these views are zeroed
         mask[i, :v] = True
     batch["video"] = video
     batch["view_mask"] = mask
@@ -42,3 +45,12 @@ def collate_views(samples: list[dict]) -> dict:
         if all(key in s for s in ok):
             batch[key] = torch.tensor([s[key] for s in ok], dtype=torch.long)
     return batch
+
+
+def _empty(shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+    """Uninitialised batch memory; in a DataLoader worker, shared memory straight away (as
+    torch's default_collate does), which saves a copy of the whole batch on its way out."""
+    if torch.utils.data.get_worker_info() is None:
+        return torch.empty(shape, dtype=like.dtype)
+    storage = like._typed_storage()._new_shared(math.prod(shape), device=like.device)
+    return like.new(storage).resize_(shape)

@@ -84,7 +84,9 @@ class MultiViewDataset(Dataset):
             sample["offence_severity"] = record.labels.offence_severity
             sample["action"] = record.labels.action
         # (V, C, T, H, W); None marks an action left with no readable view.
-        sample["video"] = torch.stack(clips).permute(0, 4, 1, 2, 3) if clips else None
+        # Contiguous, so collate copies it as is (a cache serves channels-first memory: no
+        # transpose at all; freshly decoded clips are transposed here, once).
+        sample["video"] = torch.stack([c.permute(3, 0, 1, 2) for c in clips]) if clips else None
         return sample
 
     def _view_order(self, views: tuple[Path, ...]) -> list[Path]:

@@ -16,17 +16,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch.utils.data import DataLoader
 
 from mvcli.cli import main
 from mvcli.data import cache as cache_module
 from mvcli.data.annotations import ActionRecord, read_split
-from mvcli.data.cache import ClipCache, RecordedDecodeError, entry_is_valid
+from mvcli.data.cache import ClipCache, RecordedDecodeError, entry_is_valid, stored_shape
+from mvcli.data.collate import collate_views
 from mvcli.data.datamodule import MVFoulDataModule
 from mvcli.data.dataset import ClipSpec, MultiViewDataset, decode_view
 from mvcli.data.video import VideoDecodeError
 from tests.conftest import CONFIGS, REPO, TINY, tiny_args
 
 SPEC = ClipSpec(num_frames=8, center_frame=TINY["event_frame"], height=32, width=56)
+STORED = stored_shape(SPEC)  # (3, T, H, W): channels first on disk
 # A different value for every ClipSpec field (the test below fails when a field is added).
 CHANGED = {
     "num_frames": 6,
@@ -71,10 +74,11 @@ def test_hit_returns_exactly_the_decoded_clip_without_decoding(views, tmp_path):
     cache, decode = _cache(tmp_path)
     first = cache(views[0], SPEC)
     assert decode.calls == 1
-    assert entry_is_valid(cache.entry_path(cache.key(views[0], SPEC)), (8, 32, 56, 3))
+    assert entry_is_valid(cache.entry_path(cache.key(views[0], SPEC)), STORED)
     again = cache(views[0], SPEC)
     assert decode.calls == 1
-    assert again.dtype == torch.uint8 and again.is_contiguous()
+    assert again.dtype == torch.uint8 and again.shape == (8, 32, 56, 3)
+    assert again.permute(3, 0, 1, 2).is_contiguous()  # stacks into (V, C, T, H, W) by memcpy
     assert torch.equal(first, again) and torch.equal(again, decode_view(views[0], SPEC))
     # Another process (a DataLoader worker) sees the same entry: nothing held in memory.
     other, other_decode = _cache(tmp_path)
@@ -140,11 +144,11 @@ def test_a_damaged_entry_is_rebuilt_never_read(views, tmp_path, damage):
     elif damage == "garbage":
         entry.write_bytes(b"\x00" * len(data))
     else:
-        np.save(entry, np.zeros((8, 16, 28, 3), np.uint8))
-    assert not entry_is_valid(entry, (8, 32, 56, 3))
+        np.save(entry, np.zeros((8, 32, 56, 3), np.uint8))  # the decoder's layout, not ours
+    assert not entry_is_valid(entry, STORED)
     assert torch.equal(cache(views[0], SPEC), expected)
     assert decode.calls == 2
-    assert entry_is_valid(entry, (8, 32, 56, 3))
+    assert entry_is_valid(entry, STORED)
     # A build checks entries too, and skips the valid ones.
     entry.write_bytes(data[:100])
     report = cache.build(views, SPEC, workers=1, progress=False)
@@ -229,7 +233,7 @@ def test_concurrent_builders_in_two_processes(views, tmp_path):
     assert [p.wait(timeout=120) for p in procs] == [0, 0]
     cache, decode = _cache(tmp_path)
     for view in views:
-        assert entry_is_valid(cache.entry_path(cache.key(view, SPEC)), (8, 32, 56, 3))
+        assert entry_is_valid(cache.entry_path(cache.key(view, SPEC)), STORED)
         assert torch.equal(cache(view, SPEC), decode_view(view, SPEC))
     assert decode.calls == 0
     assert not list(root.rglob("*.tmp"))
@@ -361,3 +365,20 @@ def test_loader_defaults(synthetic_root, monkeypatch):
     monkeypatch.setattr("mvcli.data.datamodule.default_workers", lambda: 64)
     assert dm.val_dataloader().num_workers == 8
     assert dm.cache is None and dm.datasets["val"].decode is not None
+
+
+def test_dataloader_workers_share_the_cache(synthetic_root, tmp_path):
+    """Worker processes read and fill the same cache; batches equal the uncached ones."""
+    records, _ = read_split(synthetic_root / "Valid")
+    cache = ClipCache(tmp_path / "cache")
+
+    def batches(decode, workers):
+        dataset = MultiViewDataset(records, SPEC, decode=decode)
+        loader = DataLoader(dataset, batch_size=5, num_workers=workers, collate_fn=collate_views)
+        return [(b["video"], b["view_mask"]) for b in loader]
+
+    reference = batches(None, 0)
+    for _ in range(2):  # filled by the workers, then read by them
+        for (video, mask), (ref_video, ref_mask) in zip(batches(cache, 2), reference, strict=True):
+            assert torch.equal(video, ref_video) and torch.equal(mask, ref_mask)
+    assert len(_npy(tmp_path / "cache")) == sum(len(r.views) for r in records)

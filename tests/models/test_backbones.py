@@ -36,7 +36,7 @@ SMALLEST = {
     "swin3d_s": (2, 32, 32),
 }
 FEATURE_DIM = {
-    "tiny": 64,
+    "tiny": 96,
     "r3d_18": 512,
     "mc3_18": 512,
     "r2plus1d_18": 512,

@@ -91,7 +91,7 @@ def test_padded_views_are_never_run_and_features_are_zero():
     for clips in seen:
         assert clips.shape == (int(mask.sum()), 3, T, H, W)
         torch.testing.assert_close(clips, _normalise(video[mask]), rtol=0, atol=1e-5)
-    assert features.shape == (3, 3, 64)
+    assert features.shape == (3, 3, _feature_dim(net))
     assert (features[~mask] == 0).all()
     assert (features[mask].abs().sum(-1) > 0).all()
 
@@ -103,7 +103,7 @@ def test_uint8_input_equals_normalised_float_path():
         out = net(video, mask)
         # The same computation by hand: (x / 255 - mean) / std through the backbone, features
         # scattered back to their views, pooled, heads.
-        feats = torch.zeros(3, 2, 64)
+        feats = torch.zeros(3, 2, _feature_dim(net))
         feats[mask] = net.backbone(_normalise(video[mask]))
         pooled = net.pooling(feats, mask)
         for head, layer in net.heads.items():
@@ -147,3 +147,7 @@ def test_gradient_reaches_backbone_and_heads():
         if name == "pooling.score.2.bias":
             continue  # softmax is shift invariant: no gradient for the score's last bias
         assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def _feature_dim(net) -> int:
+    return next(iter(net.heads.values()))[-1].in_features

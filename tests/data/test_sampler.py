@@ -1,0 +1,183 @@
+"""Training samplers: label histograms over epochs, determinism, DDP shards, the datamodule."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+import torch
+from lightning.fabric.utilities.data import _set_sampler_epoch
+from lightning.fabric.utilities.distributed import DistributedSamplerWrapper
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.trainer.connectors.data_connector import _get_distributed_sampler
+from lightning.pytorch.trainer.states import RunningStage
+from torch.utils.data import DataLoader
+
+from mvcli.cli import main
+from mvcli.data.datamodule import MVFoulDataModule
+from mvcli.data.sampler import ClassBalancedSampler, group_ids
+from tests.conftest import CONFIGS, tiny_args
+
+# An imbalanced head: 600 / 300 / 90 / 10 samples.
+COUNTS = [600, 300, 90, 10]
+LABELS = torch.repeat_interleave(torch.arange(4), torch.tensor(COUNTS))
+N = sum(COUNTS)
+
+
+def _shares(indices, labels=LABELS, k=4) -> list[float]:
+    hist = torch.bincount(labels[torch.as_tensor(list(indices))], minlength=k).double()
+    return (hist / hist.sum()).tolist()
+
+
+def _draw(sampler: ClassBalancedSampler, epoch: int, repeats: int = 10) -> list[int]:
+    """Indices of one epoch, drawn ``repeats`` times with different seeds (less noise)."""
+    out = []
+    for seed in range(repeats):
+        sampler.seed = seed
+        sampler.set_epoch(epoch)
+        out += list(sampler)
+    return out
+
+
+def test_natural_probabilities_follow_the_data():
+    sampler = ClassBalancedSampler(LABELS, progressive_epochs=10)
+    assert sampler.balance(0) == 0.0
+    expected = [c / N for c in COUNTS]
+    assert _shares(_draw(sampler, 0)) == pytest.approx(expected, abs=0.015)
+
+
+def test_balanced_sampler_draws_every_class_equally():
+    sampler = ClassBalancedSampler(LABELS)
+    assert len(sampler) == N and len(list(sampler)) == N
+    for epoch in (0, 5):
+        assert _shares(_draw(sampler, epoch)) == pytest.approx([0.25] * 4, abs=0.015)
+
+
+def test_progressive_moves_linearly_from_natural_to_balanced():
+    epochs = 4
+    sampler = ClassBalancedSampler(LABELS, progressive_epochs=epochs)
+    natural = torch.tensor(COUNTS, dtype=torch.double) / N
+    observed = []
+    for epoch in range(epochs + 2):
+        a = min(1.0, epoch / epochs)
+        expected = ((1 - a) * natural + a * 0.25).tolist()
+        assert list(sampler.expected_group_distribution(epoch).values()) == pytest.approx(expected)
+        shares = _shares(_draw(sampler, epoch))
+        assert shares == pytest.approx(expected, abs=0.015)
+        observed.append(shares)
+    rare = [s[3] for s in observed]
+    assert rare[0] < rare[1] < rare[2] < rare[3] < rare[4]
+    assert rare[4] == pytest.approx(rare[5], abs=0.015)  # balanced from epoch 4 on
+
+
+def test_draws_depend_on_seed_and_epoch_only():
+    a, b = ClassBalancedSampler(LABELS, seed=3), ClassBalancedSampler(LABELS, seed=3)
+    a.set_epoch(2), b.set_epoch(2)
+    assert list(a) == list(b) == list(a)
+    b.set_epoch(3)
+    assert list(a) != list(b)
+    assert list(ClassBalancedSampler(LABELS, seed=4)) != list(ClassBalancedSampler(LABELS, seed=3))
+
+
+def test_joint_balances_pairs_and_absent_pairs_stay_absent():
+    labels = {
+        "offence_severity": [0, 0, 0, 0, 0, 0, 1, 1, 2],
+        "action": [0, 0, 0, 0, 1, 1, 1, 3, 3],
+    }
+    groups = group_ids(labels, "joint")
+    present = set(zip(labels["offence_severity"], labels["action"], strict=True))
+    sampler = ClassBalancedSampler(groups, num_samples=40_000)
+    drawn = Counter(
+        (labels["offence_severity"][i], labels["action"][i]) for i in sampler
+    )  # fmt: skip
+    assert set(drawn) == present
+    for pair in present:
+        assert drawn[pair] / 40_000 == pytest.approx(1 / len(present), abs=0.01)
+
+
+def test_distributed_shards_are_disjoint_and_follow_the_epoch():
+    """Lightning picks DistributedSamplerWrapper for our sampler and forwards set_epoch."""
+    sampler = ClassBalancedSampler(LABELS, progressive_epochs=4, seed=7)
+    loader = DataLoader(list(range(N)), sampler=sampler, batch_size=4)
+    shards = {}
+    for epoch in (0, 3):
+        for rank in (0, 1):
+            wrapper = _get_distributed_sampler(
+                loader, shuffle=True, overfit_batches=0, mode=RunningStage.TRAINING,
+                num_replicas=2, rank=rank,
+            )  # fmt: skip
+            assert isinstance(wrapper, DistributedSamplerWrapper)
+            dl = DataLoader(list(range(N)), sampler=wrapper, batch_size=4)
+            _set_sampler_epoch(dl, epoch)  # what the fit loop calls every epoch
+            assert sampler.epoch == epoch  # forwarded to our sampler
+            shards[epoch, rank] = list(wrapper)
+        # The two ranks split one epoch's draw: disjoint positions, together the whole list.
+        assert len(shards[epoch, 0]) == len(shards[epoch, 1]) == N // 2
+        sampler.set_epoch(epoch)
+        assert Counter(shards[epoch, 0] + shards[epoch, 1]) == Counter(list(sampler))
+    assert shards[0, 0] != shards[3, 0]
+    rare = [_shares(shards[e, 0] + shards[e, 1])[3] for e in (0, 3)]
+    assert rare[0] < rare[1]  # the progressive schedule reaches every rank
+
+
+def test_datamodule_sampler_choices(synthetic_root):
+    def make(sampler: str, **kwargs) -> MVFoulDataModule:
+        dm = MVFoulDataModule(root=synthetic_root, num_workers=0, sampler=sampler, **kwargs)
+        dm.setup("fit")
+        return dm
+
+    natural = make("natural")
+    assert natural.train_sampler() is None and natural.balanced_heads == ()
+    counts = natural.class_counts
+    records = natural.records("Train")
+    for head, n in (("offence_severity", 4), ("action", 8)):
+        assert len(counts[head]) == n and sum(counts[head]) == len(records)
+        assert counts[head] == [
+            sum(getattr(r.labels, head) == c for r in records) for c in range(n)
+        ]  # fmt: skip
+    for name, heads in [
+        ("balanced_offence_severity", ("offence_severity",)),
+        ("balanced_action", ("action",)),
+        ("balanced_joint", ("offence_severity", "action")),
+    ]:
+        dm = make(name)
+        assert dm.balanced_heads == heads
+        loader = dm.train_dataloader()
+        assert isinstance(loader.sampler, ClassBalancedSampler)
+        assert len(loader.sampler) == len(dm.datasets["train"])
+    progressive = make("progressive", progressive_epochs=3, progressive_target="action")
+    assert progressive.balanced_heads == ("action",)
+    assert progressive.train_sampler().balance(0) == 0.0
+    assert progressive.train_sampler().balance(3) == 1.0
+
+
+class _DrawnIds(Callback):
+    def __init__(self):
+        self.ids: list[list[str]] = []
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        self.ids.append([])
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.ids[-1] += list(batch["action_id"])
+
+
+def test_fit_loop_sets_the_epoch(synthetic_root, tmp_path):
+    """In a real fit, each epoch's batches are exactly the sampler's draw for that epoch."""
+    args = ["--config", str(CONFIGS / "demo.yaml"), *tiny_args(synthetic_root, tmp_path),
+            "--data.sampler", "progressive", "--data.progressive_epochs", "2",
+            "--trainer.max_epochs", "3", "--trainer.limit_train_batches", "2",
+            "--trainer.limit_val_batches", "1",
+            "--trainer.num_sanity_val_steps", "0", "--trainer.enable_progress_bar", "false",
+            "--trainer.logger", "false"]  # fmt: skip
+    cli = main(args, run=False)
+    drawn = _DrawnIds()
+    cli.trainer.callbacks.append(drawn)
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    sampler = cli.trainer.train_dataloader.sampler
+    assert isinstance(sampler, ClassBalancedSampler)
+    records = cli.datamodule.datasets["train"].records
+    for epoch, ids in enumerate(drawn.ids):
+        sampler.set_epoch(epoch)
+        assert ids == [records[i].action_id for i in sampler][: len(ids)]
+    assert drawn.ids[0] != drawn.ids[1]

@@ -1,0 +1,236 @@
+"""Optimizers and schedulers: warmup values by hand, schedulers surviving added parameter groups,
+OneCycle's total steps in a real fit with accumulation, plateau through the warmup."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+import yaml
+from lightning.pytorch.callbacks import Callback
+from torch.optim.lr_scheduler import (
+    CosineAnnealingLR,
+    LambdaLR,
+    OneCycleLR,
+    ReduceLROnPlateau,
+    StepLR,
+)
+
+from mvcli.cli import main
+from mvcli.schedulers import (
+    LinearWarmup,
+    extend_scheduler_groups,
+    final_scheduler_class,
+    scheduler_kwargs,
+)
+from tests.conftest import CONFIGS, tiny_args
+
+
+def _optimizer(groups: int = 2, lr: float = 1.0) -> torch.optim.Optimizer:
+    params = [
+        {"params": [torch.nn.Parameter(torch.zeros(2))], "lr": lr * 0.1**i} for i in range(groups)
+    ]
+    return torch.optim.SGD(params, lr=lr, momentum=0.9)
+
+
+def _lrs(optimizer) -> list[float]:
+    return [g["lr"] for g in optimizer.param_groups]
+
+
+def test_linear_warmup_then_wrapped_scheduler_by_hand():
+    optimizer = _optimizer(groups=1)
+    inner = functools.partial(StepLR, step_size=1, gamma=0.5)
+    scheduler = LinearWarmup(optimizer, inner, warmup_steps=4, start_factor=0.2)
+    seen = [_lrs(optimizer)[0]]
+    for _ in range(6):
+        optimizer.step()
+        scheduler.step()
+        seen.append(_lrs(optimizer)[0])
+    # 0.2 + 0.8 t / 4 for t < 4; the StepLR's start (1.0) at t = 4; then halving.
+    assert seen == pytest.approx([0.2, 0.4, 0.6, 0.8, 1.0, 0.5, 0.25])
+
+
+def test_linear_warmup_state_round_trip():
+    def make():
+        opt = _optimizer(groups=1)
+        inner = functools.partial(CosineAnnealingLR, T_max=10)
+        return opt, LinearWarmup(opt, inner, warmup_steps=2)
+
+    opt, scheduler = make()
+    for _ in range(5):
+        opt.step()
+        scheduler.step()
+    state = scheduler.state_dict()
+    assert "optimizer" not in state and isinstance(state["scheduler"], dict)
+    opt2, resumed = make()
+    resumed.load_state_dict(state)
+    opt2.param_groups[0]["lr"] = opt.param_groups[0]["lr"]  # as optimizer.load_state_dict does
+    for _ in range(3):
+        opt.step(), scheduler.step(), opt2.step(), resumed.step()
+    assert _lrs(opt2) == pytest.approx(_lrs(opt))
+
+
+def test_linear_warmup_in_front_of_plateau():
+    optimizer = _optimizer(groups=1)
+    inner = functools.partial(ReduceLROnPlateau, mode="max", patience=0, factor=0.5)
+    scheduler = LinearWarmup(optimizer, inner, warmup_steps=2, start_factor=0.5)
+    seen = []
+    for metric in [0.1, 0.1, 0.2, 0.2, 0.2]:
+        optimizer.step()
+        scheduler.step(metric)
+        seen.append(_lrs(optimizer)[0])
+    # Warmup ignores the metric; then 0.2 is a first best, and each non-improvement halves.
+    assert seen == pytest.approx([0.75, 1.0, 1.0, 0.5, 0.25])
+
+
+FACTORIES = {
+    "cosine": functools.partial(CosineAnnealingLR, T_max=10),
+    "onecycle": functools.partial(OneCycleLR, max_lr=1.0, total_steps=20),
+    "step": functools.partial(StepLR, step_size=2),
+    "plateau": functools.partial(ReduceLROnPlateau, mode="max", patience=0),
+    "lambda": functools.partial(LambdaLR, lr_lambda=lambda s: 0.9**s),
+    "warmup+cosine": functools.partial(
+        LinearWarmup, scheduler=functools.partial(CosineAnnealingLR, T_max=10), warmup_steps=2
+    ),
+    "warmup+onecycle": functools.partial(
+        LinearWarmup,
+        scheduler=functools.partial(OneCycleLR, max_lr=1.0, total_steps=20),
+        warmup_steps=2,
+    ),
+    "warmup+plateau": functools.partial(
+        LinearWarmup,
+        scheduler=functools.partial(ReduceLROnPlateau, mode="max", patience=0),
+        warmup_steps=2,
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(FACTORIES))
+def test_schedulers_step_after_a_group_is_added(name):
+    """What unfreezing does to a scheduler mid-run; the first groups keep their schedule."""
+    optimizer, twin = _optimizer(), _optimizer()
+    scheduler, twin_scheduler = FACTORIES[name](optimizer), FACTORIES[name](twin)
+
+    def step(opt, sched, metric):
+        opt.step()
+        sched.step(metric) if "plateau" in name else sched.step()
+
+    metrics = [0.5, 0.6, 0.6, 0.6, 0.6, 0.7, 0.7, 0.7]
+    for i, metric in enumerate(metrics):
+        if i == 3:
+            optimizer.add_param_group({"params": [torch.nn.Parameter(torch.zeros(2))], "lr": 0.0})
+            extend_scheduler_groups(scheduler)
+        step(optimizer, scheduler, metric)
+        step(twin, twin_scheduler, metric)
+        assert _lrs(optimizer)[:2] == pytest.approx(_lrs(twin))
+    assert len(scheduler.get_last_lr()) == len(optimizer.param_groups) == 3
+
+
+@pytest.mark.parametrize(("name", "error"), [("onecycle", KeyError), ("lambda", ValueError)])
+def test_unextended_scheduler_fails_on_an_added_group(name, error):
+    optimizer = _optimizer()
+    scheduler = FACTORIES[name](optimizer)
+    optimizer.add_param_group({"params": [torch.nn.Parameter(torch.zeros(2))], "lr": 0.0})
+    optimizer.step()
+    with pytest.raises(error):
+        scheduler.step()
+
+
+def test_scheduler_kwargs_fill_total_steps_and_per_group_peaks():
+    optimizer = _optimizer()  # heads lr 1.0, backbone 0.1
+    onecycle = functools.partial(OneCycleLR, max_lr=0.5, total_steps=None, epochs=None)
+    kwargs = scheduler_kwargs(onecycle, optimizer, 40)
+    assert kwargs == {"total_steps": 40, "max_lr": pytest.approx([0.5, 0.05])}
+    given = functools.partial(OneCycleLR, max_lr=0.5, total_steps=None, epochs=3, steps_per_epoch=5)
+    assert "total_steps" not in scheduler_kwargs(given, optimizer, 40)
+    wrapped = functools.partial(LinearWarmup, scheduler=onecycle, warmup_steps=10)
+    inner = scheduler_kwargs(wrapped, optimizer, 40)["scheduler"]
+    assert inner.keywords["total_steps"] == 30
+    assert final_scheduler_class(wrapped) is OneCycleLR
+    assert scheduler_kwargs(functools.partial(StepLR, step_size=2), optimizer, 40) == {}
+
+
+def _cli(root, runs, *extra, configs=("demo.yaml",)):
+    stack = [a for c in configs for a in ("--config", str(CONFIGS / c))]
+    fast = ["--trainer.num_sanity_val_steps", "0", "--trainer.enable_progress_bar", "false",
+            "--trainer.limit_val_batches", "1"]  # fmt: skip
+    return main([*stack, *tiny_args(root, runs), *fast, *extra], run=False)
+
+
+def test_onecycle_total_steps_under_accumulation(synthetic_root, tmp_path):
+    cli = _cli(synthetic_root, tmp_path,
+               "--model.lr_scheduler", "torch.optim.lr_scheduler.OneCycleLR",
+               "--model.lr_scheduler.max_lr", "0.01",
+               "--trainer.accumulate_grad_batches", "3", "--trainer.limit_train_batches", "5",
+               "--trainer.max_epochs", "2")  # fmt: skip
+    used = _UsedLRs()
+    cli.trainer.callbacks.append(used)
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    (config,) = cli.trainer.lr_scheduler_configs
+    scheduler = config.scheduler
+    # 5 batches, an optimizer step every 3 (and at the epoch's end): 2 per epoch, 4 in all.
+    assert config.interval == "step"
+    assert scheduler.total_steps == 4 == cli.trainer.global_step == len(used.lrs)
+    groups = cli.trainer.optimizers[0].param_groups
+    assert [g["name"] for g in groups] == ["heads", "backbone"]
+    assert [g["max_lr"] for g in groups] == pytest.approx([0.01, 0.01])  # ratio 1 by default
+    # The cycle fits the run exactly: its first step at the start LR, its last at the floor.
+    assert used.lrs[0] == pytest.approx(groups[0]["initial_lr"])
+    assert used.lrs[-1] == pytest.approx(groups[0]["min_lr"])
+    assert max(used.lrs) > used.lrs[0]
+
+
+class _UsedLRs(Callback):
+    """The heads' LR of every optimizer step."""
+
+    def __init__(self):
+        self.lrs: list[float] = []
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        self.lrs.append(optimizer.param_groups[0]["lr"])
+
+
+def test_plateau_through_warmup_gets_the_metric(synthetic_root, tmp_path):
+    schedule = {
+        "class_path": "mvcli.schedulers.LinearWarmup",
+        "init_args": {
+            "warmup_steps": 1,
+            "scheduler": {
+                "class_path": "torch.optim.lr_scheduler.ReduceLROnPlateau",
+                "init_args": {"mode": "max", "patience": 0},
+            },
+        },
+    }
+    cli = _cli(synthetic_root, tmp_path, "--model.lr_scheduler", yaml.safe_dump(schedule),
+               "--trainer.max_epochs", "3", "--trainer.limit_train_batches", "1")  # fmt: skip
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    (config,) = cli.trainer.lr_scheduler_configs
+    assert config.reduce_on_plateau and config.monitor == "val/leaderboard"
+    assert config.scheduler.scheduler.best > float("-inf")  # it saw val/leaderboard
+
+    bad = _cli(synthetic_root, tmp_path, "--model.lr_scheduler",
+               "torch.optim.lr_scheduler.ReduceLROnPlateau")  # fmt: skip
+    bad.model.trainer = bad.trainer
+    with pytest.raises(ValueError, match="mode: max"):
+        bad.model.configure_optimizers()
+
+
+@pytest.mark.parametrize(
+    ("overlay", "optimizer", "scheduler"),
+    [
+        (None, "torch.optim.AdamW", "torch.optim.lr_scheduler.CosineAnnealingLR"),
+        ("small_gpu.yaml", "torch.optim.Adam", "mvcli.schedulers.LinearWarmup"),
+        ("high_performance.yaml", "torch.optim.SGD", "torch.optim.lr_scheduler.OneCycleLR"),
+    ],
+)
+def test_recipes_optimizers_and_clipping(synthetic_root, tmp_path, overlay, optimizer, scheduler):
+    configs = ("mvfoul.yaml",) + ((overlay,) if overlay else ())
+    cli = _cli(synthetic_root, tmp_path, configs=configs)
+    config = cli.config
+    assert config.model.optimizer.class_path == optimizer
+    assert config.model.lr_scheduler.class_path == scheduler
+    assert cli.trainer.gradient_clip_val == 1.0
+    assert cli.trainer.gradient_clip_algorithm == "norm"
+    built = cli.model.optimizer([{"params": [torch.nn.Parameter(torch.zeros(1))]}])
+    assert type(built).__name__ == optimizer.rsplit(".", 1)[1]
