@@ -19,7 +19,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from mvcli import __version__
 from mvcli.callbacks.prediction_writer import NothingPredicted, SubmissionWriter
-from mvcli.data.datamodule import MVFoulDataModule, NothingToPredict
+from mvcli.data.datamodule import PREPROCESSING_KEYS, MVFoulDataModule, NothingToPredict
 from mvcli.module import MVFoulModule
 from mvcli.scoring import score_command
 from mvcli.trainer import EXTRA_SUBCOMMANDS, MVTrainer
@@ -39,18 +39,7 @@ _MODEL_KEYS = {
     "label_smoothing",
     "hflip_prob",
 }
-_DATA_KEYS = {
-    "frames_per_clip",
-    "center_frame",
-    "source_fps",
-    "target_fps",
-    "img_height",
-    "img_width",
-    "mean",
-    "std",
-    "num_views",
-    "min_frames",
-}
+_DATA_KEYS = {*PREPROCESSING_KEYS, "num_views", "min_frames"}
 CHECKPOINT_DEFAULTS = {
     "checkpoint.monitor": "val/leaderboard",
     "checkpoint.mode": "max",

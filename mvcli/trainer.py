@@ -14,6 +14,7 @@ import torch
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
 
+from mvcli.data.datamodule import PREPROCESSING_KEYS
 from mvcli.export import FORMATS, ExportFormat, export_network
 
 # Subcommand name -> arguments LightningCLI fills itself (not exposed as options).
@@ -22,17 +23,6 @@ EXTRA_SUBCOMMANDS: dict[str, set[str]] = {
     "cache": {"model", "datamodule"},
 }
 CacheSplit = Literal["Train", "Valid", "Test", "Chall", "predict"]
-# Data settings an exported model must be fed with, recorded in its manifest.
-_PREPROCESSING = (
-    "frames_per_clip",
-    "center_frame",
-    "source_fps",
-    "target_fps",
-    "img_height",
-    "img_width",
-    "mean",
-    "std",
-)
 
 
 class MVTrainer(Trainer):
@@ -85,7 +75,7 @@ class MVTrainer(Trainer):
         model.load_state_dict(checkpoint["state_dict"])
         output_dir = Path(output_dir or ckpt_path.with_name(ckpt_path.stem + "_export"))
         hparams = getattr(datamodule, "hparams", {})
-        preprocessing = {k: hparams[k] for k in _PREPROCESSING if k in hparams}
+        preprocessing = {k: hparams[k] for k in PREPROCESSING_KEYS if k in hparams}
         manifest = export_network(
             model.network,
             output_dir,

@@ -21,6 +21,18 @@ from mvcli.data.taxonomy import NUM_CLASSES
 KINETICS_MEAN = (0.43216, 0.394666, 0.37645)
 KINETICS_STD = (0.22803, 0.22145, 0.216989)
 Split = Literal["Train", "Valid", "Test", "Chall"]
+# The data options that decide what a model sees: restored from checkpoints, recorded in
+# exported models' manifests.
+PREPROCESSING_KEYS = (
+    "frames_per_clip",
+    "center_frame",
+    "source_fps",
+    "target_fps",
+    "img_height",
+    "img_width",
+    "mean",
+    "std",
+)
 _LABELLED = ("Train", "Valid", "Test")
 # What each trainer function reads, for the cache built in prepare_data (predict: as read).
 _STAGE_SPLITS = {"fit": ("Train", "Valid"), "validate": ("Valid",), "test": ("Test",)}

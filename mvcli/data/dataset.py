@@ -36,6 +36,17 @@ class ClipSpec:
     def center_time(self) -> float:
         return self.center_frame / self.source_fps
 
+    def window(self) -> dict:
+        """The keyword arguments of the ``mvcli.data.video`` readers for this spec."""
+        return {
+            "center_time": self.center_time,
+            "num_frames": self.num_frames,
+            "target_fps": self.target_fps,
+            "height": self.height,
+            "width": self.width,
+            "min_frames": self.min_frames,
+        }
+
 
 class MultiViewDataset(Dataset):
     """Decodes the views of each action.
@@ -103,12 +114,4 @@ class MultiViewDataset(Dataset):
 
 def decode_view(path: Path, spec: ClipSpec) -> torch.Tensor:
     """uint8 (T, H, W, C) window of one view."""
-    return read_window(
-        path,
-        center_time=spec.center_time,
-        num_frames=spec.num_frames,
-        target_fps=spec.target_fps,
-        height=spec.height,
-        width=spec.width,
-        min_frames=spec.min_frames,
-    )
+    return read_window(path, **spec.window())

@@ -7,8 +7,8 @@ under study changes between runs; the seed is the same.
 
     .venv/bin/python -m tests.benchmarks.balancing --epochs 8      (make balancing)
 
-Prints a table and writes ``bench_results/balancing.json``. About 3 minutes per run on two
-cores.
+Prints tables and writes ``bench_results/balancing-<epochs>ep.json``. About 40 s per epoch
+and run on two cores.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from jsonargparse import CLI
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from mvcli.cli import main
 from mvcli.data.synthetic import write_synthetic_dataset
@@ -96,6 +97,7 @@ def run(
         metrics = json.loads((log_dir / "test_metrics.json").read_text())
         results[name] = {
             "test": metrics,
+            "val_curves": val_curves(log_dir),
             "minutes": round((time.perf_counter() - start) / 60, 2),
             "log_dir": str(log_dir),
         }
@@ -111,13 +113,27 @@ def run(
         for name, r in results.items()
     ]
     headers = ["training", "bacc offence-sev.", "bacc action", "leaderboard", "acc o-s", "acc act."]
+    curve = "val/bacc_offence_severity"
+    shown = range(min(epochs, 6))
+    curves = [[name, *(r["val_curves"][curve][e] for e in shown)] for name, r in results.items()]
     report(
-        "balancing",
+        f"balancing-{epochs}ep",
         f"Class balancing, synthetic imbalanced set, {epochs} epochs each",
-        {"test split (best checkpoint by val/leaderboard)": table(headers, rows)},
+        {
+            "test split (best checkpoint by val/leaderboard)": table(headers, rows),
+            f"{curve} after each epoch": table(["training", *map(str, shown)], curves),
+        },
         {"epochs": epochs, "actions": counts, "runs": results},
     )
     return results
+
+
+def val_curves(log_dir: Path) -> dict[str, list[float]]:
+    """Per-epoch validation balanced accuracies from a run's TensorBoard events."""
+    events = EventAccumulator(str(log_dir))
+    events.Reload()
+    tags = ("val/bacc_offence_severity", "val/bacc_action", "val/leaderboard")
+    return {tag: [e.value for e in events.Scalars(tag)] for tag in tags}
 
 
 if __name__ == "__main__":

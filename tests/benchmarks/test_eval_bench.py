@@ -40,14 +40,6 @@ class EpochTimer(Callback):
         self.seconds = time.perf_counter() - self.start
 
 
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _cli(root, runs, batch_size: int):
     return main(
         [

@@ -42,24 +42,8 @@ UNCACHED_VS_NAIVE = 2.5
 CACHED_VS_UNCACHED = 30.0
 
 
-@pytest.fixture
-def one_core():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def naive(path: Path, spec: ClipSpec) -> torch.Tensor:
-    return read_full_then_select(
-        path,
-        center_time=spec.center_time,
-        num_frames=spec.num_frames,
-        target_fps=spec.target_fps,
-        height=spec.height,
-        width=spec.width,
-        min_frames=spec.min_frames,
-    )
+    return read_full_then_select(path, **spec.window())
 
 
 def raw_decode(path: Path, until: float | None = None) -> int:
@@ -83,7 +67,7 @@ def drop_page_cache(path: Path) -> None:
         os.close(fd)
 
 
-def test_loader_benchmark(sample_root, tmp_path, one_core):
+def test_loader_benchmark(sample_root, tmp_path, one_thread):
     rounds = env_int("ROUNDS", 5)
     records, _ = read_split(sample_root / "Test")
     views = [v for r in records for v in r.views]

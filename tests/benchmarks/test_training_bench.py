@@ -115,15 +115,6 @@ def plain_loop(module, batches: list[dict]) -> tuple[list[float], list[float]]:
 SIZES = [(8, 32, 56, 20), (16, 64, 112, 8)]
 
 
-@pytest.fixture
-def one_thread():
-    # On a shared 2-core machine two intra-op threads made steps slower and far noisier.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_training_step_overhead(tmp_path, one_thread):
     warmup, repeats = 3, env_int("REPEATS", 3)
     root = tmp_path / "data"
