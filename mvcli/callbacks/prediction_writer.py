@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 from pathlib import Path
 
 import torch
@@ -14,6 +13,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_info
 
 from mvcli.data.taxonomy import HEADS, submission_entry
+from mvcli.io import atomic_write_text
 
 
 class SubmissionWriter(BasePredictionWriter):
@@ -147,7 +147,7 @@ def _assemble(parts: list[Path], path: Path, ckpt: str | None) -> dict:
         "details": {a: details[a] for a in order},
         "failed": failed,
     }
-    _write_atomic(path, json.dumps(payload, indent=2) + "\n")
+    atomic_write_text(path, json.dumps(payload, indent=2) + "\n")
     return payload
 
 
@@ -196,10 +196,4 @@ def write_csv(payload: dict, path: Path) -> None:
                 "skipped_views": " ".join(f"{v['view']}:{v['reason']}" for v in skipped),
             }
         )
-    _write_atomic(path, buffer.getvalue())
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic_write_text(path, buffer.getvalue())

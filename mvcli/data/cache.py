@@ -33,7 +33,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -48,6 +47,7 @@ import torch
 
 from mvcli.data.dataset import ClipSpec, decode_view
 from mvcli.data.video import INTERPOLATION, VideoDecodeError
+from mvcli.io import TMP_SUFFIX, atomic_open, atomic_write_bytes
 
 __all__ = ["CACHE_VERSION", "CacheReport", "ClipCache", "RecordedDecodeError", "default_workers"]
 
@@ -55,7 +55,6 @@ log = logging.getLogger(__name__)
 
 # Bump when the stored format or the meaning of an entry changes: every old key then misses.
 CACHE_VERSION = 1
-_TMP_SUFFIX = ".tmp"
 # Temporary files older than this are leftovers of killed builds (a live write takes ms).
 _STALE_TMP_S = 3600.0
 
@@ -204,10 +203,11 @@ class ClipCache:
     def _store(self, key: str, clip: torch.Tensor | None, failure: dict | None) -> None:
         if failure is not None:
             payload = (json.dumps(failure, indent=1) + "\n").encode()
-            _write_atomic(self.failure_path(key), lambda f: f.write(payload))
+            atomic_write_bytes(self.failure_path(key), payload)
         else:
             array = np.ascontiguousarray(clip.permute(3, 0, 1, 2).numpy())
-            _write_atomic(self.entry_path(key), lambda f: np.save(f, array, allow_pickle=False))
+            with atomic_open(self.entry_path(key)) as f:
+                np.save(f, array, allow_pickle=False)
 
     # -- building ahead ----------------------------------------------------------------------
     def build(
@@ -305,7 +305,7 @@ class ClipCache:
             "damaged": report.damaged,
         }
         payload = (json.dumps(data, indent=1) + "\n").encode()
-        _write_atomic(path, lambda f: f.write(payload))
+        atomic_write_bytes(path, payload)
         return path
 
     def _check_space(self, count: int, shape: tuple[int, ...]) -> None:
@@ -325,7 +325,7 @@ class ClipCache:
     def _clean_stale_tmp(self) -> None:
         """Remove temporary files left by killed builds (never a live writer's)."""
         now = time.time()
-        for tmp in (self.root / "clips").glob(f"*/.*{_TMP_SUFFIX}"):
+        for tmp in (self.root / "clips").glob(f"*/.*{TMP_SUFFIX}"):
             with contextlib.suppress(OSError):
                 if now - tmp.stat().st_mtime > _STALE_TMP_S:
                     tmp.unlink()
@@ -409,21 +409,6 @@ def _read_failure(path: Path) -> dict | None:
 
 def _damage(path: Path, err: VideoDecodeError) -> dict:
     return {"path": str(path), "reason": err.reason, "detail": err.detail}
-
-
-def _write_atomic(path: Path, write: Callable) -> None:
-    """Write under a unique temporary name in the same folder, then rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=_TMP_SUFFIX)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def _human(size: float) -> str:

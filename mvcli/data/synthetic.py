@@ -35,6 +35,8 @@ from typing import Any, Literal
 import av
 import numpy as np
 
+from mvcli.io import atomic_write_text
+
 OFFENCE_SEVERITY_FIELDS: list[tuple[str, str]] = [
     ("No offence", ""),
     ("Offence", "1.0"),
@@ -195,7 +197,10 @@ def write_synthetic_dataset(
             )
     # Annotations last and atomically: a split without annotations.json is incomplete.
     for split in SPLITS:
-        _write_json_atomic(root / split / "annotations.json", _annotations(split, plans[split]))
+        atomic_write_text(
+            root / split / "annotations.json",
+            json.dumps(_annotations(split, plans[split]), indent=4) + "\n",
+        )
     summary = {
         "root": str(root),
         "seconds": round(time.perf_counter() - start, 2),
@@ -412,13 +417,6 @@ def _split_summary(split: str, actions: Sequence[_Action], clips: int) -> dict:
     summary["action"] = act.tolist()
     summary["quirks"] = {a.action_id: a.quirk for a in actions if a.quirk}
     return summary
-
-
-def _write_json_atomic(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=4) + "\n")
-    os.replace(tmp, path)
 
 
 # ----------------------------------------------------------------------------- pixels
