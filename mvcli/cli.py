@@ -100,10 +100,11 @@ class MVCLI(LightningCLI):
         parser.add_lightning_class_args(ModelCheckpoint, "last_checkpoint")
         parser.set_defaults(CHECKPOINT_DEFAULTS)
         parser.add_lightning_class_args(SubmissionWriter, "prediction_writer")
-        # Backbone freezing strategies, a callback every run has (strategy none by default).
-        from mvcli.callbacks.freezing import BackboneFreezing
+        # Backbone freezing: one callback class per strategy (class_path), NoFreezing default.
+        from mvcli.callbacks.freezing import StageFreezing
 
-        parser.add_lightning_class_args(BackboneFreezing, "freezing")
+        parser.add_lightning_class_args(StageFreezing, "freezing", subclass_mode=True)
+        parser.set_defaults({"freezing": {"class_path": "mvcli.callbacks.freezing.NoFreezing"}})
         # What the model must agree on with the data is stated once, in the data section.
         parser.link_arguments("data.frames_per_clip", "model.num_frames")
         parser.link_arguments("data.img_height", "model.img_height")

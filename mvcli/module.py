@@ -28,7 +28,9 @@ from mvcli.models.network import MultiViewNetwork
 from mvcli.models.pooling import PoolingName
 from mvcli.schedulers import (
     STEP_SCHEDULERS,
+    GroupFactorLR,
     final_scheduler_class,
+    inner_scheduler,
     scheduler_kwargs,
 )
 
@@ -73,8 +75,9 @@ class MVFoulModule(LightningModule):
         lr_interval: when the scheduler steps: ``epoch``, ``step`` (optimizer step) or
             ``auto`` (``step`` for OneCycleLR/CyclicLR, ``epoch`` otherwise).
         backbone_lr: learning rate of backbone parameters (default:
-            ``backbone_lr_ratio`` x the optimizer's ``lr``). Stages unfrozen during training
-            (``freezing``) run at the same ratio to the heads' current LR.
+            ``backbone_lr_ratio`` x the optimizer's ``lr``); each stage is a parameter group
+            of its own (``backbone.<stage>``), scheduled like the heads (a frozen stage: LR
+            0, see ``freezing``).
         backbone_lr_ratio: backbone LR / heads LR, when ``backbone_lr`` is unset.
         num_classes: classes per head (linked from the data module).
         num_frames: frames per clip (linked from ``data.frames_per_clip``).
@@ -125,6 +128,8 @@ class MVFoulModule(LightningModule):
         self.network = MultiViewNetwork(spec, pooling, num_classes, mean, std, head_dropout)
         self.backbone_stages = spec.stages
         self.backbone_stage_names = _stage_names(self.network.backbone, spec.stages)
+        # Parameter group name -> LR factor (1 when absent), set by the freezing callback.
+        self.lr_factors: dict[str, float] = {}
         if (backbone_lr is not None and backbone_lr < 0) or backbone_lr_ratio < 0:
             raise ValueError("model.backbone_lr and model.backbone_lr_ratio must be >= 0")
         self.criterion = MultiTaskLoss(
@@ -285,22 +290,55 @@ class MVFoulModule(LightningModule):
             return self.hparams.backbone_lr / head_lr if head_lr > 0 else 0.0
         return self.hparams.backbone_lr_ratio
 
+    def backbone_stage_parameters(self) -> dict[str, list[nn.Parameter]]:
+        """Stage name -> its parameters, stem first; backbone parameters outside every stage
+        go with the stem (unfrozen last)."""
+        seen: set[int] = set()
+        out: dict[str, list[nn.Parameter]] = {}
+        for name, stage in zip(self.backbone_stage_names, self.backbone_stages, strict=True):
+            out[name] = [p for p in stage.parameters() if id(p) not in seen]
+            seen.update(id(p) for p in out[name])
+        rest = [p for p in self.network.backbone.parameters() if id(p) not in seen]
+        if out:
+            out[self.backbone_stage_names[0]] += rest
+        elif rest:
+            out["backbone"] = rest  # a backbone without stages: one group
+        return out
+
+    @staticmethod
+    def stage_group(stage: str) -> str:
+        """The parameter group (and LearningRateMonitor curve ``lr-<Opt>/<group>``) of a stage."""
+        return stage if stage == "backbone" else f"backbone.{stage}"
+
+    def set_stage_lr_factor(self, stage: str, factor: float) -> None:
+        """Multiply a stage's scheduled LR by ``factor`` from now on (0: frozen; the freezing
+        callback's warmup ramp); applied by the GroupFactorLR of ``configure_optimizers``."""
+        self.lr_factors[self.stage_group(stage)] = factor
+
     def configure_optimizers(self):
-        """Parameter groups ``heads`` (pooling and heads, at the optimizer's ``lr``) and
-        ``backbone`` (the backbone parameters trainable now, at the backbone LR). Stages
-        unfrozen later are added as groups of their own by the freezing callback."""
-        in_backbone = {id(p) for p in self.network.backbone.parameters()}
-        trainable = [p for p in self.parameters() if p.requires_grad]
-        heads = [p for p in trainable if id(p) not in in_backbone]
-        backbone = [p for p in trainable if id(p) in in_backbone]
+        """One parameter group ``heads`` (pooling and heads, at the optimizer's ``lr``) and
+        one ``backbone.<stage>`` per backbone stage (at the backbone LR), all created here,
+        frozen or not: freezing sets ``requires_grad`` and the stage's LR factor
+        (:meth:`set_stage_lr_factor`), which a GroupFactorLR applies on top of the
+        configured scheduler."""
+        stages = self.backbone_stage_parameters()
+        in_backbone = {id(p) for params in stages.values() for p in params}
+        heads = [p for p in self.parameters() if id(p) not in in_backbone]
         optimizer = self.optimizer([{"params": heads, "name": "heads"}])
-        if backbone:
-            lr = optimizer.param_groups[0]["lr"] * self.backbone_lr_scale(
-                optimizer.param_groups[0]["lr"]
-            )
-            optimizer.add_param_group({"params": backbone, "name": "backbone", "lr": lr})
+        head_lr = optimizer.param_groups[0]["lr"]
+        lr = head_lr * self.backbone_lr_scale(head_lr)
+        for stage, params in stages.items():
+            if params:
+                optimizer.add_param_group(
+                    {"params": params, "name": self.stage_group(stage), "lr": lr}
+                )
         if self.lr_scheduler is None:
-            return optimizer
+            # The factors still need a scheduler; per step, so a ramp reaches every step.
+            scheduler = GroupFactorLR(optimizer, self.lr_factors)
+            return {
+                "optimizer": optimizer,
+                "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+            }
         final = final_scheduler_class(self.lr_scheduler)
         interval = self.hparams.lr_interval
         if interval == "auto":
@@ -314,11 +352,12 @@ class MVFoulModule(LightningModule):
         if total is None or total < 0 or total == float("inf"):
             total = 1  # only reached by schedulers needing total steps on an endless run
         kwargs = scheduler_kwargs(self.lr_scheduler, optimizer, int(total))
-        scheduler = self.lr_scheduler(optimizer, **kwargs)
+        scheduler = GroupFactorLR(
+            optimizer, self.lr_factors, self.lr_scheduler(optimizer, **kwargs)
+        )
         config = {"scheduler": scheduler, "interval": interval}
         if final is not None and issubclass(final, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            plateau = getattr(scheduler, "scheduler", scheduler)  # inside a LinearWarmup
-            if plateau.mode != "max":
+            if inner_scheduler(scheduler).mode != "max":
                 raise ValueError(
                     "ReduceLROnPlateau monitors val/leaderboard, where higher is better: set "
                     "model.lr_scheduler.init_args.mode: max"

@@ -1,23 +1,18 @@
-"""LR scheduling helpers: a linear warmup in front of any scheduler, and what the module needs
-to build schedulers from ``class_path`` callables (total steps, per-group peaks, groups added
-by the freezing callback after the scheduler was built)."""
+"""LR scheduling: a linear warmup in front of any scheduler, per-group LR factors on top of
+any scheduler (how the freezing callback stops and ramps up backbone stages), and what the
+module needs to build schedulers from ``class_path`` callables (total steps, per-group peaks).
+"""
 
 from __future__ import annotations
 
 import functools
 import inspect
+from collections.abc import Mapping
 from typing import Any
 
 from lightning.pytorch.cli import LRSchedulerCallable
 from torch.optim import Optimizer
-from torch.optim.lr_scheduler import (
-    ChainedScheduler,
-    CyclicLR,
-    LRScheduler,
-    OneCycleLR,
-    ReduceLROnPlateau,
-    SequentialLR,
-)
+from torch.optim.lr_scheduler import CyclicLR, LRScheduler, OneCycleLR, ReduceLROnPlateau
 
 # Schedulers stepped per optimizer step by default (lr_interval: auto); others per epoch.
 STEP_SCHEDULERS: tuple[type, ...] = (OneCycleLR, CyclicLR)
@@ -76,13 +71,14 @@ class LinearWarmup(LRScheduler):
         elif self.scheduler is not None:
             self.scheduler.step()
         if values is not None:
-            # Groups added later (unfrozen stages) are not ours: their LR is set by freezing.
-            for group, lr in zip(self.optimizer.param_groups, values, strict=False):
+            for group, lr in zip(self.optimizer.param_groups, values, strict=True):
                 group["lr"] = lr
-        self._last_lr = [group["lr"] for group in self.optimizer.param_groups]
 
     def get_lr(self) -> list[float]:
         return [group["lr"] for group in self.optimizer.param_groups]
+
+    def get_last_lr(self) -> list[float]:
+        return self.get_lr()
 
     def state_dict(self) -> dict[str, Any]:
         state = {k: v for k, v in self.__dict__.items() if k not in ("optimizer", "scheduler")}
@@ -95,6 +91,75 @@ class LinearWarmup(LRScheduler):
         self.__dict__.update(state)
         if inner is not None and self.scheduler is not None:
             self.scheduler.load_state_dict(inner)
+
+
+class GroupFactorLR(LRScheduler):
+    """Per-group LR factors on top of another scheduler (or of a constant LR).
+
+    Each parameter group's LR is the LR ``scheduler`` gives it times
+    ``factors[group["name"]]`` (1 for a name not in ``factors``). ``factors`` is a live
+    mapping owned by someone else: the freezing callback keeps a frozen stage's group at 0 and
+    ramps a newly unfrozen one from 0 to 1. :meth:`apply` brings changed factors to the
+    optimizer between two steps of the wrapped scheduler, so a ramp counted in optimizer
+    steps also works under a scheduler stepped per epoch. The wrapped scheduler always sees
+    the LRs it set itself (unscaled), so recursive schedulers (StepLR, cosine,
+    ReduceLROnPlateau, LinearWarmup) and closed forms (OneCycleLR, LambdaLR) compose alike.
+
+    Args:
+        optimizer: the optimizer; its groups are all there from the start.
+        factors: group name -> LR factor, read at every :meth:`step` and :meth:`apply`.
+        scheduler: the scheduler that sets the pace, already built on ``optimizer``; None:
+            constant LRs.
+    """
+
+    def __init__(
+        self,
+        optimizer: Optimizer,
+        factors: Mapping[str, float],
+        scheduler: LRScheduler | ReduceLROnPlateau | None = None,
+    ) -> None:
+        self.factors = factors
+        self.scheduler = scheduler
+        self.scheduled = [group["lr"] for group in optimizer.param_groups]
+        super().__init__(optimizer)  # calls step() once: applies the factors
+
+    def step(self, metrics: Any = None) -> None:  # type: ignore[override]
+        self.last_epoch += 1
+        if self.last_epoch > 0 and self.scheduler is not None:
+            for group, lr in zip(self.optimizer.param_groups, self.scheduled, strict=True):
+                group["lr"] = lr
+            # Lightning passes the monitored value to reduce-on-plateau schedulers only.
+            self.scheduler.step() if metrics is None else self.scheduler.step(metrics)
+            self.scheduled = [group["lr"] for group in self.optimizer.param_groups]
+        self.apply()
+
+    def apply(self) -> None:
+        """Set every group's LR to its scheduled LR times its current factor."""
+        for group, lr in zip(self.optimizer.param_groups, self.scheduled, strict=True):
+            group["lr"] = lr * self.factors.get(group.get("name"), 1.0)
+
+    def get_lr(self) -> list[float]:
+        return [group["lr"] for group in self.optimizer.param_groups]
+
+    def get_last_lr(self) -> list[float]:
+        return self.get_lr()
+
+    def state_dict(self) -> dict[str, Any]:
+        inner = self.scheduler.state_dict() if self.scheduler is not None else None
+        return {"last_epoch": self.last_epoch, "scheduled": list(self.scheduled), "inner": inner}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.last_epoch = state_dict["last_epoch"]
+        self.scheduled = list(state_dict["scheduled"])
+        if state_dict.get("inner") is not None and self.scheduler is not None:
+            self.scheduler.load_state_dict(state_dict["inner"])
+
+
+def inner_scheduler(scheduler: Any) -> Any:
+    """The scheduler a GroupFactorLR (and then a LinearWarmup) wraps, else ``scheduler``."""
+    while isinstance(scheduler, (GroupFactorLR, LinearWarmup)) and scheduler.scheduler is not None:
+        scheduler = scheduler.scheduler
+    return scheduler
 
 
 # -- building schedulers from class_path callables -------------------------------------------
@@ -164,43 +229,3 @@ def scheduler_kwargs(factory: Any, optimizer: Optimizer, total_steps: int) -> di
             head = groups[0]["lr"]
             out["max_lr"] = [max_lr * group["lr"] / head for group in groups]
     return out
-
-
-def extend_scheduler_groups(scheduler: Any) -> None:
-    """Let a scheduler step an optimizer that gained parameter groups after it was built.
-
-    Several torch schedulers keep per-group state sized when they are built (``base_lrs``,
-    ``lr_lambdas``, ``max_lrs``; OneCycleLR's ``initial_lr``/``max_lr`` keys) and zip it
-    strictly with the groups at every step, so a group added later (an unfrozen backbone
-    stage) makes the next step fail (LambdaLR: ValueError, OneCycleLR: KeyError). The new
-    entries copy the first group's; the freezing callback sets those groups' LRs itself.
-    """
-    if isinstance(scheduler, (SequentialLR, ChainedScheduler)):
-        for child in scheduler._schedulers:
-            extend_scheduler_groups(child)
-    if isinstance(scheduler, LinearWarmup):
-        if scheduler.scheduler is not None:
-            extend_scheduler_groups(scheduler.scheduler)
-        _extend(scheduler.targets, scheduler.optimizer.param_groups, "lr")
-    groups = scheduler.optimizer.param_groups
-    if isinstance(scheduler, OneCycleLR):
-        keys = ("initial_lr", "max_lr", "min_lr", "max_momentum", "base_momentum")
-        for group in groups[1:]:
-            for key in keys:
-                if key in groups[0]:
-                    group.setdefault(key, groups[0][key])
-    if not isinstance(scheduler, ReduceLROnPlateau):
-        for group in groups:
-            group.setdefault("initial_lr", group["lr"])
-    for name, key in (("base_lrs", "initial_lr"), ("_last_lr", "lr")):
-        values = getattr(scheduler, name, None)
-        if isinstance(values, list):
-            _extend(values, groups, key)
-    for name in ("min_lrs", "max_lrs", "lr_lambdas", "base_momentums", "max_momentums"):
-        values = getattr(scheduler, name, None)
-        if isinstance(values, list) and 0 < len(values) < len(groups):
-            values.extend([values[0]] * (len(groups) - len(values)))
-
-
-def _extend(values: list, groups: list[dict], key: str) -> None:
-    values.extend(group.get(key, group["lr"]) for group in groups[len(values) :])

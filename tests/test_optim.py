@@ -1,5 +1,5 @@
-"""Optimizers and schedulers: warmup values by hand, schedulers surviving added parameter groups,
-OneCycle's total steps in a real fit with accumulation, plateau through the warmup."""
+"""Optimizers and schedulers: warmup values by hand, per-group factors composed with every
+scheduler, OneCycle's total steps in a real fit with accumulation, plateau through the warmup."""
 
 from __future__ import annotations
 
@@ -19,9 +19,10 @@ from torch.optim.lr_scheduler import (
 
 from mvcli.cli import main
 from mvcli.schedulers import (
+    GroupFactorLR,
     LinearWarmup,
-    extend_scheduler_groups,
     final_scheduler_class,
+    inner_scheduler,
     scheduler_kwargs,
 )
 from tests.conftest import CONFIGS, tiny_args
@@ -29,7 +30,8 @@ from tests.conftest import CONFIGS, tiny_args
 
 def _optimizer(groups: int = 2, lr: float = 1.0) -> torch.optim.Optimizer:
     params = [
-        {"params": [torch.nn.Parameter(torch.zeros(2))], "lr": lr * 0.1**i} for i in range(groups)
+        {"params": [torch.nn.Parameter(torch.zeros(2))], "lr": lr * 0.1**i, "name": f"g{i}"}
+        for i in range(groups)
     ]
     return torch.optim.SGD(params, lr=lr, momentum=0.9)
 
@@ -107,10 +109,14 @@ FACTORIES = {
 
 
 @pytest.mark.parametrize("name", sorted(FACTORIES))
-def test_schedulers_step_after_a_group_is_added(name):
-    """What unfreezing does to a scheduler mid-run; the first groups keep their schedule."""
-    optimizer, twin = _optimizer(), _optimizer()
-    scheduler, twin_scheduler = FACTORIES[name](optimizer), FACTORIES[name](twin)
+def test_group_factors_compose_with_every_scheduler(name):
+    """A group's LR is the wrapped scheduler's LR times its factor, whatever the factor did
+    before (0 while frozen, a ramp, changes between two scheduler steps); the scheduler
+    itself runs as if there were no factors."""
+    optimizer, twin = _optimizer(groups=3), _optimizer(groups=3)
+    factors = {"g1": 0.0}
+    scheduler = GroupFactorLR(optimizer, factors, FACTORIES[name](optimizer))
+    twin_scheduler = FACTORIES[name](twin)
 
     def step(opt, sched, metric):
         opt.step()
@@ -118,23 +124,32 @@ def test_schedulers_step_after_a_group_is_added(name):
 
     metrics = [0.5, 0.6, 0.6, 0.6, 0.6, 0.7, 0.7, 0.7]
     for i, metric in enumerate(metrics):
+        factors["g2"] = min(1.0, i / 4)  # a ramp
         if i == 3:
-            optimizer.add_param_group({"params": [torch.nn.Parameter(torch.zeros(2))], "lr": 0.0})
-            extend_scheduler_groups(scheduler)
+            factors["g1"] = 0.5
+        scheduler.apply()  # what the freezing callback does at every batch
+        expected = [lr * factors.get(f"g{g}", 1.0) for g, lr in enumerate(_lrs(twin))]
+        assert _lrs(optimizer) == pytest.approx(expected)
+        assert scheduler.get_last_lr() == _lrs(optimizer)
         step(optimizer, scheduler, metric)
         step(twin, twin_scheduler, metric)
-        assert _lrs(optimizer)[:2] == pytest.approx(_lrs(twin))
-    assert len(scheduler.get_last_lr()) == len(optimizer.param_groups) == 3
 
 
-@pytest.mark.parametrize(("name", "error"), [("onecycle", KeyError), ("lambda", ValueError)])
-def test_unextended_scheduler_fails_on_an_added_group(name, error):
-    optimizer = _optimizer()
-    scheduler = FACTORIES[name](optimizer)
-    optimizer.add_param_group({"params": [torch.nn.Parameter(torch.zeros(2))], "lr": 0.0})
-    optimizer.step()
-    with pytest.raises(error):
-        scheduler.step()
+def test_group_factors_state_round_trip():
+    def make():
+        opt = _optimizer(groups=2)
+        factors = {"g1": 0.5}
+        inner = CosineAnnealingLR(opt, T_max=10)
+        return opt, GroupFactorLR(opt, factors, inner)
+
+    opt, scheduler = make()
+    for _ in range(3):
+        opt.step(), scheduler.step()
+    opt2, resumed = make()
+    resumed.load_state_dict(scheduler.state_dict())
+    for _ in range(3):
+        opt.step(), scheduler.step(), opt2.step(), resumed.step()
+    assert _lrs(opt2) == pytest.approx(_lrs(opt))
 
 
 def test_scheduler_kwargs_fill_total_steps_and_per_group_peaks():
@@ -168,13 +183,15 @@ def test_onecycle_total_steps_under_accumulation(synthetic_root, tmp_path):
     cli.trainer.callbacks.append(used)
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     (config,) = cli.trainer.lr_scheduler_configs
-    scheduler = config.scheduler
+    scheduler = inner_scheduler(config.scheduler)
+    assert isinstance(config.scheduler, GroupFactorLR) and isinstance(scheduler, OneCycleLR)
     # 5 batches, an optimizer step every 3 (and at the epoch's end): 2 per epoch, 4 in all.
     assert config.interval == "step"
     assert scheduler.total_steps == 4 == cli.trainer.global_step == len(used.lrs)
     groups = cli.trainer.optimizers[0].param_groups
-    assert [g["name"] for g in groups] == ["heads", "backbone"]
-    assert [g["max_lr"] for g in groups] == pytest.approx([0.01, 0.01])  # ratio 1 by default
+    stages = ["backbone.stem", "backbone.layer1", "backbone.layer2"]
+    assert [g["name"] for g in groups] == ["heads", *stages]
+    assert [g["max_lr"] for g in groups] == pytest.approx([0.01] * 4)  # ratio 1 by default
     # The cycle fits the run exactly: its first step at the start LR, its last at the floor.
     assert used.lrs[0] == pytest.approx(groups[0]["initial_lr"])
     assert used.lrs[-1] == pytest.approx(groups[0]["min_lr"])
@@ -207,7 +224,7 @@ def test_plateau_through_warmup_gets_the_metric(synthetic_root, tmp_path):
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     (config,) = cli.trainer.lr_scheduler_configs
     assert config.reduce_on_plateau and config.monitor == "val/leaderboard"
-    assert config.scheduler.scheduler.best > float("-inf")  # it saw val/leaderboard
+    assert inner_scheduler(config.scheduler).best > float("-inf")  # it saw val/leaderboard
 
     bad = _cli(synthetic_root, tmp_path, "--model.lr_scheduler",
                "torch.optim.lr_scheduler.ReduceLROnPlateau")  # fmt: skip

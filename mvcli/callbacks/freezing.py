@@ -1,282 +1,102 @@
-"""BackboneFreezing: freeze the backbone and unfreeze its stages on a schedule, a plateau or
-gradient importance, on Lightning's BaseFinetuning.
+"""Backbone freezing strategies, one callback class each (the ``freezing:`` section, chosen by
+``class_path``): NoFreezing, FixedFreezing, GradualFreezing, AdaptiveFreezing and
+AdvancedFreezing, sharing StageFreezing.
 
-The stages are the module's ``backbone_stages`` (stem first, deepest last: stem..layer4 for
-the 3D ResNets, block groups for S3D/MViT/Swin). Frozen parameters have ``requires_grad``
-False and are in no optimizer group; a stage that is unfrozen joins the optimizer as a group
-of its own (``backbone.<stage>``), whose LR is the heads' current LR x the module's
-backbone/heads ratio (``model.backbone_lr`` or ``model.backbone_lr_ratio``), ramped linearly
-from 0 over ``warmup_epochs``: the LR scheduler (any of them) sets the pace, the callback the
-ratio and the ramp, at every batch, before the LearningRateMonitor reads it.
+The stages are the module's backbone stages (stem first, deepest last: stem..layer4 for the
+3D ResNets, block groups for S3D/MViT/Swin). Every stage is a parameter group of the
+optimizer from the start (``backbone.<stage>``, see ``MVFoulModule.configure_optimizers``).
+A frozen stage has ``requires_grad`` False, its batch norm layers in eval mode (unless
+``train_bn``) and an LR factor of 0; an unfrozen stage trains (batch norm included) and its
+LR factor rises linearly from 0 to 1 over ``warmup_epochs``. The factors multiply whatever the
+configured LR scheduler gives each group (``mvcli.schedulers.GroupFactorLR``).
 """
 
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from typing import Any, Literal
 
 import torch
+from jsonargparse.typing import NonNegativeFloat, NonNegativeInt, PositiveInt
 from lightning.pytorch import LightningModule, Trainer
-from lightning.pytorch.callbacks import BaseFinetuning
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
-from torch.optim import Optimizer
 
-from mvcli.schedulers import extend_scheduler_groups
-
-FreezingStrategy = Literal["none", "fixed", "gradual", "adaptive", "advanced"]
-_GROUP_PREFIX = "backbone."
+from mvcli.compat import rewrap_ddp
+from mvcli.schedulers import GroupFactorLR
 
 
-class BackboneFreezing(BaseFinetuning):
-    """Backbone freezing strategies (the ``freezing:`` section).
+class StageFreezing(Callback, ABC):
+    """What every strategy shares: which stages are unfrozen, their batch norm modes and LR
+    factors, resume. A subclass says when a stage is unfrozen (:meth:`to_unfreeze`).
 
     Args:
-        strategy: ``none``: everything trains from the start. ``fixed``: the backbone stays
-            frozen (pooling and heads train). ``gradual``: frozen for ``freeze_epochs``
-            epochs, then one stage is unfrozen every ``unfreeze_every`` epochs, deepest first.
-            ``adaptive``: the next stage (deepest first) is unfrozen when ``monitor`` has not
-            improved by ``min_delta`` for ``patience`` validations. ``advanced``: adaptive,
-            but the next stage is the frozen one with the largest gradient importance (RMS
-            gradient measured on ``probe_batches`` training batches per epoch with the frozen
-            stages temporarily requiring grad, averaged with ``gradient_momentum``), plus
-            rollback: after ``rollback_patience`` validations in a row worse than the best by
-            more than ``min_delta``, with stages unfrozen since the best, the best weights
-            and freezing state are restored and those stages are not unfrozen again.
-        freeze_epochs: ``gradual``: epochs with the whole backbone frozen.
-        unfreeze_every: ``gradual``: epochs between two unfrozen stages.
-        monitor: ``adaptive``/``advanced``: the metric watched.
-        mode: whether ``monitor`` improves going up (``max``) or down (``min``).
-        patience: ``adaptive``/``advanced``: validations without improvement before the next
-            stage is unfrozen.
-        min_delta: smallest change of ``monitor`` that counts as an improvement (or a decline).
-        warmup_epochs: a newly unfrozen stage's LR rises linearly from 0 to its target over
-            this many epochs (counted in optimizer steps; 0: no warmup).
-        train_bn: batch norm layers of frozen stages train (their affine parameters in the
-            ``backbone`` group, running statistics updated); by default they stay in eval mode
-            with frozen statistics.
-        gradient_momentum: ``advanced``: EMA momentum of the gradient importance.
-        probe_batches: ``advanced``: training batches per epoch on which frozen stages'
-            gradients are measured (the first ones of the epoch).
-        rollback_patience: ``advanced``: validations of decline before a rollback.
+        train_bn: batch norm layers of frozen stages train too (affine parameters at the
+            stage's LR, running statistics updated); by default they stay in eval mode with
+            frozen statistics. Unfrozen stages always train their batch norm.
     """
 
-    def __init__(
-        self,
-        strategy: FreezingStrategy = "none",
-        freeze_epochs: int = 2,
-        unfreeze_every: int = 2,
-        monitor: str = "val/leaderboard",
-        mode: Literal["max", "min"] = "max",
-        patience: int = 2,
-        min_delta: float = 0.0,
-        warmup_epochs: float = 1.0,
-        train_bn: bool = False,
-        gradient_momentum: float = 0.9,
-        probe_batches: int = 2,
-        rollback_patience: int = 3,
-    ) -> None:
-        super().__init__()
-        for name, value in {
-            "freeze_epochs": freeze_epochs,
-            "patience": patience,
-            "min_delta": min_delta,
-            "warmup_epochs": warmup_epochs,
-            "probe_batches": probe_batches,
-        }.items():
-            if value < 0:
-                raise ValueError(f"freezing.{name} must be >= 0, got {value}")
-        if unfreeze_every < 1 or rollback_patience < 1:
-            raise ValueError("freezing.unfreeze_every and freezing.rollback_patience must be >= 1")
-        if not 0.0 <= gradient_momentum < 1.0:
-            raise ValueError(
-                f"freezing.gradient_momentum must be in [0, 1), got {gradient_momentum}"
-            )
-        self.strategy = strategy
-        self.freeze_epochs = freeze_epochs
-        self.unfreeze_every = unfreeze_every
-        self.monitor = monitor
-        self.mode = mode
-        self.patience = patience
-        self.min_delta = min_delta
-        self.warmup_epochs = warmup_epochs
+    warmup_epochs: float = 0.0
+
+    def __init__(self, train_bn: bool = False) -> None:
         self.train_bn = train_bn
-        self.gradient_momentum = gradient_momentum
-        self.probe_batches = probe_batches
-        self.rollback_patience = rollback_patience
         # Freezing state (saved in checkpoints).
         self.unfrozen: list[int] = []  # stage indices, in unfreezing order
         self.unfrozen_at: dict[int, int] = {}  # stage -> global step of its (last) unfreezing
-        self.blocked: list[int] = []  # stages rolled back, never unfrozen again
-        self.best: float | None = None
-        self.wait = 0
-        self.decline = 0
-        self.importance: dict[int, float] = {}
         self.history: list[dict[str, Any]] = []
-        self.snapshot: dict[str, Any] | None = None
         # Run-time structures.
-        self._stages: list[nn.Module] = []
         self._names: list[str] = []
         self._params: list[list[nn.Parameter]] = []
-        self._bns: list[list[_BatchNorm]] = []
-        self._probing = False
-        self._warned_missing = False
+        self._module: LightningModule | None = None
+
+    @property
+    def state_key(self) -> str:
+        return "BackboneFreezing"  # one freezing callback per run, whatever its class
 
     # -- structure -----------------------------------------------------------------------------
-    @property
-    def active(self) -> bool:
-        return self.strategy != "none"
-
     @property
     def stage_names(self) -> list[str]:
         return list(self._names)
 
-    def _index_stages(self, pl_module: LightningModule) -> None:
-        stages = list(getattr(pl_module, "backbone_stages", None) or [])
-        if self.active and not stages:
-            raise ValueError(
-                f"freezing.strategy={self.strategy!r} needs the module's backbone_stages"
-            )
-        names = list(getattr(pl_module, "backbone_stage_names", None) or [])
-        if len(names) != len(stages):
-            names = [f"stage{i}" for i in range(len(stages))]
-        params: list[list[nn.Parameter]] = []
-        seen: set[int] = set()
-        for stage in stages:
-            own = [p for p in stage.parameters() if id(p) not in seen]
-            seen.update(id(p) for p in own)
-            params.append(own)
-        # Backbone parameters outside every stage go with the stem, unfrozen last.
-        backbone = getattr(getattr(pl_module, "network", None), "backbone", None)
-        if backbone is not None and params:
-            params[0] += [p for p in backbone.parameters() if id(p) not in seen]
-        self._stages, self._names, self._params = stages, names, params
-        self._bns = [[m for m in s.modules() if isinstance(m, _BatchNorm)] for s in stages]
-
     def frozen_stages(self) -> list[int]:
-        if not self.active:
-            return []
-        return [i for i in range(len(self._stages)) if i not in self.unfrozen]
+        return [i for i in range(len(self._names)) if i not in self.unfrozen]
 
-    # -- BaseFinetuning ------------------------------------------------------------------------
+    def batch_norms(self, i: int) -> list[_BatchNorm]:
+        """Stage ``i``'s batch norm layers, looked up now: a strategy may have replaced them
+        (DDP's ``sync_batchnorm`` swaps them for SyncBatchNorm layers after ``setup``)."""
+        stage = self._module.backbone_stages[i]
+        return [m for m in stage.modules() if isinstance(m, _BatchNorm)]
+
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        self._index_stages(pl_module)
-        super().setup(trainer, pl_module, stage)
-        if self.active and self in trainer.callbacks:
-            # First at every hook: the LearningRateMonitor and other callbacks then see the
-            # freezing state and LRs of the step they run at. (Moving an item to the front
-            # leaves the items after it in place, so the running hook loop is unaffected.)
+        if not getattr(pl_module, "backbone_stages", None):
+            raise ValueError(f"freezing: {type(self).__name__} needs the module's backbone stages")
+        stages = pl_module.backbone_stage_parameters()
+        self._module = pl_module
+        self._names, self._params = list(stages), list(stages.values())
+        for i in range(len(self._names)):
+            self._apply(i)
+        self._refresh_lrs(trainer)  # before configure_optimizers builds the scheduler
+        if self in trainer.callbacks:
+            # First at every hook: the LearningRateMonitor, the checkpoint callbacks and the
+            # others then see the freezing state and LRs of the step they run at.
             trainer.callbacks.remove(self)
             trainer.callbacks.insert(0, self)
 
-    def freeze_before_training(self, pl_module: LightningModule) -> None:
-        if self.active:
-            for i in range(len(self._stages)):
-                self._freeze_stage(i)
-
-    def _freeze_stage(self, i: int) -> None:
-        self.freeze(self._stages[i], train_bn=self.train_bn)
-        bn_params = {id(p) for m in self._bns[i] for p in m.parameters()}
-        for p in self._params[i]:  # parameters outside the stage modules (with the stem)
-            if not (self.train_bn and id(p) in bn_params):
-                p.requires_grad = False
-
-    def finetune_function(self, pl_module: LightningModule, epoch: int, optimizer: Optimizer):
-        trainer = pl_module.trainer
-        if self.strategy in ("none", "fixed"):
-            return
-        if self.strategy == "gradual":
-            if epoch >= self.freeze_epochs:
-                due = 1 + (epoch - self.freeze_epochs) // self.unfreeze_every
-                while len(self.unfrozen) < min(due, len(self._stages)):
-                    self._unfreeze(self.frozen_stages()[-1], trainer, optimizer, epoch)
-            return
-        rollback = self.strategy == "advanced" and self._rollback_due()
-        if _broadcast(trainer, rollback):
-            self._rollback(pl_module, optimizer, epoch)
-            return
-        if self.wait >= self.patience and self.frozen_stages():
-            stage = _broadcast(trainer, self._next_stage(trainer))
-            if stage is not None:
-                self._unfreeze(stage, trainer, optimizer, epoch)
-                self.wait = 0
-
-    # -- unfreezing, rollback ------------------------------------------------------------------
-    def _next_stage(self, trainer: Trainer) -> int | None:
-        candidates = [i for i in self.frozen_stages() if i not in self.blocked]
-        if not candidates:
-            return None
-        if self.strategy != "advanced":
-            return candidates[-1]
-        scores = torch.tensor([self.importance.get(i, -1.0) for i in candidates])
-        scores = trainer.strategy.reduce(scores.to(trainer.strategy.root_device), reduce_op="mean")
-        scores = scores.cpu()
-        if (scores < 0).all():
-            return candidates[-1]  # nothing measured (probe_batches=0): deepest first
-        return candidates[int(scores.argmax())]
-
-    def _unfreeze(self, i: int, trainer: Trainer, optimizer: Optimizer, epoch: int) -> None:
-        self.make_trainable(self._stages[i])
+    # -- freezing state -> the module ----------------------------------------------------------
+    def _apply(self, i: int) -> None:
+        """Stage ``i``'s requires_grad, from the freezing state."""
+        trainable = i in self.unfrozen
+        bn_params = {id(p) for m in self.batch_norms(i) for p in m.parameters()}
         for p in self._params[i]:
-            p.requires_grad = True
-        in_optimizer = {id(p) for group in optimizer.param_groups for p in group["params"]}
-        new = [p for p in self._params[i] if id(p) not in in_optimizer]
-        name = _GROUP_PREFIX + self._names[i]
-        if new:
-            optimizer.add_param_group({"params": new, "name": name, "lr": 0.0})
-            for scheduler in _schedulers(trainer, optimizer):
-                extend_scheduler_groups(scheduler)
-        self.unfrozen.append(i)
-        self.unfrozen_at[i] = trainer.global_step
-        self._record(epoch, "unfreeze", i)
-        _resync_ddp(trainer)
-        self.apply_learning_rates(trainer)
+            p.requires_grad = trainable or (self.train_bn and id(p) in bn_params)
 
-    def _rollback_due(self) -> bool:
-        if self.snapshot is None or self.decline < self.rollback_patience:
-            return False
-        return set(self.unfrozen) != set(self.snapshot["unfrozen"])
-
-    def _rollback(self, pl_module: LightningModule, optimizer: Optimizer, epoch: int) -> None:
-        assert self.snapshot is not None
-        pl_module.load_state_dict(self.snapshot["state_dict"])
-        keep = self.snapshot["unfrozen"]
-        for i in [i for i in self.unfrozen if i not in keep]:
-            self._freeze_stage(i)
-            for p in self._params[i]:
-                optimizer.state.pop(p, None)
-            self.blocked.append(i)
-            self._record(epoch, "rollback", i)
-        self.unfrozen = [i for i in self.unfrozen if i in keep]
-        self.wait = self.decline = 0
-        _resync_ddp(pl_module.trainer)
-        self.apply_learning_rates(pl_module.trainer)
-
-    def _record(self, epoch: int, event: str, i: int) -> None:
-        self.history.append({"epoch": epoch, "event": event, "stage": self._names[i]})
-        rank_zero_info(f"freezing ({self.strategy}): epoch {epoch}: {event} {self._names[i]}")
-
-    # -- learning rates ------------------------------------------------------------------------
-    def apply_learning_rates(self, trainer: Trainer) -> None:
-        """Set each stage group's LR: heads' LR now x backbone ratio x warmup ramp (0 if
-        frozen again)."""
-        pl_module = trainer.lightning_module
-        for optimizer in trainer.optimizers:
-            groups = {g.get("name"): g for g in optimizer.param_groups}
-            heads = groups.get("heads", optimizer.param_groups[0])
-            base = optimizer.defaults.get("lr", heads["lr"])
-            scale = (
-                pl_module.backbone_lr_scale(base)
-                if hasattr(pl_module, "backbone_lr_scale")
-                else 1.0
-            )
-            for i, name in enumerate(self._names):
-                group = groups.get(_GROUP_PREFIX + name)
-                if group is None:
-                    continue
-                ramp = self._ramp(trainer, i) if i in self.unfrozen else 0.0
-                group["lr"] = float(heads["lr"]) * scale * ramp
+    def _factor(self, trainer: Trainer, i: int) -> float:
+        if i in self.unfrozen:
+            return self._ramp(trainer, i)
+        return 1.0 if self.train_bn else 0.0  # train_bn: batch norm trains at the stage LR
 
     def _ramp(self, trainer: Trainer, i: int) -> float:
         batches = trainer.num_training_batches
@@ -290,38 +110,368 @@ class BackboneFreezing(BaseFinetuning):
             return 1.0
         return min(1.0, (trainer.global_step - self.unfrozen_at.get(i, 0) + 1) / total)
 
+    def _set_bn_modes(self) -> None:
+        # Lightning's evaluation loop restores the modes it found, and a resumed run starts
+        # with everything in train mode: set them at every batch.
+        for i in range(len(self._names)):
+            training = self.train_bn or i in self.unfrozen
+            for bn in self.batch_norms(i):
+                bn.train(training)
+
+    def _refresh_lrs(self, trainer: Trainer) -> None:
+        """Each stage's LR factor, brought to the optimizer."""
+        for i, name in enumerate(self._names):
+            self._module.set_stage_lr_factor(name, self._factor(trainer, i))
+        for config in trainer.lr_scheduler_configs:
+            if isinstance(config.scheduler, GroupFactorLR):
+                config.scheduler.apply()
+
+    # -- unfreezing ----------------------------------------------------------------------------
+    @abstractmethod
+    def to_unfreeze(self, trainer: Trainer, epoch: int) -> list[int]:
+        """Stages to unfreeze at the start of ``epoch`` (the same on every process)."""
+
+    def unfreeze(self, trainer: Trainer, i: int, epoch: int) -> None:
+        self.unfrozen.append(i)
+        self.unfrozen_at[i] = trainer.global_step
+        self._apply(i)
+        self._record(epoch, "unfreeze", i)
+
+    def _record(self, epoch: int, event: str, i: int) -> None:
+        self.history.append({"epoch": epoch, "event": event, "stage": self._names[i]})
+        name = type(self).__name__
+        rank_zero_info(f"freezing ({name}): epoch {epoch}: {event} {self._names[i]}")
+
     # -- hooks ---------------------------------------------------------------------------------
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if self._restarting and self.active:
-            # The checkpoint's freezing state, before its parameter groups are restored.
-            for i in self.unfrozen:
-                self.make_trainable(self._stages[i])
-                for p in self._params[i]:
-                    p.requires_grad = True
-            if self.unfrozen:
-                _resync_ddp(trainer)
-        super().on_fit_start(trainer, pl_module)
-
-    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        for optimizer in trainer.optimizers:  # after the schedulers' state was restored
-            for scheduler in _schedulers(trainer, optimizer):
-                extend_scheduler_groups(scheduler)
+        # After the strategy's setup and the callback state's restore: a resumed run's
+        # unfrozen stages train again (and join DDP's gradient sync).
+        for i in range(len(self._names)):
+            self._apply(i)
+        self._refresh_lrs(trainer)
+        if self.unfrozen:
+            rewrap_ddp(trainer)
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if not self.active:
-            return
-        super().on_train_epoch_start(trainer, pl_module)
+        changed = self.update(trainer, trainer.current_epoch)
+        if changed:
+            rewrap_ddp(trainer)
         self._set_bn_modes()
-        self.apply_learning_rates(trainer)
+        self._refresh_lrs(trainer)
+
+    def update(self, trainer: Trainer, epoch: int) -> bool:
+        """Apply this epoch's freezing decisions; whether the trainable parameters changed."""
+        due = self.to_unfreeze(trainer, epoch)
+        for i in due:
+            self.unfreeze(trainer, i, epoch)
+        return bool(due)
 
     def on_train_batch_start(
         self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        if not self.active:
-            return
         self._set_bn_modes()
-        self.apply_learning_rates(trainer)
-        if self.strategy == "advanced" and batch_idx < self.probe_batches:
+        self._refresh_lrs(trainer)
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        unfrozen = float(len(self.unfrozen))
+        pl_module.log("freezing/unfrozen_stages", unfrozen, on_step=False, on_epoch=True)
+
+    # -- state ---------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "strategy": type(self).__name__,
+            "unfrozen": list(self.unfrozen),
+            "unfrozen_at": dict(self.unfrozen_at),
+            "history": list(self.history),
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        saved = state_dict.get("strategy", type(self).__name__)
+        if saved != type(self).__name__:
+            rank_zero_warn(
+                f"freezing: checkpoint was trained with {saved}, this run uses "
+                f"{type(self).__name__}; the checkpoint's unfrozen stages stay unfrozen"
+            )
+        self.unfrozen = list(state_dict.get("unfrozen", []))
+        self.unfrozen_at = {int(k): v for k, v in state_dict.get("unfrozen_at", {}).items()}
+        self.history = list(state_dict.get("history", []))
+
+
+class NoFreezing(StageFreezing):
+    """No freezing: every stage trains from the start, at its scheduled LR (the default)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+
+    # Nothing to do at any hook: every parameter of a fresh module requires grad.
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        pass
+
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        pass
+
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        pass
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        pass
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        pass
+
+    def to_unfreeze(self, trainer: Trainer, epoch: int) -> list[int]:
+        return []
+
+
+class FixedFreezing(StageFreezing):
+    """The backbone stays frozen; pooling and heads train.
+
+    Args:
+        train_bn: batch norm layers of the backbone train (affine parameters at the backbone
+            LR, running statistics updated); by default they stay in eval mode.
+    """
+
+    def __init__(self, train_bn: bool = False) -> None:
+        super().__init__(train_bn=train_bn)
+
+    def to_unfreeze(self, trainer: Trainer, epoch: int) -> list[int]:
+        return []
+
+
+class GradualFreezing(StageFreezing):
+    """The backbone is frozen for ``freeze_epochs`` epochs, then one stage is unfrozen every
+    ``unfreeze_every`` epochs, deepest first.
+
+    Args:
+        freeze_epochs: epochs with the whole backbone frozen.
+        unfreeze_every: epochs between two unfrozen stages.
+        warmup_epochs: a newly unfrozen stage's LR rises linearly from 0 to its scheduled
+            value over this many epochs (counted in optimizer steps; 0: no warmup).
+        train_bn: batch norm layers of frozen stages train too; by default they stay in eval
+            mode until their stage is unfrozen.
+    """
+
+    def __init__(
+        self,
+        freeze_epochs: NonNegativeInt = 2,
+        unfreeze_every: PositiveInt = 2,
+        warmup_epochs: NonNegativeFloat = 1.0,
+        train_bn: bool = False,
+    ) -> None:
+        super().__init__(train_bn=train_bn)
+        self.freeze_epochs = freeze_epochs
+        self.unfreeze_every = unfreeze_every
+        self.warmup_epochs = warmup_epochs
+
+    def to_unfreeze(self, trainer: Trainer, epoch: int) -> list[int]:
+        if epoch < self.freeze_epochs:
+            return []
+        due = min(1 + (epoch - self.freeze_epochs) // self.unfreeze_every, len(self._names))
+        frozen = self.frozen_stages()
+        return frozen[::-1][: max(0, due - len(self.unfrozen))]
+
+
+class AdaptiveFreezing(StageFreezing):
+    """The next stage (deepest first) is unfrozen when ``monitor`` has not improved by
+    ``min_delta`` for ``patience`` validations.
+
+    Args:
+        monitor: the metric watched.
+        mode: whether ``monitor`` improves going up (``max``) or down (``min``).
+        patience: validations without improvement before the next stage is unfrozen.
+        min_delta: smallest change of ``monitor`` that counts as an improvement.
+        warmup_epochs: a newly unfrozen stage's LR rises linearly from 0 to its scheduled
+            value over this many epochs (counted in optimizer steps; 0: no warmup).
+        train_bn: batch norm layers of frozen stages train too; by default they stay in eval
+            mode until their stage is unfrozen.
+    """
+
+    def __init__(
+        self,
+        monitor: str = "val/leaderboard",
+        mode: Literal["max", "min"] = "max",
+        patience: NonNegativeInt = 2,
+        min_delta: NonNegativeFloat = 0.0,
+        warmup_epochs: NonNegativeFloat = 1.0,
+        train_bn: bool = False,
+    ) -> None:
+        super().__init__(train_bn=train_bn)
+        self.monitor = monitor
+        self.mode = mode
+        self.patience = patience
+        self.min_delta = min_delta
+        self.warmup_epochs = warmup_epochs
+        self.best: float | None = None
+        self.wait = 0
+        self.decline = 0
+        self.blocked: list[int] = []  # stages never unfrozen again (rolled back)
+        self._warned_missing = False
+
+    def _candidates(self) -> list[int]:
+        return [i for i in self.frozen_stages() if i not in self.blocked]
+
+    def choose(self, trainer: Trainer, candidates: list[int]) -> int:
+        """The next stage to unfreeze: the deepest frozen one."""
+        return candidates[-1]
+
+    def to_unfreeze(self, trainer: Trainer, epoch: int) -> list[int]:
+        candidates = self._candidates()
+        if self.wait < self.patience or not candidates:
+            return []
+        self.wait = 0
+        return [_broadcast(trainer, self.choose(trainer, candidates))]
+
+    def improved(self, value: float) -> bool:
+        sign = 1.0 if self.mode == "max" else -1.0
+        return self.best is None or sign * (value - self.best) > self.min_delta
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.sanity_checking or trainer.state.fn != "fit":
+            return
+        value = trainer.callback_metrics.get(self.monitor)
+        if value is None:
+            if not self._warned_missing:
+                rank_zero_warn(f"freezing: metric {self.monitor!r} not logged; nothing unfrozen")
+                self._warned_missing = True
+            return
+        value = float(value)
+        if self.improved(value):
+            self.best, self.wait, self.decline = value, 0, 0
+        else:
+            self.wait += 1
+            sign = 1.0 if self.mode == "max" else -1.0
+            declined = sign * (self.best - value) > self.min_delta
+            self.decline = self.decline + 1 if declined else 0
+
+    def state_dict(self) -> dict[str, Any]:
+        return super().state_dict() | {
+            "best": self.best,
+            "wait": self.wait,
+            "decline": self.decline,
+            "blocked": list(self.blocked),
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        self.best = state_dict.get("best")
+        self.wait = state_dict.get("wait", 0)
+        self.decline = state_dict.get("decline", 0)
+        self.blocked = list(state_dict.get("blocked", []))
+
+
+class AdvancedFreezing(AdaptiveFreezing):
+    """Adaptive, but the next stage is the frozen one with the largest gradient importance,
+    plus rollback.
+
+    Gradient importance: the RMS gradient of each frozen stage, measured on the first
+    ``probe_batches`` training batches of every epoch with the frozen stages temporarily
+    requiring grad (never stepped), averaged with ``gradient_momentum``. Rollback: after
+    ``rollback_patience`` validations in a row worse than the best by more than
+    ``min_delta``, with stages unfrozen since the best, the best checkpoint (the
+    ``checkpoint`` callback's, which must monitor the same metric) is loaded back, weights
+    and freezing state, and those stages are never unfrozen again.
+
+    Args:
+        monitor: the metric watched (the ``checkpoint`` callback must monitor it too).
+        mode: whether ``monitor`` improves going up (``max``) or down (``min``).
+        patience: validations without improvement before the next stage is unfrozen.
+        min_delta: smallest change of ``monitor`` that counts as an improvement (or a decline).
+        warmup_epochs: a newly unfrozen stage's LR rises linearly from 0 to its scheduled
+            value over this many epochs (counted in optimizer steps; 0: no warmup).
+        gradient_momentum: EMA momentum of the gradient importance, in [0, 1).
+        probe_batches: training batches per epoch on which frozen stages' gradients are
+            measured (0: deepest first, like adaptive).
+        rollback_patience: validations of decline before a rollback.
+        train_bn: batch norm layers of frozen stages train too; by default they stay in eval
+            mode until their stage is unfrozen.
+    """
+
+    def __init__(
+        self,
+        monitor: str = "val/leaderboard",
+        mode: Literal["max", "min"] = "max",
+        patience: NonNegativeInt = 2,
+        min_delta: NonNegativeFloat = 0.0,
+        warmup_epochs: NonNegativeFloat = 1.0,
+        gradient_momentum: NonNegativeFloat = 0.9,
+        probe_batches: NonNegativeInt = 2,
+        rollback_patience: PositiveInt = 3,
+        train_bn: bool = False,
+    ) -> None:
+        if gradient_momentum >= 1.0:
+            raise ValueError(f"freezing.gradient_momentum must be < 1, got {gradient_momentum}")
+        super().__init__(monitor, mode, patience, min_delta, warmup_epochs, train_bn)
+        self.gradient_momentum = gradient_momentum
+        self.probe_batches = probe_batches
+        self.rollback_patience = rollback_patience
+        self.importance: dict[int, float] = {}
+        self.best_unfrozen: list[int] = []  # the unfrozen stages when ``best`` was reached
+        self._probing = False
+
+    # -- rollback ------------------------------------------------------------------------------
+    def _checkpoint(self, trainer: Trainer) -> ModelCheckpoint:
+        for callback in trainer.checkpoint_callbacks:
+            if callback.monitor == self.monitor and callback.mode == self.mode:
+                return callback
+        raise ValueError(
+            f"freezing: AdvancedFreezing rolls back to the best checkpoint by {self.monitor!r} "
+            f"({self.mode}): set checkpoint.monitor: {self.monitor} and checkpoint.mode: "
+            f"{self.mode} (now: "
+            f"{[(c.monitor, c.mode) for c in trainer.checkpoint_callbacks] or 'none'})"
+        )
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        if stage == "fit":
+            self._checkpoint(trainer)  # fail before training, not at the first rollback
+
+    def update(self, trainer: Trainer, epoch: int) -> bool:
+        rollback = (
+            self.decline >= self.rollback_patience
+            and set(self.unfrozen) != set(self.best_unfrozen)
+            and bool(self._checkpoint(trainer).best_model_path)
+        )
+        if _broadcast(trainer, rollback):
+            self._rollback(trainer, epoch)
+            return True
+        return super().update(trainer, epoch)
+
+    def _rollback(self, trainer: Trainer, epoch: int) -> None:
+        path = self._checkpoint(trainer).best_model_path
+        checkpoint = trainer.strategy.load_checkpoint(path)
+        self._module.load_state_dict(checkpoint["state_dict"])
+        keep = checkpoint["callbacks"][self.state_key]["unfrozen"]
+        optimizer = trainer.optimizers[0]
+        for i in [i for i in self.unfrozen if i not in keep]:
+            self.unfrozen.remove(i)
+            self._apply(i)
+            for p in self._params[i]:
+                optimizer.state.pop(p, None)  # its moments belong to the abandoned weights
+            self.blocked.append(i)
+            self._record(epoch, "rollback", i)
+        self.wait = self.decline = 0
+        rank_zero_info(f"freezing (AdvancedFreezing): restored {path}")
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        best = self.best
+        super().on_validation_end(trainer, pl_module)
+        if self.best != best:
+            self.best_unfrozen = list(self.unfrozen)
+
+    # -- gradient importance -------------------------------------------------------------------
+    def choose(self, trainer: Trainer, candidates: list[int]) -> int:
+        scores = torch.tensor([self.importance.get(i, -1.0) for i in candidates])
+        scores = trainer.strategy.reduce(scores.to(trainer.strategy.root_device), reduce_op="mean")
+        scores = scores.cpu()
+        if (scores < 0).all():
+            return candidates[-1]  # nothing measured (probe_batches=0): deepest first
+        return candidates[int(scores.argmax())]
+
+    def on_train_batch_start(
+        self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        super().on_train_batch_start(trainer, pl_module, batch, batch_idx)
+        if batch_idx < self.probe_batches:
             probe = [
                 p for i in self.frozen_stages() for p in self._params[i] if not p.requires_grad
             ]
@@ -335,7 +485,7 @@ class BackboneFreezing(BaseFinetuning):
         self._probing = False
         scale = _grad_scale(trainer)
         for i in self.frozen_stages():
-            grads = [p.grad for p in self._params[i] if p.requires_grad and p.grad is not None]
+            grads = [p.grad for p in self._params[i] if p.grad is not None]
             if grads:
                 squares = sum(float(g.float().pow(2).sum()) for g in grads)
                 count = sum(g.numel() for g in grads)
@@ -344,88 +494,31 @@ class BackboneFreezing(BaseFinetuning):
                     old = self.importance.get(i)
                     m = self.gradient_momentum
                     self.importance[i] = value if old is None else m * old + (1 - m) * value
+        self._end_probe()
+
+    def _end_probe(self) -> None:
         for i in self.frozen_stages():
-            self._freeze_stage(i)
+            self._apply(i)
             for p in self._params[i]:
                 if not p.requires_grad:
-                    p.grad = None
-
-    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if self.strategy not in ("adaptive", "advanced") or trainer.sanity_checking:
-            return
-        if trainer.state.fn != "fit":
-            return
-        value = trainer.callback_metrics.get(self.monitor)
-        if value is None:
-            if not self._warned_missing:
-                rank_zero_warn(f"freezing: metric {self.monitor!r} not logged; nothing unfrozen")
-                self._warned_missing = True
-            return
-        value = float(value)
-        sign = 1.0 if self.mode == "max" else -1.0
-        if self.best is None or sign * (value - self.best) > self.min_delta:
-            self.best, self.wait, self.decline = value, 0, 0
-            if self.strategy == "advanced":
-                state = {k: v.detach().cpu().clone() for k, v in pl_module.state_dict().items()}
-                self.snapshot = {"state_dict": state, "unfrozen": list(self.unfrozen)}
-        else:
-            self.wait += 1
-            self.decline = self.decline + 1 if sign * (self.best - value) > self.min_delta else 0
+                    p.grad = None  # measured, never stepped
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if self._probing:  # the probe batch had no backward (an unreadable batch)
+        if self._probing:  # the probe batch had no backward
             self._probing = False
-            for i in self.frozen_stages():
-                self._freeze_stage(i)
-        if self.active:
-            trainable = float(len(self.unfrozen))
-            pl_module.log("freezing/unfrozen_stages", trainable, on_step=False, on_epoch=True)
+            self._end_probe()
+        super().on_train_epoch_end(trainer, pl_module)
 
-    def _set_bn_modes(self) -> None:
-        if self.train_bn:
-            return
-        for i in self.frozen_stages():
-            for bn in self._bns[i]:
-                bn.eval()
-
-    # -- state ---------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        state = super().state_dict()
-        state.update(
-            strategy=self.strategy,
-            unfrozen=list(self.unfrozen),
-            unfrozen_at=dict(self.unfrozen_at),
-            blocked=list(self.blocked),
-            best=self.best,
-            wait=self.wait,
-            decline=self.decline,
-            importance=dict(self.importance),
-            history=list(self.history),
-            snapshot=self.snapshot,
-        )
-        return state
+        return super().state_dict() | {
+            "importance": dict(self.importance),
+            "best_unfrozen": list(self.best_unfrozen),
+        }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict(state_dict)
-        saved = state_dict.get("strategy", self.strategy)
-        if saved != self.strategy:
-            rank_zero_warn(
-                f"freezing: checkpoint was trained with strategy {saved!r}, this run uses "
-                f"{self.strategy!r}; the checkpoint's unfrozen stages stay unfrozen"
-            )
-        self.unfrozen = list(state_dict.get("unfrozen", []))
-        self.unfrozen_at = {int(k): v for k, v in state_dict.get("unfrozen_at", {}).items()}
-        self.blocked = list(state_dict.get("blocked", []))
-        self.best = state_dict.get("best")
-        self.wait = state_dict.get("wait", 0)
-        self.decline = state_dict.get("decline", 0)
         self.importance = {int(k): v for k, v in state_dict.get("importance", {}).items()}
-        self.history = list(state_dict.get("history", []))
-        self.snapshot = state_dict.get("snapshot")
-
-
-def _schedulers(trainer: Trainer, optimizer: Optimizer) -> list[Any]:
-    return [c.scheduler for c in trainer.lr_scheduler_configs if c.scheduler.optimizer is optimizer]
+        self.best_unfrozen = list(state_dict.get("best_unfrozen", []))
 
 
 def _broadcast(trainer: Trainer, value):
@@ -436,19 +529,3 @@ def _broadcast(trainer: Trainer, value):
 def _grad_scale(trainer: Trainer) -> float:
     scaler = getattr(trainer.precision_plugin, "scaler", None)
     return float(scaler.get_scale()) if scaler is not None and scaler.is_enabled() else 1.0
-
-
-def _resync_ddp(trainer: Trainer) -> None:
-    """Re-wrap a DDP model after its trainable parameters changed.
-
-    DistributedDataParallel registers the parameters that require grad when it is built and
-    only ever all-reduces those: a stage unfrozen later would silently train apart on each
-    process (Lightning-AI/pytorch-lightning#20340). Wrapping again makes it sync them.
-    """
-    from torch.nn.parallel import DistributedDataParallel
-
-    strategy = trainer.strategy
-    if isinstance(getattr(strategy, "model", None), DistributedDataParallel):
-        strategy.model = strategy._setup_model(strategy.lightning_module)
-        if hasattr(strategy, "_register_ddp_hooks"):
-            strategy._register_ddp_hooks()

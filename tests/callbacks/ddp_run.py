@@ -57,7 +57,7 @@ def run(root: Path, out: Path) -> None:
         "--data.progressive_target", "joint", "--data.progressive_epochs", "2",
         # Advanced with no patience: probes, a cross-process importance vote, an unfreeze
         # at every epoch and rollbacks, all of which must keep the processes identical.
-        "--freezing.strategy", "advanced", "--freezing.patience", "0",
+        "--freezing", "AdvancedFreezing", "--freezing.patience", "0",
         "--freezing.rollback_patience", "1",
     ]  # fmt: skip
     cli = main(args, run=False)
