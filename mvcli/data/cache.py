@@ -45,8 +45,7 @@ import av
 import numpy as np
 import torch
 
-from mvcli.data.dataset import ClipSpec, decode_view
-from mvcli.data.video import INTERPOLATION, VideoDecodeError
+from mvcli.data.video import INTERPOLATION, ClipSpec, VideoDecodeError, decode_view
 from mvcli.io import TMP_SUFFIX, atomic_open, atomic_write_bytes
 
 __all__ = ["CACHE_VERSION", "CacheReport", "ClipCache", "RecordedDecodeError", "default_workers"]

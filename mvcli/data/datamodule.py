@@ -14,9 +14,10 @@ from torch.utils.data import DataLoader
 from mvcli.data.annotations import SPLITS, ActionRecord, discover_actions, read_split
 from mvcli.data.cache import CacheReport, ClipCache, default_workers
 from mvcli.data.collate import collate_views
-from mvcli.data.dataset import ClipSpec, MultiViewDataset
+from mvcli.data.dataset import MultiViewDataset
 from mvcli.data.sampler import BalanceTarget, ClassBalancedSampler, SamplerName, group_ids
 from mvcli.data.taxonomy import NUM_CLASSES
+from mvcli.data.video import ClipSpec
 
 KINETICS_MEAN = (0.43216, 0.394666, 0.37645)
 KINETICS_STD = (0.22803, 0.22145, 0.216989)

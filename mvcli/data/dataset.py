@@ -4,48 +4,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch.utils.data import Dataset
 
 from mvcli.data.annotations import ActionRecord
-from mvcli.data.video import VideoDecodeError, read_window
+from mvcli.data.video import ClipSpec, VideoDecodeError, decode_view
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ClipSpec:
-    """What to decode from each view: a window of frames, resampled and resized.
-
-    Frame numbers count on the dataset's ``source_fps`` timeline (25 fps in MVFoul), so the
-    window lands on the same moment whatever the file's own frame rate.
-    """
-
-    num_frames: int = 16
-    center_frame: int = 75
-    source_fps: float = 25.0
-    target_fps: float = 25.0
-    height: int = 224
-    width: int = 398
-    min_frames: int = 4
-
-    @property
-    def center_time(self) -> float:
-        return self.center_frame / self.source_fps
-
-    def window(self) -> dict:
-        """The keyword arguments of the ``mvcli.data.video`` readers for this spec."""
-        return {
-            "center_time": self.center_time,
-            "num_frames": self.num_frames,
-            "target_fps": self.target_fps,
-            "height": self.height,
-            "width": self.width,
-            "min_frames": self.min_frames,
-        }
 
 
 class MultiViewDataset(Dataset):
@@ -110,8 +77,3 @@ class MultiViewDataset(Dataset):
         if key not in self._warned:
             self._warned.add(key)
             log.warning("skipping view: %s", message)
-
-
-def decode_view(path: Path, spec: ClipSpec) -> torch.Tensor:
-    """uint8 (T, H, W, C) window of one view."""
-    return read_window(path, **spec.window())

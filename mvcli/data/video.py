@@ -343,3 +343,40 @@ def _to_tensor(frames: list[av.VideoFrame], height: int, width: int) -> torch.Te
             cache[id(frame)] = rgb.to_ndarray()
         out.append(cache[id(frame)])
     return torch.from_numpy(np.stack(out))
+
+
+@dataclass(frozen=True)
+class ClipSpec:
+    """What to decode from each view: a window of frames, resampled and resized.
+
+    Frame numbers count on the dataset's ``source_fps`` timeline (25 fps in MVFoul), so the
+    window lands on the same moment whatever the file's own frame rate.
+    """
+
+    num_frames: int = 16
+    center_frame: int = 75
+    source_fps: float = 25.0
+    target_fps: float = 25.0
+    height: int = 224
+    width: int = 398
+    min_frames: int = 4
+
+    @property
+    def center_time(self) -> float:
+        return self.center_frame / self.source_fps
+
+    def window(self) -> dict:
+        """The keyword arguments of the ``mvcli.data.video`` readers for this spec."""
+        return {
+            "center_time": self.center_time,
+            "num_frames": self.num_frames,
+            "target_fps": self.target_fps,
+            "height": self.height,
+            "width": self.width,
+            "min_frames": self.min_frames,
+        }
+
+
+def decode_view(path: Path, spec: ClipSpec) -> torch.Tensor:
+    """uint8 (T, H, W, C) window of one view."""
+    return read_window(path, **spec.window())

@@ -31,8 +31,8 @@ from torch.utils.data import DataLoader
 from mvcli.data.annotations import read_split
 from mvcli.data.cache import ClipCache, default_workers
 from mvcli.data.collate import collate_views
-from mvcli.data.dataset import ClipSpec, MultiViewDataset, decode_view
-from mvcli.data.video import read_full_then_select, window_timestamps
+from mvcli.data.dataset import MultiViewDataset
+from mvcli.data.video import ClipSpec, decode_view, read_full_then_select, window_timestamps
 from tests.benchmarks.common import env_int, goal, interleaved, median, report, spread, table
 
 pytestmark = pytest.mark.bench

@@ -24,8 +24,8 @@ from mvcli.data.annotations import ActionRecord, read_split
 from mvcli.data.cache import ClipCache, RecordedDecodeError, entry_is_valid, stored_shape
 from mvcli.data.collate import collate_views
 from mvcli.data.datamodule import MVFoulDataModule
-from mvcli.data.dataset import ClipSpec, MultiViewDataset, decode_view
-from mvcli.data.video import VideoDecodeError
+from mvcli.data.dataset import MultiViewDataset
+from mvcli.data.video import ClipSpec, VideoDecodeError, decode_view
 from tests.conftest import CONFIGS, REPO, TINY, tiny_args
 
 SPEC = ClipSpec(num_frames=8, center_frame=TINY["event_frame"], height=32, width=56)
@@ -162,7 +162,7 @@ def test_a_killed_build_leaves_no_entry_and_is_rebuilt(views, tmp_path):
     script = f"""
         import os, numpy as np
         from mvcli.data import cache
-        from mvcli.data.dataset import ClipSpec
+        from mvcli.data.video import ClipSpec
         def dying_save(f, array, **kw):
             f.write(b"\\x93NUMPY half an entry")
             f.flush()
@@ -208,7 +208,7 @@ def test_concurrent_builders_in_two_processes(views, tmp_path):
         import sys, time
         from pathlib import Path
         from mvcli.data.cache import ClipCache
-        from mvcli.data.dataset import ClipSpec
+        from mvcli.data.video import ClipSpec
         while not Path({str(go)!r}).exists():
             time.sleep(0.005)
         views = {[str(v) for v in views]!r}

@@ -8,7 +8,8 @@ import torch
 
 from mvcli.data.annotations import read_split
 from mvcli.data.collate import collate_views
-from mvcli.data.dataset import ClipSpec, MultiViewDataset
+from mvcli.data.dataset import MultiViewDataset
+from mvcli.data.video import ClipSpec
 
 SPEC = ClipSpec(num_frames=8, center_frame=12, height=32, width=56)
 
