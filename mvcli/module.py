@@ -15,6 +15,7 @@ from torch import nn
 
 from mvcli.data.datamodule import KINETICS_MEAN, KINETICS_STD
 from mvcli.data.taxonomy import HEADS, NUM_CLASSES
+from mvcli.data.video import ClipSpec
 from mvcli.losses import (
     ClassWeighting,
     LossName,
@@ -109,9 +110,9 @@ class MVFoulModule(LightningModule):
         backbone_lr: float | None = None,
         backbone_lr_ratio: float = 1.0,
         num_classes: dict[str, int] | None = None,
-        num_frames: int = 16,
-        img_height: int = 224,
-        img_width: int = 398,
+        num_frames: int = ClipSpec.num_frames,
+        img_height: int = ClipSpec.height,
+        img_width: int = ClipSpec.width,
         mean: tuple[float, float, float] = KINETICS_MEAN,
         std: tuple[float, float, float] = KINETICS_STD,
     ) -> None:

@@ -14,6 +14,7 @@ import torch
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
 
+from mvcli.data.annotations import Split
 from mvcli.data.datamodule import PREPROCESSING_KEYS
 from mvcli.export import FORMATS, ExportFormat, export_network
 
@@ -22,7 +23,7 @@ EXTRA_SUBCOMMANDS: dict[str, set[str]] = {
     "export": {"model", "datamodule"},
     "cache": {"model", "datamodule"},
 }
-CacheSplit = Literal["Train", "Valid", "Test", "Chall", "predict"]
+CacheSplit = Literal[Split, "predict"]
 
 
 class MVTrainer(Trainer):

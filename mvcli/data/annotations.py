@@ -12,10 +12,12 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal, get_args
 
 from mvcli.data.taxonomy import Labels, SkipAction, has_labels, labels_from_annotation
 
-SPLITS = ("Train", "Valid", "Test", "Chall")
+Split = Literal["Train", "Valid", "Test", "Chall"]
+SPLITS: tuple[str, ...] = get_args(Split)
 VIDEO_EXTENSIONS = frozenset(
     {".mp4", ".mkv", ".avi", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".ts", ".mts", ".wmv"}
 )

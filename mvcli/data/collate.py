@@ -6,7 +6,9 @@ import math
 
 import torch
 
-LABEL_KEYS = ("offence_severity", "action")
+from mvcli.data.taxonomy import HEADS
+
+LABEL_KEYS = tuple(HEADS)
 
 
 def collate_views(samples: list[dict]) -> dict:

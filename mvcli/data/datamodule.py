@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
 
 import torch
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader
 
-from mvcli.data.annotations import SPLITS, ActionRecord, discover_actions, read_split
+from mvcli.data.annotations import (
+    SPLITS,
+    ActionRecord,
+    Split,
+    discover_actions,
+    read_split,
+)
 from mvcli.data.cache import CacheReport, ClipCache, default_workers
 from mvcli.data.collate import collate_views
 from mvcli.data.dataset import MultiViewDataset
@@ -21,7 +26,6 @@ from mvcli.data.video import ClipSpec
 
 KINETICS_MEAN = (0.43216, 0.394666, 0.37645)
 KINETICS_STD = (0.22803, 0.22145, 0.216989)
-Split = Literal["Train", "Valid", "Test", "Chall"]
 # The data options that decide what a model sees: restored from checkpoints, recorded in
 # exported models' manifests.
 PREPROCESSING_KEYS = (
@@ -93,16 +97,17 @@ class MVFoulDataModule(LightningDataModule):
         root: Path | None = None,
         predict_root: Path | None = None,
         predict_split: Split = "Test",
-        frames_per_clip: int = 16,
-        center_frame: int = 75,
-        source_fps: float = 25.0,
-        target_fps: float = 25.0,
-        img_height: int = 224,
-        img_width: int = 398,
+        # Defaults: ClipSpec's, defined once.
+        frames_per_clip: int = ClipSpec.num_frames,
+        center_frame: int = ClipSpec.center_frame,
+        source_fps: float = ClipSpec.source_fps,
+        target_fps: float = ClipSpec.target_fps,
+        img_height: int = ClipSpec.height,
+        img_width: int = ClipSpec.width,
         mean: tuple[float, float, float] = KINETICS_MEAN,
         std: tuple[float, float, float] = KINETICS_STD,
         num_views: int = 2,
-        min_frames: int = 4,
+        min_frames: int = ClipSpec.min_frames,
         cache_dir: Path | None = None,
         cache_workers: int | None = None,
         batch_size: int = 8,

@@ -23,17 +23,19 @@ from typing import Literal
 import torch
 from torch.utils.data import Sampler
 
+from mvcli.data.taxonomy import HEADS, HeadName
+
 SamplerName = Literal[
     "natural", "balanced_offence_severity", "balanced_action", "balanced_joint", "progressive"
 ]
-BalanceTarget = Literal["offence_severity", "action", "joint"]
+BalanceTarget = Literal[HeadName, "joint"]
 SAMPLERS: tuple[str, ...] = SamplerName.__args__
 
 
 def group_ids(labels: dict[str, Sequence[int]], target: BalanceTarget) -> torch.Tensor:
     """Per-sample group to balance: a head's class, or the (offence_severity, action) pair."""
     if target == "joint":
-        os_, action = (torch.as_tensor(labels[h]) for h in ("offence_severity", "action"))
+        os_, action = (torch.as_tensor(labels[h]) for h in HEADS)
         return os_ * (int(action.max()) + 1) + action
     return torch.as_tensor(labels[target])
 

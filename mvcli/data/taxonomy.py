@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 OFFENCE_SEVERITY_CLASSES: tuple[str, ...] = (
     "No offence",
@@ -26,10 +27,10 @@ ACTION_CLASSES: tuple[str, ...] = (
     "Challenge",
     "Dive",
 )
-HEADS: dict[str, tuple[str, ...]] = {
-    "offence_severity": OFFENCE_SEVERITY_CLASSES,
-    "action": ACTION_CLASSES,
-}
+HeadName = Literal["offence_severity", "action"]
+HEADS: dict[str, tuple[str, ...]] = dict(
+    zip(get_args(HeadName), (OFFENCE_SEVERITY_CLASSES, ACTION_CLASSES), strict=True)
+)
 NUM_CLASSES: dict[str, int] = {head: len(names) for head, names in HEADS.items()}
 
 # Submission strings per offence-severity class, as the evaluator compares them.
