@@ -121,6 +121,45 @@ def test_per_head_losses_smoothing_and_task_weights():
         MultiTaskLoss({"action": 1.0}, focal_alpha={"action": [1.0]}, kinds="focal")
 
 
+# -- MultiTaskLoss with plain heads -------------------------------------------------------
+def _logits_and_batch():
+    g = torch.Generator().manual_seed(0)
+    logits = {
+        "offence_severity": torch.randn(5, 4, generator=g, requires_grad=True),
+        "action": torch.randn(5, 8, generator=g, requires_grad=True),
+    }
+    batch = {
+        "offence_severity": torch.tensor([0, 3, 1, 1, 2]),
+        "action": torch.tensor([7, 0, 2, 5, 5]),
+        "view_mask": torch.ones(5, 2, dtype=torch.bool),  # other batch keys are ignored
+    }
+    return logits, batch
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_multitask_loss_is_weighted_sum_of_cross_entropies(smoothing):
+    weights = {"offence_severity": 0.7, "action": 1.3}
+    logits, batch = _logits_and_batch()
+    total, parts = MultiTaskLoss(weights, label_smoothing=smoothing)(logits, batch)
+    expected = {h: F.cross_entropy(logits[h], batch[h], label_smoothing=smoothing) for h in weights}
+    assert set(parts) == set(weights)
+    for head in weights:
+        torch.testing.assert_close(parts[head], expected[head])
+    torch.testing.assert_close(total, 0.7 * expected["offence_severity"] + 1.3 * expected["action"])
+    total.backward()
+    assert all(logits[h].grad is not None for h in weights)
+
+
+def test_multitask_loss_only_weighted_heads_and_float32():
+    logits, batch = _logits_and_batch()
+    half = {h: v.detach().to(torch.bfloat16) for h, v in logits.items()}
+    total, parts = MultiTaskLoss({"action": 2.0})(half, batch)
+    assert set(parts) == {"action"}
+    assert total.dtype == torch.float32
+    expected = 2.0 * F.cross_entropy(half["action"].float(), batch["action"])
+    torch.testing.assert_close(total, expected)
+
+
 def _fit(root, runs, *extra):
     args = ["fit", "--config", str(CONFIGS / "demo.yaml"), *tiny_args(root, runs),
             "--trainer.fast_dev_run", "true", "--trainer.enable_progress_bar", "false",
