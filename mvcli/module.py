@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
+from jsonargparse.typing import NonNegativeFloat
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.trainer.states import TrainerFn
@@ -107,8 +108,8 @@ class MVFoulModule(LightningModule):
         optimizer: OptimizerCallable = torch.optim.AdamW,
         lr_scheduler: LRSchedulerCallable | None = None,
         lr_interval: Literal["auto", "epoch", "step"] = "auto",
-        backbone_lr: float | None = None,
-        backbone_lr_ratio: float = 1.0,
+        backbone_lr: NonNegativeFloat | None = None,
+        backbone_lr_ratio: NonNegativeFloat = 1.0,
         num_classes: dict[str, int] | None = None,
         num_frames: int = ClipSpec.num_frames,
         img_height: int = ClipSpec.height,
@@ -131,8 +132,6 @@ class MVFoulModule(LightningModule):
         self.backbone_stage_names = _stage_names(self.network.backbone, spec.stages)
         # Parameter group name -> LR factor (1 when absent), set by the freezing callback.
         self.lr_factors: dict[str, float] = {}
-        if (backbone_lr is not None and backbone_lr < 0) or backbone_lr_ratio < 0:
-            raise ValueError("model.backbone_lr and model.backbone_lr_ratio must be >= 0")
         self.criterion = MultiTaskLoss(
             weights,
             label_smoothing=label_smoothing,

@@ -10,10 +10,14 @@ import inspect
 from collections.abc import Mapping
 from typing import Any
 
+from jsonargparse.typing import NonNegativeInt, restricted_number_type
 from lightning.pytorch.cli import LRSchedulerCallable
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import CyclicLR, LRScheduler, OneCycleLR, ReduceLROnPlateau
 
+UnitIntervalOpenLeft = restricted_number_type(
+    "UnitIntervalOpenLeft", float, [(">", 0.0), ("<=", 1.0)], docstring="in (0, 1]"
+)
 # Schedulers stepped per optimizer step by default (lr_interval: auto); others per epoch.
 STEP_SCHEDULERS: tuple[type, ...] = (OneCycleLR, CyclicLR)
 
@@ -42,14 +46,10 @@ class LinearWarmup(LRScheduler):
         self,
         optimizer: Optimizer,
         scheduler: LRSchedulerCallable | None = None,
-        warmup_steps: int = 1,
-        start_factor: float = 0.01,
+        warmup_steps: NonNegativeInt = 1,
+        start_factor: UnitIntervalOpenLeft = 0.01,
         last_epoch: int = -1,
     ) -> None:
-        if warmup_steps < 0:
-            raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
-        if not 0.0 < start_factor <= 1.0:
-            raise ValueError(f"start_factor must be in (0, 1], got {start_factor}")
         self.warmup_steps = warmup_steps
         self.start_factor = start_factor
         # Built first: its constructor sets the LRs it starts from, which the warmup reaches.

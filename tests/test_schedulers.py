@@ -251,3 +251,20 @@ def test_recipes_optimizers_and_clipping(synthetic_root, tmp_path, overlay, opti
     assert cli.trainer.gradient_clip_algorithm == "norm"
     built = cli.model.optimizer([{"params": [torch.nn.Parameter(torch.zeros(1))]}])
     assert type(built).__name__ == optimizer.rsplit(".", 1)[1]
+
+
+@pytest.mark.parametrize(
+    ("flags", "key"),
+    [
+        (["--model.backbone_lr_ratio", "-1"], "backbone_lr_ratio"),
+        (["--model.backbone_lr", "-0.1"], "backbone_lr"),
+        (["--model.lr_scheduler", "mvcli.schedulers.LinearWarmup",
+          "--model.lr_scheduler.start_factor", "0"], "UnitIntervalOpenLeft"),
+        (["--model.lr_scheduler", "mvcli.schedulers.LinearWarmup",
+          "--model.lr_scheduler.warmup_steps", "-1"], "NonNegativeInt"),
+    ],
+)  # fmt: skip
+def test_limits_are_checked_at_parse_time(synthetic_root, tmp_path, capsys, flags, key):
+    with pytest.raises(SystemExit):
+        _cli(synthetic_root, tmp_path, *flags)
+    assert key in capsys.readouterr().err
