@@ -18,7 +18,12 @@ from abc import ABC, abstractmethod
 from typing import Any, Literal
 
 import torch
-from jsonargparse.typing import NonNegativeFloat, NonNegativeInt, PositiveInt
+from jsonargparse.typing import (
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveInt,
+    restricted_number_type,
+)
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
@@ -28,20 +33,25 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from mvcli.compat import rewrap_ddp
 from mvcli.schedulers import GroupFactorLR
 
+MomentumFactor = restricted_number_type(
+    "MomentumFactor", float, [(">=", 0.0), ("<", 1.0)], docstring="in [0, 1)"
+)
+
 
 class StageFreezing(Callback, ABC):
     """What every strategy shares: which stages are unfrozen, their batch norm modes and LR
     factors, resume. A subclass says when a stage is unfrozen (:meth:`to_unfreeze`).
 
     Args:
+        warmup_epochs: a newly unfrozen stage's LR rises linearly from 0 to its scheduled
+            value over this many epochs (counted in optimizer steps; 0: no warmup).
         train_bn: batch norm layers of frozen stages train too (affine parameters at the
             stage's LR, running statistics updated); by default they stay in eval mode with
             frozen statistics. Unfrozen stages always train their batch norm.
     """
 
-    warmup_epochs: float = 0.0
-
-    def __init__(self, train_bn: bool = False) -> None:
+    def __init__(self, warmup_epochs: NonNegativeFloat = 1.0, train_bn: bool = False) -> None:
+        self.warmup_epochs = warmup_epochs
         self.train_bn = train_bn
         # Freezing state (saved in checkpoints).
         self.unfrozen: list[int] = []  # stage indices, in unfreezing order
@@ -201,7 +211,7 @@ class NoFreezing(StageFreezing):
     """No freezing: every stage trains from the start, at its scheduled LR (the default)."""
 
     def __init__(self) -> None:
-        super().__init__()
+        super().__init__(warmup_epochs=0.0, train_bn=True)
 
     # Nothing to do at any hook: every parameter of a fresh module requires grad.
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
@@ -232,7 +242,7 @@ class FixedFreezing(StageFreezing):
     """
 
     def __init__(self, train_bn: bool = False) -> None:
-        super().__init__(train_bn=train_bn)
+        super().__init__(warmup_epochs=0.0, train_bn=train_bn)
 
     def to_unfreeze(self, trainer: Trainer, epoch: int) -> list[int]:
         return []
@@ -245,23 +255,14 @@ class GradualFreezing(StageFreezing):
     Args:
         freeze_epochs: epochs with the whole backbone frozen.
         unfreeze_every: epochs between two unfrozen stages.
-        warmup_epochs: a newly unfrozen stage's LR rises linearly from 0 to its scheduled
-            value over this many epochs (counted in optimizer steps; 0: no warmup).
-        train_bn: batch norm layers of frozen stages train too; by default they stay in eval
-            mode until their stage is unfrozen.
     """
 
     def __init__(
-        self,
-        freeze_epochs: NonNegativeInt = 2,
-        unfreeze_every: PositiveInt = 2,
-        warmup_epochs: NonNegativeFloat = 1.0,
-        train_bn: bool = False,
+        self, freeze_epochs: NonNegativeInt = 2, unfreeze_every: PositiveInt = 2, **kwargs
     ) -> None:
-        super().__init__(train_bn=train_bn)
+        super().__init__(**kwargs)
         self.freeze_epochs = freeze_epochs
         self.unfreeze_every = unfreeze_every
-        self.warmup_epochs = warmup_epochs
 
     def to_unfreeze(self, trainer: Trainer, epoch: int) -> list[int]:
         if epoch < self.freeze_epochs:
@@ -279,11 +280,8 @@ class AdaptiveFreezing(StageFreezing):
         monitor: the metric watched.
         mode: whether ``monitor`` improves going up (``max``) or down (``min``).
         patience: validations without improvement before the next stage is unfrozen.
-        min_delta: smallest change of ``monitor`` that counts as an improvement.
-        warmup_epochs: a newly unfrozen stage's LR rises linearly from 0 to its scheduled
-            value over this many epochs (counted in optimizer steps; 0: no warmup).
-        train_bn: batch norm layers of frozen stages train too; by default they stay in eval
-            mode until their stage is unfrozen.
+        min_delta: smallest change of ``monitor`` that counts as an improvement (or, for
+            AdvancedFreezing's rollback, a decline).
     """
 
     def __init__(
@@ -292,15 +290,13 @@ class AdaptiveFreezing(StageFreezing):
         mode: Literal["max", "min"] = "max",
         patience: NonNegativeInt = 2,
         min_delta: NonNegativeFloat = 0.0,
-        warmup_epochs: NonNegativeFloat = 1.0,
-        train_bn: bool = False,
+        **kwargs,
     ) -> None:
-        super().__init__(train_bn=train_bn)
+        super().__init__(**kwargs)
         self.monitor = monitor
         self.mode = mode
         self.patience = patience
         self.min_delta = min_delta
-        self.warmup_epochs = warmup_epochs
         self.best: float | None = None
         self.wait = 0
         self.decline = 0
@@ -372,35 +368,20 @@ class AdvancedFreezing(AdaptiveFreezing):
     and freezing state, and those stages are never unfrozen again.
 
     Args:
-        monitor: the metric watched (the ``checkpoint`` callback must monitor it too).
-        mode: whether ``monitor`` improves going up (``max``) or down (``min``).
-        patience: validations without improvement before the next stage is unfrozen.
-        min_delta: smallest change of ``monitor`` that counts as an improvement (or a decline).
-        warmup_epochs: a newly unfrozen stage's LR rises linearly from 0 to its scheduled
-            value over this many epochs (counted in optimizer steps; 0: no warmup).
         gradient_momentum: EMA momentum of the gradient importance, in [0, 1).
         probe_batches: training batches per epoch on which frozen stages' gradients are
             measured (0: deepest first, like adaptive).
         rollback_patience: validations of decline before a rollback.
-        train_bn: batch norm layers of frozen stages train too; by default they stay in eval
-            mode until their stage is unfrozen.
     """
 
     def __init__(
         self,
-        monitor: str = "val/leaderboard",
-        mode: Literal["max", "min"] = "max",
-        patience: NonNegativeInt = 2,
-        min_delta: NonNegativeFloat = 0.0,
-        warmup_epochs: NonNegativeFloat = 1.0,
-        gradient_momentum: NonNegativeFloat = 0.9,
+        gradient_momentum: MomentumFactor = 0.9,
         probe_batches: NonNegativeInt = 2,
         rollback_patience: PositiveInt = 3,
-        train_bn: bool = False,
+        **kwargs,
     ) -> None:
-        if gradient_momentum >= 1.0:
-            raise ValueError(f"freezing.gradient_momentum must be < 1, got {gradient_momentum}")
-        super().__init__(monitor, mode, patience, min_delta, warmup_epochs, train_bn)
+        super().__init__(**kwargs)
         self.gradient_momentum = gradient_momentum
         self.probe_batches = probe_batches
         self.rollback_patience = rollback_patience
