@@ -102,15 +102,17 @@ def load_annotations(path: Path) -> dict[str, dict]:
 
 
 def read_split(
-    split_dir: Path, *, require_labels: bool = True
+    split_dir: Path, *, require_labels: bool = True, require_views: bool = False
 ) -> tuple[list[ActionRecord], SkipReport]:
     """Read ``<split_dir>/annotations.json`` and the views on disk of each listed action.
 
     Args:
         split_dir: folder holding ``annotations.json`` and ``action_<id>/`` folders.
-        require_labels: skip actions without usable labels or without any view file
-            (training/evaluation). When False (prediction), every listed action is kept, with
-            its labels where usable and possibly no view.
+        require_labels: skip actions without usable labels (training/evaluation). When
+            False (prediction), every listed action is kept, with its labels where usable.
+        require_views: also skip actions without any view file on disk (training).
+            Otherwise they are kept with no view: evaluation counts them as wrong, prediction
+            lists them as failed, as the official evaluator counts a missing prediction.
     """
     split_dir = Path(split_dir)
     actions = load_annotations(split_dir / "annotations.json")
@@ -129,10 +131,10 @@ def read_split(
             report.add(action_id, "no label fields")
             continue
         views = find_views(split_dir / f"action_{action_id}")
-        if not views and require_labels:
+        if not views and require_views:
             report.add(action_id, "no view file on disk")
             continue
-        # Prediction keeps it: the writer lists it under "failed" instead of dropping it.
+        # Kept without views: evaluation counts it wrong, prediction lists it as failed.
         records.append(ActionRecord(action_id, views, labels))
     return records, report
 

@@ -204,7 +204,11 @@ class MVFoulDataModule(LightningDataModule):
     def records(self, split: str) -> list[ActionRecord]:
         """Labelled actions of a split, read once; skipped actions reported once by reason."""
         if split not in self._records:
-            records, report = read_split(self.split_dir(split), require_labels=True)
+            # Evaluation keeps labelled actions without a view file: like the official
+            # evaluator, it counts them (as wrong). Training has nothing to learn from them.
+            records, report = read_split(
+                self.split_dir(split), require_labels=True, require_views=split == "Train"
+            )
             rank_zero_info(report.summary())
             if not records:
                 raise ValueError(f"{report.source}: no usable action (see the report above)")
@@ -221,7 +225,11 @@ class MVFoulDataModule(LightningDataModule):
 
     def setup(self, stage: str) -> None:
         if stage == "fit":
-            self.datasets["train"] = self._dataset(self.records("Train"), self.hparams.num_views)
+            # Unreadable training actions are replaced in the data layer, never dropped from a
+            # batch: every rank always takes the same number of optimizer steps.
+            self.datasets["train"] = self._dataset(
+                self.records("Train"), self.hparams.num_views, replace_unreadable=True
+            )
             self.datasets["val"] = self._dataset(self.records("Valid"))
         elif stage == "validate":
             self.datasets["val"] = self._dataset(self.records("Valid"))
@@ -230,8 +238,20 @@ class MVFoulDataModule(LightningDataModule):
         elif stage == "predict":
             self.datasets["predict"] = self._dataset(self.predict_records())
 
-    def _dataset(self, records: list[ActionRecord], num_views: int | None = None):
-        return MultiViewDataset(records, self.spec, num_views=num_views, decode=self.cache)
+    def _dataset(
+        self,
+        records: list[ActionRecord],
+        num_views: int | None = None,
+        replace_unreadable: bool = False,
+    ):
+        return MultiViewDataset(
+            records,
+            self.spec,
+            num_views=num_views,
+            decode=self.cache,
+            replace_unreadable=replace_unreadable,
+            seed=int(os.environ.get("PL_GLOBAL_SEED", 0)),
+        )
 
     # -- decoded-clip cache ------------------------------------------------------------------
     def prepare_data(self) -> None:
