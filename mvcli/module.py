@@ -14,6 +14,8 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zer
 from torch import nn
 from torchmetrics import SumMetric
 
+from mvcli import __version__
+from mvcli.checkpoints import VERSION_KEY
 from mvcli.data.datamodule import KINETICS_MEAN, KINETICS_STD
 from mvcli.data.taxonomy import HEADS, NUM_CLASSES
 from mvcli.errors import DataError
@@ -285,6 +287,10 @@ class MVFoulModule(LightningModule):
         log_dir.mkdir(parents=True, exist_ok=True)
         path = log_dir / f"{stage}_metrics.json"
         path.write_text(json.dumps(values, indent=2) + "\n")
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # Lets an older mvcli refuse the file clearly instead of failing on unknown keys.
+        checkpoint[VERSION_KEY] = __version__
 
     # -- class weights ---------------------------------------------------------------------
     def setup(self, stage: str) -> None:

@@ -14,6 +14,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_info
 
 from mvcli.data.taxonomy import HEADS, submission_entry
+from mvcli.errors import DataError, UsageError
 
 
 class SubmissionWriter(BasePredictionWriter):
@@ -50,7 +51,7 @@ class SubmissionWriter(BasePredictionWriter):
         path = self.resolve_path(trainer)
         for target in (path, path.with_suffix(".csv")) if self.csv else (path,):
             if target.exists() and not self.overwrite:
-                raise FileExistsError(
+                raise UsageError(
                     f"{target} exists; pass --prediction_writer.overwrite true or another "
                     "--prediction_writer.output_path"
                 )
@@ -123,7 +124,7 @@ def _head_detail(head: str, probs: torch.Tensor) -> dict:
     }
 
 
-class NothingPredicted(RuntimeError):
+class NothingPredicted(DataError):
     """Every action of the prediction input lacked a readable view."""
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mvcli.data.taxonomy import Labels, SkipAction, has_labels, labels_from_annotation
+from mvcli.errors import DataError
 
 SPLITS = ("Train", "Valid", "Test", "Chall")
 VIDEO_EXTENSIONS = frozenset(
@@ -23,7 +24,7 @@ _ACTION_DIR = re.compile(r"^action_(.+)$")
 _CLIP_INDEX = re.compile(r"^clip_(\d+)$")
 
 
-class AnnotationError(ValueError):
+class AnnotationError(DataError):
     """An annotations file that cannot be read as MVFoul annotations."""
 
 

@@ -17,6 +17,7 @@ from mvcli.data.collate import collate_views
 from mvcli.data.dataset import ClipSpec, MultiViewDataset
 from mvcli.data.sampler import BalanceTarget, ClassBalancedSampler, SamplerName, group_ids
 from mvcli.data.taxonomy import NUM_CLASSES
+from mvcli.errors import DataError, UsageError
 
 KINETICS_MEAN = (0.43216, 0.394666, 0.37645)
 KINETICS_STD = (0.22803, 0.22145, 0.216989)
@@ -38,7 +39,7 @@ _LABELLED = ("Train", "Valid", "Test")
 _STAGE_SPLITS = {"fit": ("Train", "Valid"), "validate": ("Valid",), "test": ("Test",)}
 
 
-class NothingToPredict(ValueError):
+class NothingToPredict(DataError):
     """The prediction input holds no action with a video file."""
 
 
@@ -191,10 +192,13 @@ class MVFoulDataModule(LightningDataModule):
     # -- reading -----------------------------------------------------------------------------
     def split_dir(self, split: str) -> Path:
         if self.root is None:
-            raise ValueError("data.root is not set: point it at the dataset folder")
+            raise UsageError(
+                "data.root is not set: pass --data.root DIR, the dataset folder holding "
+                f"{'/'.join(SPLITS)} (or set it in the config's data: section)"
+            )
         path = self.root / split
         if not (path / "annotations.json").is_file():
-            raise FileNotFoundError(
+            raise DataError(
                 f"{path / 'annotations.json'} not found: data.root must hold "
                 f"{'/'.join(SPLITS)} folders with annotations.json (make a synthetic set with "
                 "`python -m mvcli.data.synthetic --root DIR`)"
