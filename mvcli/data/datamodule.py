@@ -86,6 +86,9 @@ class MVFoulDataModule(LightningDataModule):
         progressive_epochs: epochs over which ``progressive`` moves from natural to balanced.
         progressive_target: what ``progressive`` balances: ``offence_severity``, ``action``
             or ``joint``.
+        allow_outside_root: read views that symlinks place outside ``root`` (or outside
+            ``predict_root``). Off: they are left out and reported, so no annotation or
+            link can make mvcli read files outside the dataset.
     """
 
     def __init__(
@@ -112,6 +115,7 @@ class MVFoulDataModule(LightningDataModule):
         sampler: SamplerName = "natural",
         progressive_epochs: int = 10,
         progressive_target: BalanceTarget = "offence_severity",
+        allow_outside_root: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -211,7 +215,11 @@ class MVFoulDataModule(LightningDataModule):
             # Evaluation keeps labelled actions without a view file: like the official
             # evaluator, it counts them (as wrong). Training has nothing to learn from them.
             records, report = read_split(
-                self.split_dir(split), require_labels=True, require_views=split == "Train"
+                self.split_dir(split),
+                require_labels=True,
+                require_views=split == "Train",
+                root=self.root,
+                allow_outside_root=self.hparams.allow_outside_root,
             )
             rank_zero_info(report.summary())
             if not records:
@@ -221,7 +229,7 @@ class MVFoulDataModule(LightningDataModule):
 
     def predict_records(self) -> list[ActionRecord]:
         root = self.predict_root or self.split_dir(self.hparams.predict_split)
-        records, report = discover_actions(root)
+        records, report = discover_actions(root, self.hparams.allow_outside_root)
         rank_zero_info(report.summary())
         if not records:
             raise NothingToPredict(f"nothing to predict in {root}: no action with a video file")
@@ -293,7 +301,9 @@ class MVFoulDataModule(LightningDataModule):
             if split == "predict":
                 records = self.predict_records()
             elif split == "Chall":
-                records, report = discover_actions(self.split_dir(split))
+                records, report = discover_actions(
+                    self.split_dir(split), self.hparams.allow_outside_root
+                )
                 rank_zero_info(report.summary())
             else:
                 records = self.records(split)
