@@ -191,6 +191,12 @@ def test_label_fields_of_the_wrong_type_are_reported(field, value, kind, synthet
 
 
 # -- property tests: no annotations file makes the reader crash -------------------------------
+# Small and bounded, so they run in seconds; tmp_path is reused across examples on purpose.
+PROPERTY_SETTINGS = {
+    "max_examples": 50,
+    "deadline": 2000,
+    "suppress_health_check": [HealthCheck.function_scoped_fixture],
+}
 _json = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner,
