@@ -15,9 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from mvcli import __version__
 from mvcli.errors import DataError
+from mvcli.io import atomic_write
 
 # Lightning's own ckpt_path values, resolved by the Trainer (not files).
 SPECIAL_CKPT_PATHS = frozenset({"last", "best", "hpc", "registry"})
@@ -95,3 +97,16 @@ def _version(text: str) -> tuple[int, ...]:
         digits = "".join(c for c in piece if c.isdigit())
         parts.append(int(digits) if digits else 0)
     return tuple(parts)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's local checkpoint IO, written through :func:`mvcli.io.atomic_write`.
+
+    A write that fails (full disk, read-only folder) leaves the previous file of that name
+    (``last.ckpt``) intact and raises a :class:`~mvcli.errors.WriteError` naming the file.
+    """
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        if storage_options is not None:
+            raise TypeError("AtomicCheckpointIO does not take storage_options")
+        atomic_write(path, lambda f: torch.save(checkpoint, f))

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from jsonargparse import CLI
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import (
     LearningRateMonitor,
     ModelCheckpoint,
@@ -18,7 +19,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from mvcli import __version__
 from mvcli.callbacks.prediction_writer import SubmissionWriter
-from mvcli.checkpoints import SPECIAL_CKPT_PATHS, load_checkpoint
+from mvcli.checkpoints import SPECIAL_CKPT_PATHS, AtomicCheckpointIO, load_checkpoint
 from mvcli.data.datamodule import PREPROCESSING_KEYS, MVFoulDataModule
 from mvcli.errors import MvcliError, UsageError, report
 from mvcli.module import MVFoulModule
@@ -152,7 +153,11 @@ class MVCLI(LightningCLI):
         if config.get("enable_progress_bar") is not False and not has_bar:
             extra.append(RichProgressBar())
         kwargs["callbacks"] = [*callbacks, *extra]
-        return super().instantiate_trainer(**kwargs)
+        trainer = super().instantiate_trainer(**kwargs)
+        # Local checkpoints through mvcli's atomic writer (remote or custom IO left alone).
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        return trainer
 
     def after_fit(self) -> None:
         ckpt = self.trainer.checkpoint_callback

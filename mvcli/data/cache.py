@@ -186,7 +186,12 @@ class ClipCache:
         except OSError as err:  # full or read-only disk: train on, uncached
             if not self._write_warned:
                 self._write_warned = True
-                log.warning("clip cache %s not written (%s): decoding uncached", self.root, err)
+                log.warning(
+                    "clip cache entry %s not written (%s): views not cached are decoded each "
+                    "time; entries already there are intact",
+                    self.entry_path(key) if failure is None else self.failure_path(key),
+                    err.strerror or err,
+                )
         if failure is not None:
             raise VideoDecodeError(path, failure["reason"], failure["detail"])
         return clip
