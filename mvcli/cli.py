@@ -18,6 +18,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 
 from mvcli import __version__
+from mvcli.callbacks.nonfinite import NonFiniteGuard
 from mvcli.callbacks.prediction_writer import SubmissionWriter
 from mvcli.checkpoints import SPECIAL_CKPT_PATHS, AtomicCheckpointIO, load_checkpoint
 from mvcli.data.datamodule import PREPROCESSING_KEYS, MVFoulDataModule
@@ -116,6 +117,8 @@ class MVCLI(LightningCLI):
         from mvcli.callbacks.freezing import BackboneFreezing
 
         parser.add_lightning_class_args(BackboneFreezing, "freezing")
+        # NaN/inf loss or gradient: step skipped on every rank, counted, run stopped past a limit.
+        parser.add_lightning_class_args(NonFiniteGuard, "nonfinite")
         parser.add_argument(
             "--allow_untrained",
             type=bool,

@@ -180,6 +180,8 @@ class MVFoulModule(LightningModule):
             return None  # every action of the batch was unreadable; already warned about
         logits = self(batch["video"], batch["view_mask"])
         loss, parts = self.criterion(logits, batch)
+        if stage == "train":
+            self.last_train_loss = loss.detach()  # read by NonFiniteGuard before the step
         size = len(batch["action_id"])
         self.log(f"{stage}/loss", loss, batch_size=size, prog_bar=True, sync_dist=stage != "train")
         for head, part in parts.items():
