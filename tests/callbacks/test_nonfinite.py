@@ -37,8 +37,14 @@ class Poisoned(LightningModule):
 
 def _loader(ids):
     data = [{"x": torch.ones(2), "action_id": i} for i in ids]
-    return DataLoader(data, batch_size=1, collate_fn=lambda s: {
-        "x": torch.stack([d["x"] for d in s]), "action_id": [d["action_id"] for d in s]})  # fmt: skip
+
+    def collate(samples):
+        return {
+            "x": torch.stack([d["x"] for d in samples]),
+            "action_id": [d["action_id"] for d in samples],
+        }
+
+    return DataLoader(data, batch_size=1, collate_fn=collate)
 
 
 def _trainer(tmp_path, guard, epochs=1):
