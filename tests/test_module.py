@@ -8,10 +8,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from lightning.pytorch import Callback
 
 from mvcli.cli import main
 from mvcli.module import MVFoulModule
 from mvcli.scoring import score
+from tests.conftest import CONFIGS, tiny_args
 from tests.evaluator import official_evaluate
 
 PAIRS = {
@@ -90,3 +92,35 @@ def test_unreadable_actions_are_wrong_on_both_heads():
     assert damage["skipped_views"].compute() == 2  # views, not actions
     assert torch.equal(model.metrics["val_metrics"]["action"]["bacc"].support[[2, 7]],
                        torch.tensor([1, 1]))  # fmt: skip
+
+
+def test_fit_replaces_unreadable_training_actions(synthetic_root, tmp_path):
+    """No training step returns None: the data layer serves another action, counted."""
+    root = tmp_path / "data"
+    for split in ("Train", "Valid"):
+        shutil.copytree(synthetic_root / split, root / split)
+    actions = sorted((root / "Train").glob("action_*"), key=lambda p: int(p.name.split("_")[1]))
+    dead = actions[:2]
+    views = 0
+    for action in dead:
+        for view in action.iterdir():
+            view.write_bytes(b"")
+            views += 1
+    args = ["--config", str(CONFIGS / "demo.yaml"), *tiny_args(root, tmp_path / "runs")]
+    args += ["--trainer.max_epochs", "1", "--trainer.limit_val_batches", "1"]
+    served, outputs = [], []
+
+    class Spy(Callback):
+        def on_train_batch_end(self, trainer, pl_module, out, batch, batch_idx):
+            served.append(len(batch["action_id"]))
+            outputs.append(out)
+
+    fit = main(args, run=False)
+    fit.trainer.callbacks.append(Spy())
+    fit.trainer.fit(fit.model, datamodule=fit.datamodule)
+    metrics = fit.trainer.callback_metrics
+    assert metrics["train/replaced_actions"] == len(dead)
+    assert metrics["train/skipped_views"] == views
+    # Every batch full (no action dropped), every step a loss (never None).
+    assert sum(served) == len(fit.datamodule.datasets["train"])
+    assert outputs and all(out is not None for out in outputs)
