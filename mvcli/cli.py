@@ -77,6 +77,14 @@ class MVCLI(LightningCLI):
         if subcommand == "predict":
             # The writer streams to disk; keeping every output in memory would only grow.
             parser.set_defaults(return_predictions=False)
+        if subcommand in _NEEDS_CHECKPOINT:
+            parser.add_argument(
+                "--allow_untrained",
+                type=bool,
+                default=False,
+                help="run without --ckpt_path, with the model's initial weights (random, or "
+                "--model.pretrained): only to check a pipeline, never for results",
+            )
         return parser
 
     def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
@@ -119,13 +127,6 @@ class MVCLI(LightningCLI):
         parser.add_lightning_class_args(BackboneFreezing, "freezing")
         # NaN/inf loss or gradient: step skipped on every rank, counted, run stopped past a limit.
         parser.add_lightning_class_args(NonFiniteGuard, "nonfinite")
-        parser.add_argument(
-            "--allow_untrained",
-            type=bool,
-            default=False,
-            help="validate/test/predict without --ckpt_path, with the model's initial weights "
-            "(random, or --model.pretrained): only to check a pipeline, never for results",
-        )
         # What the model must agree on with the data is stated once, in the data section.
         parser.link_arguments("data.frames_per_clip", "model.num_frames")
         parser.link_arguments("data.img_height", "model.img_height")
