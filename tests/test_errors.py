@@ -8,13 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
-from mvcli import __version__
-from mvcli.checkpoints import load_checkpoint
 from mvcli.cli import run
-from mvcli.errors import DataError
 from tests.conftest import CONFIGS, REPO, tiny_args
+from tests.test_checkpoints import bad_checkpoints
 
 
 def _fail(args: list[str], capsys) -> tuple[int, str]:
@@ -75,50 +72,8 @@ def test_untrained_on_request(base, tmp_path):
     assert out.is_file()
 
 
-def _bad_checkpoints(ckpt: Path, folder: Path) -> dict[str, tuple[Path, str]]:
-    """name -> (file, what the message must say)."""
-    truncated = folder / "truncated.ckpt"
-    truncated.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])
-    text = folder / "notes.ckpt"
-    text.write_text("not a checkpoint")
-    weights = folder / "weights.pth"
-    torch.save({"conv.weight": torch.zeros(1)}, weights)
-    other = folder / "other.ckpt"
-    torch.save(
-        {"state_dict": {"layer.weight": torch.zeros(1)}, "pytorch-lightning_version": "2.6.0",
-         "hyper_parameters": {"hidden": 3}},
-        other,
-    )  # fmt: skip
-    newer = folder / "newer.ckpt"
-    checkpoint = torch.load(ckpt, weights_only=True)
-    checkpoint["mvcli_version"] = "99.0.0"
-    torch.save(checkpoint, newer)
-    return {
-        "missing": (folder / "nope.ckpt", "not found"),
-        "folder": (folder, "is not a file"),
-        "truncated": (truncated, "cannot be read: truncated"),
-        "not_a_checkpoint": (text, "cannot be read"),
-        "bare_weights": (weights, "not a Lightning checkpoint"),
-        "another_model": (other, "another model"),
-        "newer_mvcli": (newer, "newer than this mvcli " + __version__),
-    }
-
-
-@pytest.mark.parametrize(
-    "kind",
-    ["missing", "folder", "truncated", "not_a_checkpoint", "bare_weights", "another_model",
-     "newer_mvcli"],
-)  # fmt: skip
-def test_each_bad_checkpoint_has_its_message(kind, ckpt, tmp_path):
-    path, expected = _bad_checkpoints(ckpt, tmp_path)[kind]
-    with pytest.raises(DataError, match=expected) as err:
-        load_checkpoint(path)
-    assert str(path) in str(err.value)
-    load_checkpoint(ckpt)  # the good one loads
-
-
 def test_bad_checkpoint_is_reported_before_data_is_read(base, ckpt, tmp_path, capsys):
-    path, expected = _bad_checkpoints(ckpt, tmp_path)["truncated"]
+    path, expected = bad_checkpoints(ckpt, tmp_path)["truncated"]
     # data.root does not exist: the checkpoint must be reported first.
     args = ["validate", *base, "--ckpt_path", str(path), "--data.root", str(tmp_path / "none")]
     code, err = _fail(args, capsys)

@@ -46,15 +46,17 @@ class ActionRecord:
 
 @dataclass
 class SkipReport:
-    """Actions left out of a split, counted by reason (reported once, not per epoch)."""
+    """Actions left out of a split, counted by reason (reported once, not per epoch), and
+    actions kept despite a problem (``notes``: e.g. some views left out)."""
 
     source: str
     total: int = 0
     reasons: Counter = field(default_factory=Counter)
     examples: dict[str, list[str]] = field(default_factory=dict)
+    notes: Counter = field(default_factory=Counter)
 
-    def add(self, action_id: str, reason: str) -> None:
-        self.reasons[reason] += 1
+    def add(self, action_id: str, reason: str, kept: bool = False) -> None:
+        (self.notes if kept else self.reasons)[reason] += 1
         self.examples.setdefault(reason, [])
         if len(self.examples[reason]) < 5:
             self.examples[reason].append(action_id)
@@ -65,10 +67,14 @@ class SkipReport:
 
     def summary(self) -> str:
         head = f"{self.source}: {self.total - self.skipped}/{self.total} actions kept"
-        if not self.reasons:
-            return head
-        lines = [f"{head}; skipped {self.skipped}:"]
+        lines = [f"{head}; skipped {self.skipped}:" if self.reasons else head]
         for reason, count in self.reasons.most_common():
+            lines.append(
+                f"  {count:5d}  {reason}  (e.g. action {', '.join(self.examples[reason])})"
+            )
+        if self.notes:
+            lines.append("  kept, with a problem:")
+        for reason, count in self.notes.most_common():
             lines.append(
                 f"  {count:5d}  {reason}  (e.g. action {', '.join(self.examples[reason])})"
             )
@@ -190,7 +196,7 @@ def read_split(
         if (malformed := label_field_error(entry)) is not None:
             # Reported with the id and field; left out of training and evaluation (guessing a
             # label from 3 or null could only teach or score the wrong class).
-            report.add(action_id, malformed)
+            report.add(action_id, malformed, kept=not require_labels)
             if require_labels:
                 continue
         elif has_labels(entry):
@@ -206,7 +212,7 @@ def read_split(
         outside: list[Path] = []
         views = find_views(split_dir / f"action_{action_id}", bound, outside)
         if outside:
-            report.add(action_id, OUTSIDE_ROOT)
+            report.add(action_id, OUTSIDE_ROOT, kept=True)
         if not views and require_views:
             report.add(action_id, "no view file on disk")
             continue
@@ -240,7 +246,7 @@ def discover_actions(
     views = find_views(root, bound, outside)
     report = SkipReport(source=str(root), total=1)
     if outside:
-        report.add(root.name, OUTSIDE_ROOT)
+        report.add(root.name, OUTSIDE_ROOT, kept=True)
     if not views:
         return [], report  # not an action folder at all
     match = _ACTION_DIR.match(root.name)
@@ -257,7 +263,7 @@ def _records_from_dirs(
         outside: list[Path] = []
         records.append(ActionRecord(action_id, find_views(path, bound, outside)))
         if outside:
-            report.add(action_id, OUTSIDE_ROOT)
+            report.add(action_id, OUTSIDE_ROOT, kept=True)
     return records
 
 
