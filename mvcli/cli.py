@@ -6,8 +6,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import torch
 from jsonargparse import CLI
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import (
     LearningRateMonitor,
     ModelCheckpoint,
@@ -18,8 +18,11 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 
 from mvcli import __version__
-from mvcli.callbacks.prediction_writer import NothingPredicted, SubmissionWriter
-from mvcli.data.datamodule import PREPROCESSING_KEYS, MVFoulDataModule, NothingToPredict
+from mvcli.callbacks.nonfinite import NonFiniteGuard
+from mvcli.callbacks.prediction_writer import SubmissionWriter
+from mvcli.checkpoints import SPECIAL_CKPT_PATHS, AtomicCheckpointIO, load_checkpoint
+from mvcli.data.datamodule import PREPROCESSING_KEYS, MVFoulDataModule
+from mvcli.errors import MvcliError, UsageError, report
 from mvcli.module import MVFoulModule
 from mvcli.scoring import score_command
 from mvcli.trainer import EXTRA_SUBCOMMANDS, MVTrainer
@@ -50,6 +53,9 @@ CHECKPOINT_DEFAULTS = {
     "last_checkpoint.monitor": None,
     "last_checkpoint.save_top_k": 1,
 }
+# Subcommands that evaluate or serve a model: without a checkpoint they would use random
+# (or only pretrained) weights, which is refused unless asked for.
+_NEEDS_CHECKPOINT = ("validate", "test", "predict")
 
 
 class MVCLI(LightningCLI):
@@ -71,6 +77,14 @@ class MVCLI(LightningCLI):
         if subcommand == "predict":
             # The writer streams to disk; keeping every output in memory would only grow.
             parser.set_defaults(return_predictions=False)
+        if subcommand in _NEEDS_CHECKPOINT:
+            parser.add_argument(
+                "--allow_untrained",
+                type=bool,
+                default=False,
+                help="run without --ckpt_path, with the model's initial weights (random, or "
+                "--model.pretrained): only to check a pipeline, never for results",
+            )
         return parser
 
     def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
@@ -85,9 +99,16 @@ class MVCLI(LightningCLI):
         environment) still wins, since the arguments are parsed again over these defaults.
         """
         subcommand = self.config.get("subcommand")
-        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
-        if not ckpt_path or not Path(ckpt_path).is_file():
+        if not subcommand:
             return
+        config = self.config[subcommand]
+        ckpt_path = config.get("ckpt_path")
+        if not ckpt_path:
+            _check_untrained_allowed(subcommand, config)
+            return
+        if str(ckpt_path) in SPECIAL_CKPT_PATHS:
+            return  # resolved by the Trainer
+        # Checked first: a bad checkpoint stops the run before any data is scanned.
         defaults = checkpoint_defaults(Path(ckpt_path))
         if defaults:
             self._subcommand_parsers[subcommand].set_defaults(defaults)
@@ -105,6 +126,8 @@ class MVCLI(LightningCLI):
 
         parser.add_lightning_class_args(StageFreezing, "freezing", subclass_mode=True)
         parser.set_defaults({"freezing": {"class_path": "mvcli.callbacks.freezing.NoFreezing"}})
+        # NaN/inf loss or gradient: step skipped on every rank, counted, run stopped past a limit.
+        parser.add_lightning_class_args(NonFiniteGuard, "nonfinite")
         # What the model must agree on with the data is stated once, in the data section.
         parser.link_arguments("data.frames_per_clip", "model.num_frames")
         parser.link_arguments("data.img_height", "model.img_height")
@@ -112,6 +135,16 @@ class MVCLI(LightningCLI):
         parser.link_arguments("data.mean", "model.mean")
         parser.link_arguments("data.std", "model.std")
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
+
+    def instantiate_classes(self) -> None:
+        # A value the classes reject (``data.batch_size 0``) is a usage error, like one the
+        # parser rejects: reported as such by run().
+        try:
+            super().instantiate_classes()
+        except MvcliError:
+            raise
+        except ValueError as err:
+            raise UsageError(f"invalid configuration: {err}") from err
 
     def instantiate_trainer(self, **kwargs: Any):
         # Callbacks every run needs, unless the config turns off what they depend on; fresh
@@ -125,7 +158,11 @@ class MVCLI(LightningCLI):
         if config.get("enable_progress_bar") is not False and not has_bar:
             extra.append(RichProgressBar())
         kwargs["callbacks"] = [*callbacks, *extra]
-        return super().instantiate_trainer(**kwargs)
+        trainer = super().instantiate_trainer(**kwargs)
+        # Local checkpoints through mvcli's atomic writer (remote or custom IO left alone).
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        return trainer
 
     def after_fit(self) -> None:
         ckpt = self.trainer.checkpoint_callback
@@ -136,8 +173,12 @@ class MVCLI(LightningCLI):
 
 
 def checkpoint_defaults(ckpt_path: Path) -> dict[str, Any]:
-    """``model.*`` and ``data.*`` values saved in a checkpoint, minus links and locations."""
-    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    """``model.*`` and ``data.*`` values saved in a checkpoint, minus links and locations.
+
+    Raises:
+        DataError: the file is not a readable mvcli checkpoint (see ``mvcli.checkpoints``).
+    """
+    checkpoint = load_checkpoint(ckpt_path)
     model = checkpoint.get("hyper_parameters", {})
     data = checkpoint.get("datamodule_hyper_parameters", {})
     defaults = {f"model.{k}": v for k, v in model.items() if k in _MODEL_KEYS}
@@ -161,14 +202,33 @@ def main(args: list[str] | None = None, run: bool = True) -> MVCLI:
     )
 
 
-def run(argv: list[str] | None = None) -> None:
-    """Console script: :func:`main`, plus ``mvcli score`` and clean exits on hopeless input."""
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["score"]:
-        CLI(score_command, args=argv[1:], prog="mvcli score")
+def _check_untrained_allowed(subcommand: str, config: Any) -> None:
+    if subcommand not in _NEEDS_CHECKPOINT or config.get("allow_untrained"):
         return
+    if (config.get("model") or {}).get("pretrained"):
+        return  # pretrained-only weights, asked for explicitly
+    raise UsageError(
+        f"`mvcli {subcommand}` needs --ckpt_path: the checkpoint of a trained model (e.g. "
+        "<log_dir>/checkpoints/last.ckpt from `mvcli fit`). Without one the model has random "
+        "weights; pass --allow_untrained true (or --model.pretrained WEIGHTS) if that is "
+        "really what you want."
+    )
+
+
+def run(argv: list[str] | None = None) -> None:
+    """Console script: :func:`main` and ``mvcli score``, under one error policy.
+
+    Usage errors (arguments, options) exit 2, data and runtime errors exit 1, each as one
+    ``mvcli: ...`` paragraph naming the file, field or argument; ``MVCLI_DEBUG=1`` adds the
+    traceback. Argument parsing errors are jsonargparse's own (exit 2, with the usage line).
+    """
+    argv = sys.argv[1:] if argv is None else argv
     try:
+        if argv[:1] == ["score"]:
+            CLI(score_command, args=argv[1:], prog="mvcli score")
+            return
         main(argv)
-    except (NothingPredicted, NothingToPredict) as err:
-        sys.stderr.write(f"mvcli: {err}\n")
-        sys.exit(1)
+    except (SystemExit, KeyboardInterrupt):
+        raise
+    except Exception as err:  # noqa: BLE001 - the one place every error is reported
+        sys.exit(report(err))

@@ -13,10 +13,14 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 from torch import nn
+from torchmetrics import SumMetric
 
+from mvcli import __version__
+from mvcli.checkpoints import VERSION_KEY
 from mvcli.data.datamodule import KINETICS_MEAN, KINETICS_STD
 from mvcli.data.taxonomy import HEADS, NUM_CLASSES
 from mvcli.data.video import ClipSpec
+from mvcli.errors import DataError
 from mvcli.losses import (
     ClassWeighting,
     LossName,
@@ -37,6 +41,13 @@ from mvcli.schedulers import (
 )
 
 _EVAL_STAGES = ("val", "test")
+# Per stage, what is counted besides the metrics: views that could not be decoded, evaluation
+# actions with no readable view (scored as wrong), training actions replaced by another.
+_DAMAGE_COUNTS = {
+    "train": ("skipped_views", "replaced_actions"),
+    "val": ("skipped_views", "unreadable_actions"),
+    "test": ("skipped_views", "unreadable_actions"),
+}
 
 
 class MVFoulModule(LightningModule):
@@ -149,7 +160,13 @@ class MVFoulModule(LightningModule):
                 for stage in ("train", *_EVAL_STAGES)
             }
         )
-        self._skipped = {stage: 0 for stage in ("train", *_EVAL_STAGES)}
+        # Damage counts as torchmetrics, so they are summed across processes with the metrics.
+        self.damage = nn.ModuleDict(
+            {
+                f"{stage}_damage": nn.ModuleDict({name: SumMetric() for name in names})
+                for stage, names in _DAMAGE_COUNTS.items()
+            }
+        )
 
     def forward(self, video: torch.Tensor, view_mask: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.network(video, view_mask)
@@ -163,11 +180,13 @@ class MVFoulModule(LightningModule):
 
     # -- steps ---------------------------------------------------------------------------
     def _shared_step(self, batch: dict, stage: str) -> torch.Tensor | None:
-        self._skipped[stage] += sum(map(len, batch["skipped_views"])) + len(batch["failed"])
+        self._count_damage(batch, stage)
         if batch["video"] is None:
             return None  # every action of the batch was unreadable; already warned about
         logits = self(batch["video"], batch["view_mask"])
         loss, parts = self.criterion(logits, batch)
+        if stage == "train":
+            self.last_train_loss = loss.detach()  # read by NonFiniteGuard before the step
         size = len(batch["action_id"])
         self.log(f"{stage}/loss", loss, batch_size=size, prog_bar=True, sync_dist=stage != "train")
         for head, part in parts.items():
@@ -176,8 +195,41 @@ class MVFoulModule(LightningModule):
             self.metrics[f"{stage}_metrics"][head].update(logits[head].detach(), batch[head])
         return loss
 
+    def _count_damage(self, batch: dict, stage: str) -> None:
+        """Count skipped views and unreadable actions; score unreadable ones as wrong.
+
+        The official evaluator counts a labelled action without a prediction as wrong on both
+        heads; feeding the metrics a class other than the target does exactly that, and keeps
+        it in the metric state that torchmetrics syncs across processes.
+        """
+        counts = self.damage[f"{stage}_damage"]
+        failed = batch["failed"]
+        replaced = batch.get("replaced", [])
+        views = [*batch["skipped_views"], *(f["skipped_views"] for f in failed)]
+        views += [r["skipped_views"] for r in replaced]
+        counts["skipped_views"].update(sum(_view_count(v) for v in views))
+        if stage == "train":
+            counts["replaced_actions"].update(len(replaced))
+            return
+        counts["unreadable_actions"].update(len(failed))
+        labelled = [f for f in failed if all(h in f for h in self.heads)]
+        if not labelled:
+            return
+        for head in self.heads:
+            target = torch.tensor([f[head] for f in labelled], device=self.device)
+            wrong = (target + 1) % self.metrics[f"{stage}_metrics"][head]["bacc"].num_classes
+            self.metrics[f"{stage}_metrics"][head].update(wrong, target)
+
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor | None:
-        if batch["video"] is not None and self.hparams.hflip_prob > 0:
+        if batch["video"] is None:
+            # The training data layer replaces unreadable actions, so this means a loader
+            # without that (a custom data module): never return None (DDP ranks would hang).
+            raise DataError(
+                f"training batch {batch_idx} has no readable action "
+                f"({[f['action_id'] for f in batch['failed']]}); the training dataset must "
+                "replace unreadable actions (MultiViewDataset(replace_unreadable=True))"
+            )
+        if self.hparams.hflip_prob > 0:
             batch["video"] = self._hflip(batch["video"])  # on the device, after the transfer
         return self._shared_step(batch, "train")
 
@@ -213,8 +265,12 @@ class MVFoulModule(LightningModule):
         self._write_metrics("test", "test")
 
     def _log_epoch(self, stage: str) -> None:
-        skipped = self.all_gather(torch.tensor(self._skipped[stage], device=self.device)).sum()
-        self._skipped[stage] = 0
+        counts = self.damage[f"{stage}_damage"]
+        damage = {}
+        for name, count in counts.items():
+            if count.update_count:
+                damage[f"{stage}/{name}"] = count.compute().float()
+            count.reset()
         collections = self.metrics[f"{stage}_metrics"]
         if all(c["acc"].update_count == 0 for c in collections.values()):
             return
@@ -223,7 +279,7 @@ class MVFoulModule(LightningModule):
             for name, value in collection.compute().items():
                 values[f"{stage}/{name}_{head}"] = value
             collection.reset()
-        values[f"{stage}/skipped_views"] = skipped.float()
+        values |= damage
         self.log_dict(values)
         board = leaderboard(values, self.heads, stage)
         self.log(f"{stage}/leaderboard", board, prog_bar=stage != "train")
@@ -238,6 +294,10 @@ class MVFoulModule(LightningModule):
         log_dir.mkdir(parents=True, exist_ok=True)
         path = log_dir / f"{stage}_metrics.json"
         path.write_text(json.dumps(values, indent=2) + "\n")
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # Lets an older mvcli refuse the file clearly instead of failing on unknown keys.
+        checkpoint[VERSION_KEY] = __version__
 
     # -- class weights ---------------------------------------------------------------------
     def setup(self, stage: str) -> None:
@@ -364,6 +424,11 @@ class MVFoulModule(LightningModule):
                 )
             config |= {"monitor": "val/leaderboard", "reduce_on_plateau": True}
         return {"optimizer": optimizer, "lr_scheduler": config}
+
+
+def _view_count(skipped: list[dict]) -> int:
+    """Views in a ``skipped_views`` list (its ``no_views`` entry names no view)."""
+    return sum(1 for s in skipped if s.get("view"))
 
 
 def _stage_names(backbone: nn.Module, stages: list[nn.Module]) -> list[str]:

@@ -3,7 +3,8 @@
 Counting follows ``SoccerNet.Evaluation.MV_FoulRecognition.evaluate`` exactly (same skip
 rules via the taxonomy, same string comparisons of the submission fields). One deliberate
 difference: a class absent from the ground truth is left out of the balanced accuracy
-instead of turning it into NaN, so small or one-sided splits still score.
+instead of turning it into NaN, so small or one-sided splits still score; and an action
+whose label fields are not strings is left out, as training and evaluation leave it out.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mvcli.data.annotations import load_annotations
+from mvcli.data.annotations import label_field_error, load_annotations
 from mvcli.data.taxonomy import NUM_CLASSES, SkipAction, labels_from_annotation, submission_entry
 
 
@@ -28,6 +29,8 @@ def score(predictions_file: Path, annotations_file: Path) -> dict[str, float]:
     correct = {h: np.zeros(n) for h, n in NUM_CLASSES.items()}
     missing = 0
     for action_id, entry in truth.items():
+        if label_field_error(entry) is not None:
+            continue  # malformed labels: left out, as in training and evaluation
         try:
             labels = labels_from_annotation(entry)
         except SkipAction:

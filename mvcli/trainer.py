@@ -10,12 +10,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-import torch
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
 
+from mvcli.checkpoints import load_checkpoint
 from mvcli.data.annotations import Split
 from mvcli.data.datamodule import PREPROCESSING_KEYS
+from mvcli.errors import UsageError
 from mvcli.export import FORMATS, ExportFormat, export_network
 
 # Subcommand name -> arguments LightningCLI fills itself (not exposed as options).
@@ -70,9 +71,9 @@ class MVTrainer(Trainer):
             tolerance: largest logit difference allowed between an export and PyTorch.
         """
         if ckpt_path is None:
-            raise ValueError("export needs --ckpt_path: the checkpoint to export")
+            raise UsageError("`mvcli export` needs --ckpt_path: the checkpoint to export")
         ckpt_path = Path(ckpt_path)
-        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        checkpoint = load_checkpoint(ckpt_path)
         model.load_state_dict(checkpoint["state_dict"])
         output_dir = Path(output_dir or ckpt_path.with_name(ckpt_path.stem + "_export"))
         hparams = getattr(datamodule, "hparams", {})

@@ -13,6 +13,7 @@ import yaml
 from mvcli import __version__
 from mvcli.cli import main
 from mvcli.data.annotations import read_split
+from mvcli.errors import UsageError
 from mvcli.scoring import score
 from tests.conftest import CONFIGS, tiny_args
 from tests.evaluator import official_evaluate
@@ -184,7 +185,7 @@ def test_predict_writes_submission(trained, tmp_path):
     assert preds["checkpoint"] == best
     assert cli.config_init.predict.return_predictions is False
     assert not list(out.parent.glob("*.part*"))
-    with pytest.raises(FileExistsError, match="overwrite"):
+    with pytest.raises(UsageError, match="overwrite"):
         main(["predict", *common, "--ckpt_path", best, "--prediction_writer.output_path", str(out)])
 
 

@@ -205,3 +205,25 @@ def test_score_command_matches_official_evaluator(trained, synthetic_root, tmp_p
     for key, value in official.items():
         assert ours[key] == pytest.approx(value)
         assert f"{value:8.3f}" in printed
+
+
+def test_annotation_id_cannot_make_predict_read_outside_the_root(trained, synthetic_root,
+                                                                 tmp_path):  # fmt: skip
+    """The reported case: id 0/../../../../outside/secret_action was read and predicted."""
+    common, fit = trained
+    data = tmp_path / "a" / "b"
+    split = data / "Test"
+    shutil.copytree(synthetic_root / "Test", split)
+    secret = tmp_path / "outside" / "secret_action"
+    secret.mkdir(parents=True)
+    shutil.copy(next((split / "action_0").iterdir()), secret / "clip_0.mp4")
+    action_id = "0/" + "../" * 4 + "outside/secret_action"
+    assert (split / f"action_{action_id}").resolve() == secret.resolve()
+    annotations = json.loads((split / "annotations.json").read_text())
+    annotations["Actions"][action_id] = dict(annotations["Actions"]["0"])
+    (split / "annotations.json").write_text(json.dumps(annotations))
+    out = tmp_path / "p.json"
+    _predict(common, fit, out, "--data.predict_root", str(split))
+    preds = json.loads(out.read_text())
+    assert action_id not in preds["Actions"] and action_id not in preds["failed"]
+    assert "0" in preds["Actions"]

@@ -13,6 +13,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_info
 
 from mvcli.data.taxonomy import HEADS, submission_entry
+from mvcli.errors import DataError, UsageError, WriteError
 from mvcli.io import atomic_write_text
 
 
@@ -26,15 +27,24 @@ class SubmissionWriter(BasePredictionWriter):
     the parts are merged at the end, so memory does not grow with the number of actions.
 
     Args:
-        output_path: file to write; default ``<log_dir>/predictions.json``.
+        output_path: the JSON submission to write; default ``<log_dir>/predictions.json``.
+            Not a ``.csv`` name: the CSV is always a separate file.
         overwrite: replace existing output files instead of stopping before predicting.
-        csv: also write ``<output_path>.csv``, one row per action (for spreadsheets).
+        csv: also write a CSV next to the JSON (``predictions.json`` ->
+            ``predictions.csv``), one row per action (for spreadsheets).
     """
 
     def __init__(
         self, output_path: Path | None = None, overwrite: bool = False, csv: bool = False
     ) -> None:
         super().__init__(write_interval="batch")
+        if output_path is not None and Path(output_path).suffix.lower() == ".csv":
+            raise UsageError(
+                f"--prediction_writer.output_path {output_path} names the JSON submission, not "
+                "the CSV: give it a .json name; with --prediction_writer.csv true the CSV is "
+                f"written next to it ({Path(output_path).with_suffix('.json').name} -> "
+                f"{Path(output_path).name})"
+            )
         self.output_path = Path(output_path) if output_path is not None else None
         self.overwrite = overwrite
         self.csv = csv
@@ -48,23 +58,25 @@ class SubmissionWriter(BasePredictionWriter):
 
     def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         path = self.resolve_path(trainer)
-        for target in (path, path.with_suffix(".csv")) if self.csv else (path,):
+        for target in (path, csv_path(path)) if self.csv else (path,):
             if target.exists() and not self.overwrite:
-                raise FileExistsError(
+                raise UsageError(
                     f"{target} exists; pass --prediction_writer.overwrite true or another "
                     "--prediction_writer.output_path"
                 )
-        path.parent.mkdir(parents=True, exist_ok=True)
         self._part = path.with_name(f"{path.name}.part{trainer.global_rank}")
-        self._part.write_text("")
+        atomic_write_text(self._part, "")  # fails early, naming the file, if not writable
         self._ckpt = trainer.ckpt_path
 
     def write_on_batch_end(
         self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0
     ) -> None:
-        with self._part.open("a") as handle:
-            for row in _rows(prediction):
-                handle.write(json.dumps(row) + "\n")
+        try:
+            with self._part.open("a") as handle:
+                for row in _rows(prediction):
+                    handle.write(json.dumps(row) + "\n")
+        except OSError as err:
+            raise WriteError(self._part, err) from err
 
     def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         trainer.strategy.barrier()
@@ -74,13 +86,14 @@ class SubmissionWriter(BasePredictionWriter):
             payload = _assemble(parts, path, self._ckpt)
             for part in parts:
                 part.unlink(missing_ok=True)
-            if self.csv:
-                write_csv(payload, path.with_suffix(".csv"))
             written, failed = len(payload["Actions"]), len(payload["failed"])
             rank_zero_info(
                 f"predictions for {written} actions written to {path}"
                 + (f"; {failed} actions had no readable view (see 'failed')" if failed else "")
             )
+            if self.csv:
+                write_csv(payload, csv_path(path))
+                rank_zero_info(f"the same as a table (CSV): {csv_path(path)}")
             if written == 0:
                 raise NothingPredicted(
                     f"nothing could be predicted: no action had a readable view (see 'failed' "
@@ -123,7 +136,7 @@ def _head_detail(head: str, probs: torch.Tensor) -> dict:
     }
 
 
-class NothingPredicted(RuntimeError):
+class NothingPredicted(DataError):
     """Every action of the prediction input lacked a readable view."""
 
 
@@ -197,3 +210,9 @@ def write_csv(payload: dict, path: Path) -> None:
             }
         )
     atomic_write_text(path, buffer.getvalue())
+
+
+def csv_path(json_path: Path) -> Path:
+    """The CSV beside a JSON submission: same name, ``.csv`` (never the JSON itself)."""
+    path = json_path.with_suffix(".csv")
+    return path if path != json_path else json_path.with_name(json_path.name + ".csv")

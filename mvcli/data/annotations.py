@@ -2,11 +2,17 @@
 
 View paths always come from what is on disk under ``action_<id>/``; the annotation ``Url``
 fields are never used to build paths (they differ between releases and lack extensions).
+
+Nothing outside the dataset is read: an action id naming anything but a folder directly under
+the split (path separators, ``..``) is refused, and symlinked folders or views resolving
+outside the dataset root are left out (unless ``allow_outside_root``), each counted in the
+report with the action id.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections import Counter
 from collections.abc import Iterable
@@ -15,6 +21,7 @@ from pathlib import Path
 from typing import Literal, get_args
 
 from mvcli.data.taxonomy import Labels, SkipAction, has_labels, labels_from_annotation
+from mvcli.errors import DataError
 
 Split = Literal["Train", "Valid", "Test", "Chall"]
 SPLITS: tuple[str, ...] = get_args(Split)
@@ -23,9 +30,10 @@ VIDEO_EXTENSIONS = frozenset(
 )
 _ACTION_DIR = re.compile(r"^action_(.+)$")
 _CLIP_INDEX = re.compile(r"^clip_(\d+)$")
+OUTSIDE_ROOT = "views linking outside the dataset root left out (data.allow_outside_root)"
 
 
-class AnnotationError(ValueError):
+class AnnotationError(DataError):
     """An annotations file that cannot be read as MVFoul annotations."""
 
 
@@ -40,15 +48,17 @@ class ActionRecord:
 
 @dataclass
 class SkipReport:
-    """Actions left out of a split, counted by reason (reported once, not per epoch)."""
+    """Actions left out of a split, counted by reason (reported once, not per epoch), and
+    actions kept despite a problem (``notes``: e.g. some views left out)."""
 
     source: str
     total: int = 0
     reasons: Counter = field(default_factory=Counter)
     examples: dict[str, list[str]] = field(default_factory=dict)
+    notes: Counter = field(default_factory=Counter)
 
-    def add(self, action_id: str, reason: str) -> None:
-        self.reasons[reason] += 1
+    def add(self, action_id: str, reason: str, kept: bool = False) -> None:
+        (self.notes if kept else self.reasons)[reason] += 1
         self.examples.setdefault(reason, [])
         if len(self.examples[reason]) < 5:
             self.examples[reason].append(action_id)
@@ -59,23 +69,71 @@ class SkipReport:
 
     def summary(self) -> str:
         head = f"{self.source}: {self.total - self.skipped}/{self.total} actions kept"
-        if not self.reasons:
-            return head
-        lines = [f"{head}; skipped {self.skipped}:"]
+        lines = [f"{head}; skipped {self.skipped}:" if self.reasons else head]
         for reason, count in self.reasons.most_common():
+            lines.append(
+                f"  {count:5d}  {reason}  (e.g. action {', '.join(self.examples[reason])})"
+            )
+        if self.notes:
+            lines.append("  kept, with a problem:")
+        for reason, count in self.notes.most_common():
             lines.append(
                 f"  {count:5d}  {reason}  (e.g. action {', '.join(self.examples[reason])})"
             )
         return "\n".join(lines)
 
 
-def find_views(action_dir: Path) -> tuple[Path, ...]:
-    """Video files of one action, clip_<k> files in index order first, then others by name."""
+LABEL_FIELDS = ("Action class", "Offence", "Severity")
+
+
+def label_field_error(entry: dict) -> str | None:
+    """Why the label fields of an entry are malformed (each must be a string or absent)."""
+    for name in LABEL_FIELDS:
+        if name in entry and not isinstance(entry[name], str):
+            kind = "null" if entry[name] is None else type(entry[name]).__name__
+            return f"label field {name!r} is {kind}, expected a string"
+    return None
+
+
+def check_action_id(action_id: str) -> str | None:
+    """Why ``action_id`` cannot name a folder directly under the split; None if it can."""
+    if not action_id or action_id in (".", ".."):
+        return "invalid action id (empty, '.' or '..')"
+    if any(sep in action_id for sep in ("/", "\\", os.sep, os.altsep or "/", "\0")):
+        return "invalid action id (path separator in the id)"
+    if ".." in action_id:
+        return "invalid action id ('..' in the id)"
+    return None
+
+
+def is_inside(path: Path, root: Path) -> bool:
+    """Whether ``path``, with every symlink resolved, lies inside ``root`` (also resolved)."""
+    try:
+        return path.resolve().is_relative_to(root.resolve())
+    except (OSError, RuntimeError):  # unreadable or a symlink loop
+        return False
+
+
+def find_views(
+    action_dir: Path, root: Path | None = None, outside: list[Path] | None = None
+) -> tuple[Path, ...]:
+    """Video files of one action, clip_<k> files in index order first, then others by name.
+
+    Args:
+        action_dir: the action's folder.
+        root: when given, views (and the folder) resolving outside it are left out.
+        outside: receives the views left out that way.
+    """
     if not action_dir.is_dir():
         return ()
     files = [
         p for p in action_dir.iterdir() if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS
     ]
+    if root is not None:
+        escaping = [p for p in files if not is_inside(p, root)]
+        if outside is not None:
+            outside.extend(escaping)
+        files = [p for p in files if p not in escaping]
 
     def order(path: Path) -> tuple[int, int, str]:
         match = _CLIP_INDEX.match(path.stem)
@@ -87,11 +145,15 @@ def find_views(action_dir: Path) -> tuple[Path, ...]:
 def load_annotations(path: Path) -> dict[str, dict]:
     """The ``Actions`` mapping of an annotations file, validated enough to fail clearly."""
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise AnnotationError(f"{path}: annotations file not found") from None
     except json.JSONDecodeError as err:
         raise AnnotationError(f"{path}: not valid JSON ({err})") from None
+    except UnicodeDecodeError as err:
+        raise AnnotationError(f"{path}: not UTF-8 text, so not JSON ({err.reason})") from None
+    except OSError as err:
+        raise AnnotationError(f"{path}: cannot be read ({err.strerror or err})") from None
     actions = data.get("Actions") if isinstance(data, dict) else None
     if not isinstance(actions, dict):
         raise AnnotationError(
@@ -104,23 +166,42 @@ def load_annotations(path: Path) -> dict[str, dict]:
 
 
 def read_split(
-    split_dir: Path, *, require_labels: bool = True
+    split_dir: Path,
+    *,
+    require_labels: bool = True,
+    require_views: bool = False,
+    root: Path | None = None,
+    allow_outside_root: bool = False,
 ) -> tuple[list[ActionRecord], SkipReport]:
     """Read ``<split_dir>/annotations.json`` and the views on disk of each listed action.
 
     Args:
         split_dir: folder holding ``annotations.json`` and ``action_<id>/`` folders.
-        require_labels: skip actions without usable labels or without any view file
-            (training/evaluation). When False (prediction), every listed action is kept, with
-            its labels where usable and possibly no view.
+        require_labels: skip actions without usable labels (training/evaluation). When
+            False (prediction), every listed action is kept, with its labels where usable.
+        require_views: also skip actions without any view file on disk (training).
+            Otherwise they are kept with no view: evaluation counts them as wrong, prediction
+            lists them as failed, as the official evaluator counts a missing prediction.
+        root: the dataset root no view may resolve outside of (default: the split's parent).
+        allow_outside_root: accept views that symlinks place outside ``root``.
     """
     split_dir = Path(split_dir)
+    bound = None if allow_outside_root else Path(root if root is not None else split_dir.parent)
     actions = load_annotations(split_dir / "annotations.json")
     report = SkipReport(source=str(split_dir), total=len(actions))
     records = []
     for action_id, entry in sorted(actions.items(), key=lambda item: _id_key(item[0])):
+        if (invalid := check_action_id(action_id)) is not None:
+            report.add(action_id, invalid)
+            continue
         labels = None
-        if has_labels(entry):
+        if (malformed := label_field_error(entry)) is not None:
+            # Reported with the id and field; left out of training and evaluation (guessing a
+            # label from 3 or null could only teach or score the wrong class).
+            report.add(action_id, malformed, kept=not require_labels)
+            if require_labels:
+                continue
+        elif has_labels(entry):
             try:
                 labels = labels_from_annotation(entry)
             except SkipAction as skip:
@@ -130,41 +211,62 @@ def read_split(
         elif require_labels:
             report.add(action_id, "no label fields")
             continue
-        views = find_views(split_dir / f"action_{action_id}")
-        if not views and require_labels:
+        outside: list[Path] = []
+        views = find_views(split_dir / f"action_{action_id}", bound, outside)
+        if outside:
+            report.add(action_id, OUTSIDE_ROOT, kept=True)
+        if not views and require_views:
             report.add(action_id, "no view file on disk")
             continue
-        # Prediction keeps it: the writer lists it under "failed" instead of dropping it.
+        # Kept without views: evaluation counts it wrong, prediction lists it as failed.
         records.append(ActionRecord(action_id, views, labels))
     return records, report
 
 
-def discover_actions(root: Path) -> tuple[list[ActionRecord], SkipReport]:
+def discover_actions(
+    root: Path, allow_outside_root: bool = False
+) -> tuple[list[ActionRecord], SkipReport]:
     """Unlabeled actions from any prediction input.
 
     ``root`` may be a split (with or without annotations.json), a folder of ``action_*``
-    folders, or one folder holding the views of a single action.
+    folders, or one folder holding the views of a single action. Nothing resolving outside
+    ``root`` is read unless ``allow_outside_root``.
     """
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"predict input {root} is not a folder")
+        raise DataError(f"predict input {root} is not a folder (data.predict_root)")
+    bound = None if allow_outside_root else root
     if (root / "annotations.json").is_file():
-        return read_split(root, require_labels=False)
+        return read_split(
+            root, require_labels=False, root=root, allow_outside_root=allow_outside_root
+        )
     action_dirs = [p for p in root.iterdir() if p.is_dir() and _ACTION_DIR.match(p.name)]
     if action_dirs:
-        return _records_from_dirs(action_dirs), SkipReport(str(root), total=len(action_dirs))
-    views = find_views(root)
+        report = SkipReport(str(root), total=len(action_dirs))
+        return _records_from_dirs(action_dirs, bound, report), report
+    outside: list[Path] = []
+    views = find_views(root, bound, outside)
     report = SkipReport(source=str(root), total=1)
+    if outside:
+        report.add(root.name, OUTSIDE_ROOT, kept=True)
     if not views:
         return [], report  # not an action folder at all
     match = _ACTION_DIR.match(root.name)
     return [ActionRecord(match.group(1) if match else root.name, views)], report
 
 
-def _records_from_dirs(dirs: Iterable[Path]) -> list[ActionRecord]:
+def _records_from_dirs(
+    dirs: Iterable[Path], bound: Path | None, report: SkipReport
+) -> list[ActionRecord]:
     ids = [(_ACTION_DIR.match(p.name).group(1), p) for p in dirs]
     ids.sort(key=lambda item: _id_key(item[0]))
-    return [ActionRecord(action_id, find_views(path)) for action_id, path in ids]
+    records = []
+    for action_id, path in ids:
+        outside: list[Path] = []
+        records.append(ActionRecord(action_id, find_views(path, bound, outside)))
+        if outside:
+            report.add(action_id, OUTSIDE_ROOT, kept=True)
+    return records
 
 
 def _id_key(action_id: str) -> tuple[int, int | str]:

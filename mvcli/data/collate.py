@@ -17,15 +17,22 @@ def collate_views(samples: list[dict]) -> dict:
     Returns:
         ``video`` uint8 (B, V, C, T, H, W) zero-padded to the largest view count, ``view_mask``
         bool (B, V), labels (B,) when present, ``action_id``, ``views``, ``skipped_views``,
-        ``failed`` (list of dicts naming the dropped actions and why).
+        ``failed`` (list of dicts naming the dropped actions, why, and their labels if any),
+        ``replaced`` (unreadable training actions served by another one, see
+        :class:`~mvcli.data.dataset.MultiViewDataset`).
     """
     ok = [s for s in samples if s["video"] is not None]
+    # Failed actions keep their labels: evaluation counts them as wrong predictions.
     failed = [
-        {"action_id": s["action_id"], "skipped_views": s["skipped_views"]}
+        {
+            "action_id": s["action_id"],
+            "skipped_views": s["skipped_views"],
+            **{k: s[k] for k in LABEL_KEYS if k in s},
+        }
         for s in samples
         if s["video"] is None
     ]
-    batch: dict = {"failed": failed}
+    batch: dict = {"failed": failed, "replaced": [s["replaced"] for s in ok if "replaced" in s]}
     batch["action_id"] = [s["action_id"] for s in ok]
     batch["views"] = [s["views"] for s in ok]
     batch["skipped_views"] = [s["skipped_views"] for s in ok]

@@ -23,6 +23,7 @@ from mvcli.data.dataset import MultiViewDataset
 from mvcli.data.sampler import BalanceTarget, ClassBalancedSampler, SamplerName, group_ids
 from mvcli.data.taxonomy import NUM_CLASSES
 from mvcli.data.video import ClipSpec
+from mvcli.errors import DataError, UsageError
 
 KINETICS_MEAN = (0.43216, 0.394666, 0.37645)
 KINETICS_STD = (0.22803, 0.22145, 0.216989)
@@ -43,7 +44,7 @@ _LABELLED = ("Train", "Valid", "Test")
 _STAGE_SPLITS = {"fit": ("Train", "Valid"), "validate": ("Valid",), "test": ("Test",)}
 
 
-class NothingToPredict(ValueError):
+class NothingToPredict(DataError):
     """The prediction input holds no action with a video file."""
 
 
@@ -90,6 +91,9 @@ class MVFoulDataModule(LightningDataModule):
         progressive_epochs: epochs over which ``progressive`` moves from natural to balanced.
         progressive_target: what ``progressive`` balances: ``offence_severity``, ``action``
             or ``joint``.
+        allow_outside_root: read views that symlinks place outside ``root`` (or outside
+            ``predict_root``). Off: they are left out and reported, so no annotation or
+            link can make mvcli read files outside the dataset.
     """
 
     def __init__(
@@ -117,6 +121,7 @@ class MVFoulDataModule(LightningDataModule):
         sampler: SamplerName = "natural",
         progressive_epochs: int = 10,
         progressive_target: BalanceTarget = "offence_severity",
+        allow_outside_root: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -197,10 +202,13 @@ class MVFoulDataModule(LightningDataModule):
     # -- reading -----------------------------------------------------------------------------
     def split_dir(self, split: str) -> Path:
         if self.root is None:
-            raise ValueError("data.root is not set: point it at the dataset folder")
+            raise UsageError(
+                "data.root is not set: pass --data.root DIR, the dataset folder holding "
+                f"{'/'.join(SPLITS)} (or set it in the config's data: section)"
+            )
         path = self.root / split
         if not (path / "annotations.json").is_file():
-            raise FileNotFoundError(
+            raise DataError(
                 f"{path / 'annotations.json'} not found: data.root must hold "
                 f"{'/'.join(SPLITS)} folders with annotations.json (make a synthetic set with "
                 "`python -m mvcli.data.synthetic --root DIR`)"
@@ -210,7 +218,15 @@ class MVFoulDataModule(LightningDataModule):
     def records(self, split: str) -> list[ActionRecord]:
         """Labelled actions of a split, read once; skipped actions reported once by reason."""
         if split not in self._records:
-            records, report = read_split(self.split_dir(split), require_labels=True)
+            # Evaluation keeps labelled actions without a view file: like the official
+            # evaluator, it counts them (as wrong). Training has nothing to learn from them.
+            records, report = read_split(
+                self.split_dir(split),
+                require_labels=True,
+                require_views=split == "Train",
+                root=self.root,
+                allow_outside_root=self.hparams.allow_outside_root,
+            )
             rank_zero_info(report.summary())
             if not records:
                 raise ValueError(f"{report.source}: no usable action (see the report above)")
@@ -219,7 +235,7 @@ class MVFoulDataModule(LightningDataModule):
 
     def predict_records(self) -> list[ActionRecord]:
         root = self.predict_root or self.split_dir(self.hparams.predict_split)
-        records, report = discover_actions(root)
+        records, report = discover_actions(root, self.hparams.allow_outside_root)
         rank_zero_info(report.summary())
         if not records:
             raise NothingToPredict(f"nothing to predict in {root}: no action with a video file")
@@ -227,7 +243,11 @@ class MVFoulDataModule(LightningDataModule):
 
     def setup(self, stage: str) -> None:
         if stage == "fit":
-            self.datasets["train"] = self._dataset(self.records("Train"), self.hparams.num_views)
+            # Unreadable training actions are replaced in the data layer, never dropped from a
+            # batch: every rank always takes the same number of optimizer steps.
+            self.datasets["train"] = self._dataset(
+                self.records("Train"), self.hparams.num_views, replace_unreadable=True
+            )
             self.datasets["val"] = self._dataset(self.records("Valid"))
         elif stage == "validate":
             self.datasets["val"] = self._dataset(self.records("Valid"))
@@ -236,8 +256,20 @@ class MVFoulDataModule(LightningDataModule):
         elif stage == "predict":
             self.datasets["predict"] = self._dataset(self.predict_records())
 
-    def _dataset(self, records: list[ActionRecord], num_views: int | None = None):
-        return MultiViewDataset(records, self.spec, num_views=num_views, decode=self.cache)
+    def _dataset(
+        self,
+        records: list[ActionRecord],
+        num_views: int | None = None,
+        replace_unreadable: bool = False,
+    ):
+        return MultiViewDataset(
+            records,
+            self.spec,
+            num_views=num_views,
+            decode=self.cache,
+            replace_unreadable=replace_unreadable,
+            seed=int(os.environ.get("PL_GLOBAL_SEED", 0)),
+        )
 
     # -- decoded-clip cache ------------------------------------------------------------------
     def prepare_data(self) -> None:
@@ -275,7 +307,9 @@ class MVFoulDataModule(LightningDataModule):
             if split == "predict":
                 records = self.predict_records()
             elif split == "Chall":
-                records, report = discover_actions(self.split_dir(split))
+                records, report = discover_actions(
+                    self.split_dir(split), self.hparams.allow_outside_root
+                )
                 rank_zero_info(report.summary())
             else:
                 records = self.records(split)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import random
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -11,8 +12,11 @@ from torch.utils.data import Dataset
 
 from mvcli.data.annotations import ActionRecord
 from mvcli.data.video import ClipSpec, VideoDecodeError, decode_view
+from mvcli.errors import DataError
 
 log = logging.getLogger(__name__)
+# Draws of another action for an unreadable training action before giving up.
+MAX_REPLACEMENT_DRAWS = 16
 
 
 class MultiViewDataset(Dataset):
@@ -24,6 +28,12 @@ class MultiViewDataset(Dataset):
         num_views: views per action in training (drawn at random among those present);
             None serves every view, in file order (evaluation and prediction).
         decode: the decoding function (swappable for a cache).
+        replace_unreadable: serve another action, drawn deterministically from ``seed`` and
+            the index, in place of one with no readable view (training: every batch keeps
+            its size, so every DDP rank takes the same optimizer steps). The sample then
+            names the unreadable action under ``replaced``. Off: such an action is served
+            with ``video`` None (evaluation counts it as a wrong prediction).
+        seed: seed of the replacement draws (the run's seed, the same on every rank).
     """
 
     def __init__(
@@ -32,17 +42,54 @@ class MultiViewDataset(Dataset):
         spec: ClipSpec,
         num_views: int | None = None,
         decode=None,
+        replace_unreadable: bool = False,
+        seed: int = 0,
     ) -> None:
         self.records = list(records)
         self.spec = spec
         self.num_views = num_views
         self.decode = decode or decode_view
+        self.replace_unreadable = replace_unreadable
+        self.seed = seed
         self._warned: set[str] = set()
 
     def __len__(self) -> int:
         return len(self.records)
 
     def __getitem__(self, index: int) -> dict:
+        sample = self._load(index)
+        if sample["video"] is not None or not self.replace_unreadable:
+            return sample
+        for attempt in range(1, MAX_REPLACEMENT_DRAWS + 1):
+            other = self._load(self.replacement_index(index, attempt))
+            if other["video"] is not None:
+                other["replaced"] = {
+                    "action_id": sample["action_id"],
+                    "skipped_views": sample["skipped_views"],
+                }
+                self._warn(
+                    f"replaced:{sample['action_id']}",
+                    f"training action {sample['action_id']} has no readable view; action "
+                    f"{other['action_id']} is served in its place (counted in "
+                    "train/replaced_actions)",
+                )
+                return other
+        raise DataError(
+            f"training action {sample['action_id']} has no readable view and neither had "
+            f"{MAX_REPLACEMENT_DRAWS} actions drawn in its place: the training views look "
+            "unreadable (check data.root, the files and the decoder's warnings above)"
+        )
+
+    def replacement_index(self, index: int, attempt: int) -> int:
+        """The action drawn in place of an unreadable ``index`` at draw ``attempt`` (>= 1).
+
+        A function of the seed, the index and the attempt only: identical on every rank, in
+        every worker and after a resume.
+        """
+        rng = random.Random(f"{self.seed}:{index}:{attempt}")
+        return rng.randrange(len(self.records))
+
+    def _load(self, index: int) -> dict:
         record = self.records[index]
         clips, used, skipped = [], [], []
         for path in self._view_order(record.views):
@@ -76,4 +123,4 @@ class MultiViewDataset(Dataset):
     def _warn(self, key: str, message: str) -> None:
         if key not in self._warned:
             self._warned.add(key)
-            log.warning("skipping view: %s", message)
+            log.warning(message if key.startswith("replaced:") else f"skipping view: {message}")

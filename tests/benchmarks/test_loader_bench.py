@@ -9,9 +9,11 @@ ratios compare equal work:
   only up to the window's last frame: the decoder's raw speed on the same frames.
 * naive: the reference baseline's method, decode every frame, then select and convert
   (:func:`mvcli.data.video.read_full_then_select`).
-* ours, uncached: :func:`mvcli.data.dataset.decode_view` (seek, stop, convert in swscale).
+* ours, uncached: :func:`mvcli.data.video.decode_view` (seek, stop, convert in swscale).
 * ours, cached: :class:`mvcli.data.cache.ClipCache` hits, from the page cache (warm) and with
-  the entry's pages dropped first (cold: read from the disk).
+  the entry's pages dropped first (cold: read from the disk). Every hit verifies the entry's
+  xxh3-64 payload checksum; "checksum only" times that verification alone, and the
+  "Checksum cost" table states it per view and as a share of a warm cached read.
 
 Then the same at the DataLoader level (MultiViewDataset + collate, every view of the five
 actions), and the cache build rate (decode + write), serial vs threads.
@@ -24,8 +26,10 @@ import shutil
 from pathlib import Path
 
 import av
+import numpy as np
 import pytest
 import torch
+import xxhash
 from torch.utils.data import DataLoader
 
 from mvcli.data.annotations import read_split
@@ -86,6 +90,7 @@ def test_loader_benchmark(sample_root, tmp_path, one_thread):
             assert torch.equal(decode_view(view, spec), expected), view
             assert torch.equal(cache(view, spec), expected), view
         last = window_timestamps(spec.center_time, spec.num_frames, spec.target_fps)[-1]
+        payloads = [np.ascontiguousarray(cache(v, spec).permute(3, 0, 1, 2).numpy()) for v in views]
 
         def cold_pass(cache=cache, spec=spec, entries=entries):
             for view, entry in zip(views, entries, strict=True):
@@ -101,6 +106,9 @@ def test_loader_benchmark(sample_root, tmp_path, one_thread):
             "ours, uncached (window decoding)": lambda s=spec: [decode_view(v, s) for v in views],
             "ours, cached (page cache)": lambda c=cache, s=spec: [c(v, s) for v in views],
             "ours, cached (cold: pages dropped)": cold_pass,
+            "checksum only (xxh3-64 of each entry)": lambda p=payloads: [
+                xxhash.xxh3_64_digest(memoryview(a).cast("B")) for a in p
+            ],
         }
         samples = interleaved(methods, rounds)
         rate = {name: len(views) / median(s) for name, s in samples.items()}
@@ -130,7 +138,14 @@ def test_loader_benchmark(sample_root, tmp_path, one_thread):
                 ["cached cold / uncached", cold, "", goal(cold, CACHED_VS_UNCACHED)],
             ],
         )  # fmt: skip
+        checksum_ms = 1000 / rate["checksum only (xxh3-64 of each entry)"]
+        read_ms = 1000 / rate["ours, cached (page cache)"]
+        tables[f"Checksum cost per view, {size}:"] = table(
+            ["entry MB", "checksum ms/view", "cached read ms/view (with checksum)", "share"],
+            [[payloads[0].nbytes / 1e6, checksum_ms, read_ms, checksum_ms / read_ms]],
+        )
         data["sizes"][size] = {
+            "checksum_ms_per_view": checksum_ms,
             "clips_per_s": rate,
             "samples_s_per_pass": samples,
             "loader_actions_per_s": loader_rates,

@@ -156,6 +156,42 @@ def test_a_damaged_entry_is_rebuilt_never_read(views, tmp_path, damage):
     assert torch.equal(cache(views[0], SPEC), expected)
 
 
+@pytest.mark.parametrize("where", ["first", "middle", "last", "trailer"])
+def test_a_flipped_byte_of_the_same_size_is_rebuilt_never_served(views, tmp_path, where):
+    """The reported case: a corrupted entry of unchanged size was served."""
+    cache, decode = _cache(tmp_path)
+    expected = cache(views[0], SPEC)
+    entry = cache.entry_path(cache.key(views[0], SPEC))
+    data = bytearray(entry.read_bytes())
+    payload_end = len(data) - 16
+    offset = {"first": payload_end - int(np.prod(STORED)), "middle": payload_end // 2 + 64,
+              "last": payload_end - 1, "trailer": len(data) - 1}[where]  # fmt: skip
+    data[offset] ^= 0x01
+    entry.write_bytes(bytes(data))
+    assert entry_is_valid(entry, STORED)  # header and size are fine: only the checksum tells
+    assert cache_module.read_entry(entry, STORED) is None
+    assert torch.equal(cache(views[0], SPEC), expected)
+    assert decode.calls == 2  # rebuilt
+    assert cache_module.read_entry(entry, STORED) is not None
+
+
+def test_a_failed_write_keeps_the_good_entries(views, tmp_path, monkeypatch, caplog):
+    cache, _ = _cache(tmp_path)
+    good = cache(views[0], SPEC)
+    entry = cache.entry_path(cache.key(views[0], SPEC))
+    before = entry.read_bytes()
+
+    def read_only(*args, **kwargs):
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr("tempfile.mkstemp", read_only)
+    with caplog.at_level(logging.WARNING):
+        assert torch.equal(cache(views[1], SPEC), decode_view(views[1], SPEC))
+    assert "Read-only file system" in caplog.text
+    assert str(cache.entry_path(cache.key(views[1], SPEC))) in caplog.text
+    assert entry.read_bytes() == before and torch.equal(cache(views[0], SPEC), good)
+
+
 def test_a_killed_build_leaves_no_entry_and_is_rebuilt(views, tmp_path):
     """Kill the builder in the middle of writing an entry: only a temporary file remains."""
     root = tmp_path / "cache"

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import shutil
 
+import pytest
 import torch
 
 from mvcli.data.annotations import read_split
 from mvcli.data.collate import collate_views
 from mvcli.data.dataset import MultiViewDataset
 from mvcli.data.video import ClipSpec
+from mvcli.errors import DataError
 
 SPEC = ClipSpec(num_frames=8, center_frame=12, height=32, width=56)
 
@@ -56,8 +58,9 @@ def test_damaged_views_are_skipped_and_reported(synthetic_root, tmp_path, caplog
     assert all(train[0]["video"].shape[0] == len(first.views) - 1 for _ in range(5))
 
     batch = collate_views([dataset[0], dataset[1], dataset[2]])
+    labels = {"offence_severity": dead["offence_severity"], "action": dead["action"]}
     assert batch["failed"] == [
-        {"action_id": second.action_id, "skipped_views": dead["skipped_views"]}
+        {"action_id": second.action_id, "skipped_views": dead["skipped_views"], **labels}
     ]
     assert batch["action_id"] == [first.action_id, records[2].action_id]
     assert batch["offence_severity"].shape == (2,)
@@ -75,3 +78,38 @@ def test_collate_pads_views_with_mask(synthetic_root):
         assert torch.equal(batch["video"][i, : counts[i]], sample["video"])
         assert not batch["video"][i, counts[i] :].any()
     assert collate_views([{**samples[0], "video": None}])["video"] is None
+
+
+def test_unreadable_training_action_is_replaced_deterministically(synthetic_root, tmp_path):
+    split = tmp_path / "Train"
+    shutil.copytree(synthetic_root / "Train", split)
+    records, _ = read_split(split)
+    for view in records[0].views:
+        view.write_bytes(b"")
+    train = MultiViewDataset(records, SPEC, num_views=2, replace_unreadable=True, seed=3)
+    sample = train[0]
+    assert sample["video"] is not None
+    assert sample["replaced"]["action_id"] == records[0].action_id
+    assert len(sample["replaced"]["skipped_views"]) == len(records[0].views)
+    assert sample["action_id"] != records[0].action_id
+    # The same draw in any process (DDP ranks, workers, a resumed run).
+    again = MultiViewDataset(records, SPEC, num_views=2, replace_unreadable=True, seed=3)
+    assert again[0]["action_id"] == sample["action_id"]
+    assert [train.replacement_index(0, k) for k in (1, 2, 3)] == [
+        again.replacement_index(0, k) for k in (1, 2, 3)
+    ]
+    batch = collate_views([train[0], train[1]])
+    assert batch["failed"] == [] and len(batch["action_id"]) == 2
+    assert [r["action_id"] for r in batch["replaced"]] == [records[0].action_id]
+
+
+def test_a_training_set_without_readable_views_stops_clearly(synthetic_root, tmp_path):
+    split = tmp_path / "Train"
+    shutil.copytree(synthetic_root / "Train", split)
+    records, _ = read_split(split)
+    for record in records:
+        for view in record.views:
+            view.write_bytes(b"")
+    train = MultiViewDataset(records, SPEC, num_views=2, replace_unreadable=True)
+    with pytest.raises(DataError, match="no readable view.*training views look unreadable"):
+        train[0]

@@ -12,6 +12,8 @@ import av
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from mvcli.data import video
 from mvcli.data.video import (
@@ -302,3 +304,55 @@ def test_error_is_picklable(tmp_path):
     err = _error(tmp_path / "nope.mp4")
     back = pickle.loads(pickle.dumps(err))
     assert (back.path, back.reason, str(back)) == (err.path, err.reason, str(err))
+
+
+# -- property tests: any bytes decode or fail cleanly, within a time limit --------------------
+# Each example must end well within the deadline (a hang fails the test); a decoding pass also
+# has its own limit (DECODE_TIME_LIMIT_S), checked below.
+DECODE_PROPERTY = {
+    "max_examples": 50,
+    "deadline": 5000,
+    "suppress_health_check": [HealthCheck.function_scoped_fixture],
+}
+
+
+def _decode_or_reason(path: Path) -> str:
+    try:
+        clip = _read(path, 1.0, n=8)
+    except VideoDecodeError as err:
+        assert err.reason in ("missing", "empty", "no_video_stream", "undecodable",
+                              "too_few_frames")  # fmt: skip
+        return err.reason
+    assert clip.dtype == torch.uint8 and clip.shape == (8, OUT_H, OUT_W, 3)
+    return "ok"
+
+
+@settings(**DECODE_PROPERTY)
+@given(raw=st.binary(max_size=4096), suffix=st.sampled_from([".mp4", ".mkv", ".avi", ".webm"]))
+def test_random_bytes_never_crash_the_decoder(raw, suffix, tmp_path):
+    path = tmp_path / f"random{suffix}"
+    path.write_bytes(raw)
+    _decode_or_reason(path)
+
+
+@settings(**DECODE_PROPERTY)
+@given(data=st.data())
+def test_corrupted_real_clip_never_crashes_the_decoder(clips, data, tmp_path):
+    source = clips[data.draw(st.sampled_from(["h264_100", "h264_mkv"]))].read_bytes()
+    cut = data.draw(st.integers(0, len(source)))
+    flips = data.draw(st.lists(st.tuples(st.integers(0, len(source) - 1), st.integers(1, 255)),
+                               max_size=20))  # fmt: skip
+    damaged = bytearray(source[:cut] if data.draw(st.booleans()) else source)
+    for offset, mask in flips:
+        if offset < len(damaged):
+            damaged[offset] ^= mask
+    path = tmp_path / "damaged.mp4"
+    path.write_bytes(bytes(damaged))
+    _decode_or_reason(path)
+
+
+def test_decoding_has_a_time_limit(clips, monkeypatch):
+    monkeypatch.setattr(video, "DECODE_TIME_LIMIT_S", -1.0)  # every pass is over its limit
+    with pytest.raises(VideoDecodeError, match="time limit") as err:
+        _read(clips["h264_100"], 2.0)
+    assert err.value.reason == "undecodable"

@@ -1,0 +1,117 @@
+"""Numerical faults: a NaN/inf loss or gradient skips the optimizer step, on every rank.
+
+The decision is reduced across processes (any rank's fault skips the step everywhere), so
+DDP replicas never diverge. Skipped steps are counted (``train/nonfinite_steps``); past
+``max_steps`` of them the run stops with a checkpoint, naming the action ids of the batches
+that caused them, instead of training on garbage.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from lightning.pytorch import Callback, LightningModule, Trainer
+
+from mvcli.errors import DataError
+
+CHECKPOINT_NAME = "nonfinite.ckpt"
+_MAX_NAMED = 20  # action ids named in the message
+
+
+class NonFiniteError(DataError):
+    """Too many optimizer steps had a non-finite loss or gradient."""
+
+
+class NonFiniteGuard(Callback):
+    """Skip optimizer steps whose loss or gradients are not finite; stop past a limit.
+
+    Args:
+        max_steps: skipped steps allowed in a run; one more stops it, after saving
+            ``nonfinite.ckpt`` next to the other checkpoints (its weights are those before
+            the faulty steps: a skipped step changes nothing). -1: never stop.
+    """
+
+    def __init__(self, max_steps: int = 10) -> None:
+        if max_steps < -1:
+            raise ValueError(f"nonfinite.max_steps must be >= -1, got {max_steps}")
+        self.max_steps = max_steps
+        self.skipped = 0
+        self.offending: list[str] = []
+        self._batch_ids: list[str] = []
+        self._stop = False
+
+    def state_dict(self) -> dict:
+        return {"skipped": self.skipped, "offending": self.offending}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.skipped = state_dict.get("skipped", 0)
+        self.offending = list(state_dict.get("offending", []))
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        # Every batch accumulated into the coming optimizer step.
+        ids = batch.get("action_id", []) if isinstance(batch, dict) else []
+        self._batch_ids.extend(str(i) for i in ids)
+
+    def on_before_optimizer_step(
+        self, trainer: Trainer, pl_module: LightningModule, optimizer
+    ) -> None:
+        ids, self._batch_ids = self._batch_ids, []
+        local = self._is_nonfinite(trainer, pl_module, optimizer)
+        if not trainer.strategy.reduce_boolean_decision(local, all=False):
+            return
+        # No gradient: the optimizer leaves every parameter (and its state) as it was.
+        optimizer.zero_grad(set_to_none=True)
+        self.skipped += 1
+        self.offending.extend(_gather_ids(ids if local else [], trainer.world_size))
+        if self.max_steps >= 0 and self.skipped > self.max_steps:
+            self._stop = True
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # Cumulative over the run; the same on every rank (the decision is reduced).
+        pl_module.log("train/nonfinite_steps", float(self.skipped))
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if not self._stop:
+            return
+        path = Path(_checkpoint_dir(trainer)) / CHECKPOINT_NAME
+        trainer.save_checkpoint(path)
+        named = list(dict.fromkeys(self.offending))
+        more = f" and {len(named) - _MAX_NAMED} more" if len(named) > _MAX_NAMED else ""
+        raise NonFiniteError(
+            f"training stopped: {self.skipped} optimizer steps had a non-finite (NaN/inf) loss "
+            f"or gradient, more than nonfinite.max_steps={self.max_steps}. Batches with action "
+            f"ids {named[:_MAX_NAMED]}{more}. The weights before those steps are saved in "
+            f"{path}. Check those actions' clips and labels, lower the learning rate or set "
+            "trainer.gradient_clip_val; resume with --ckpt_path."
+        )
+
+    @staticmethod
+    def _is_nonfinite(trainer: Trainer, pl_module: LightningModule, optimizer) -> bool:
+        loss = getattr(pl_module, "last_train_loss", None)
+        if loss is not None and not bool(torch.isfinite(loss).all()):
+            return True
+        if getattr(trainer.precision_plugin, "scaler", None) is not None:
+            return False  # fp16 loss scaling: inf gradients are the scaler's to skip
+        grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        if not grads:
+            return False
+        norms = torch._foreach_norm(grads)  # one kernel per device, not one per parameter
+        return not bool(torch.isfinite(torch.stack([n.float() for n in norms])).all())
+
+
+def _gather_ids(ids: list[str], world_size: int) -> list[str]:
+    """The offending ids of every rank (collective: called on all ranks together)."""
+    if world_size <= 1 or not dist.is_available() or not dist.is_initialized():
+        return ids
+    gathered: list[list[str] | None] = [None] * world_size
+    dist.all_gather_object(gathered, ids)
+    return [i for part in gathered for i in (part or [])]
+
+
+def _checkpoint_dir(trainer: Trainer) -> str:
+    callback = trainer.checkpoint_callback
+    if callback is not None and getattr(callback, "dirpath", None):
+        return callback.dirpath
+    return trainer.default_root_dir
