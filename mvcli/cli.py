@@ -18,6 +18,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 
 from mvcli import __version__
+from mvcli.callbacks.distributed import DistributedRun
 from mvcli.callbacks.prediction_writer import NothingPredicted, SubmissionWriter
 from mvcli.data.datamodule import PREPROCESSING_KEYS, MVFoulDataModule, NothingToPredict
 from mvcli.module import MVFoulModule
@@ -104,6 +105,8 @@ class MVCLI(LightningCLI):
         from mvcli.callbacks.freezing import BackboneFreezing
 
         parser.add_lightning_class_args(BackboneFreezing, "freezing")
+        # DDP timeout / find_unused_parameters as plain options, effective batch, LR scaling.
+        parser.add_lightning_class_args(DistributedRun, "distributed")
         # What the model must agree on with the data is stated once, in the data section.
         parser.link_arguments("data.frames_per_clip", "model.num_frames")
         parser.link_arguments("data.img_height", "model.img_height")
@@ -124,7 +127,11 @@ class MVCLI(LightningCLI):
         if config.get("enable_progress_bar") is not False and not has_bar:
             extra.append(RichProgressBar())
         kwargs["callbacks"] = [*callbacks, *extra]
-        return super().instantiate_trainer(**kwargs)
+        trainer = super().instantiate_trainer(**kwargs)
+        for callback in trainer.callbacks:
+            if isinstance(callback, DistributedRun):
+                callback.configure_strategy(trainer)
+        return trainer
 
     def after_fit(self) -> None:
         ckpt = self.trainer.checkpoint_callback

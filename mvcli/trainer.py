@@ -44,6 +44,9 @@ class MVTrainer(Trainer):
         """
         if datamodule is None or not hasattr(datamodule, "build_cache"):
             raise ValueError("cache needs mvcli's data module (the `data:` section)")
+        if self.local_rank != 0:
+            # One builder per node, as for fit's prepare_data (the cache may be node-local).
+            return {}
         progress = self.progress_bar_callback is not None
         return datamodule.build_cache(splits, progress=progress)
 
@@ -71,6 +74,8 @@ class MVTrainer(Trainer):
         if ckpt_path is None:
             raise ValueError("export needs --ckpt_path: the checkpoint to export")
         ckpt_path = Path(ckpt_path)
+        if not self.is_global_zero:
+            return {}  # one process writes the files (under torchrun, every process runs this)
         checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
         model.load_state_dict(checkpoint["state_dict"])
         output_dir = Path(output_dir or ckpt_path.with_name(ckpt_path.stem + "_export"))

@@ -48,12 +48,15 @@ class SubmissionWriter(BasePredictionWriter):
 
     def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         path = self.resolve_path(trainer)
-        for target in (path, path.with_suffix(".csv")) if self.csv else (path,):
-            if target.exists() and not self.overwrite:
-                raise FileExistsError(
-                    f"{target} exists; pass --prediction_writer.overwrite true or another "
-                    "--prediction_writer.output_path"
-                )
+        targets = (path, path.with_suffix(".csv")) if self.csv else (path,)
+        # Rank 0 writes the output, so its view decides, for every rank alike.
+        exists = [str(t) for t in targets if t.exists() and not self.overwrite]
+        exists = trainer.strategy.broadcast(exists)
+        if exists:
+            raise FileExistsError(
+                f"{exists[0]} exists; pass --prediction_writer.overwrite true or another "
+                "--prediction_writer.output_path"
+            )
         path.parent.mkdir(parents=True, exist_ok=True)
         self._part = path.with_name(f"{path.name}.part{trainer.global_rank}")
         self._part.write_text("")
@@ -67,13 +70,17 @@ class SubmissionWriter(BasePredictionWriter):
                 handle.write(json.dumps(row) + "\n")
 
     def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        trainer.strategy.barrier()
+        # Every rank sends its rows to rank 0 (nodes need not share a filesystem), which
+        # writes the one output; each action is predicted by exactly one rank (predict's
+        # sampler does not repeat actions).
+        path = self.resolve_path(trainer)  # a broadcast: asked on every rank
+        rows = _read_part(self._part)
+        self._part.unlink(missing_ok=True)
+        written = 0
+        if trainer.world_size > 1:
+            rows = _gather_rows(rows, trainer.world_size)
         if trainer.is_global_zero:
-            path = self.resolve_path(trainer)
-            parts = [path.with_name(f"{path.name}.part{r}") for r in range(trainer.world_size)]
-            payload = _assemble(parts, path, self._ckpt)
-            for part in parts:
-                part.unlink(missing_ok=True)
+            payload = _assemble(rows, path, self._ckpt)
             if self.csv:
                 write_csv(payload, path.with_suffix(".csv"))
             written, failed = len(payload["Actions"]), len(payload["failed"])
@@ -81,12 +88,11 @@ class SubmissionWriter(BasePredictionWriter):
                 f"predictions for {written} actions written to {path}"
                 + (f"; {failed} actions had no readable view (see 'failed')" if failed else "")
             )
-            if written == 0:
-                raise NothingPredicted(
-                    f"nothing could be predicted: no action had a readable view (see 'failed' "
-                    f"in {path})"
-                )
-        trainer.strategy.barrier()
+        if trainer.strategy.broadcast(written) == 0:  # every rank stops alike
+            raise NothingPredicted(
+                f"nothing could be predicted: no action had a readable view (see 'failed' "
+                f"in {path})"
+            )
 
 
 def _rows(prediction: dict) -> list[dict]:
@@ -127,19 +133,28 @@ class NothingPredicted(RuntimeError):
     """Every action of the prediction input lacked a readable view."""
 
 
-def _assemble(parts: list[Path], path: Path, ckpt: str | None) -> dict:
+def _read_part(part: Path) -> list[dict]:
+    with part.open() as handle:
+        return [json.loads(line) for line in handle]
+
+
+def _gather_rows(rows: list[dict], world_size: int) -> list[dict]:
+    """All ranks' rows, in rank order (a collective: every rank calls it)."""
+    import torch.distributed as dist
+
+    gathered: list[list[dict] | None] = [None] * world_size
+    dist.all_gather_object(gathered, rows)
+    return [row for part in gathered for row in part or ()]
+
+
+def _assemble(rows: list[dict], path: Path, ckpt: str | None) -> dict:
     actions, details, failed = {}, {}, {}
-    for part in parts:
-        if not part.exists():
-            continue
-        with part.open() as handle:
-            for line in handle:
-                row = json.loads(line)
-                if "failed" in row:
-                    failed[row["action_id"]] = row["failed"]
-                else:
-                    actions[row["action_id"]] = row["entry"]
-                    details[row["action_id"]] = row["details"]
+    for row in rows:
+        if "failed" in row:
+            failed[row["action_id"]] = row["failed"]
+        else:
+            actions[row["action_id"]] = row["entry"]
+            details[row["action_id"]] = row["details"]
     order = sorted(actions, key=lambda a: (0, int(a)) if a.isdigit() else (1, a))
     payload = {
         "Actions": {a: actions[a] for a in order},

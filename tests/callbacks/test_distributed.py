@@ -1,0 +1,231 @@
+"""Distributed runs: real 2-process runs started with torchrun, as users start them (two
+"nodes" of one CPU process each on 127.0.0.1, gloo), checked against 1-process runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import psutil
+import pytest
+
+from mvcli.callbacks.distributed import DistributedRun
+from mvcli.cli import main
+from mvcli.data.annotations import read_split
+from mvcli.data.sampler import evaluation_sampler
+from mvcli.data.synthetic import write_synthetic_dataset
+from tests.conftest import CONFIGS, REPO, TINY, tiny_args
+
+TWO_NODES = [
+    "--config", str(CONFIGS / "demo.yaml"),
+    "--config", str(CONFIGS / "ddp.yaml"),
+    "--config", str(CONFIGS / "multi_node.yaml"),
+    "--config", str(REPO / "tests/conf/ddp_two_nodes.yaml"),
+]  # fmt: skip
+ONE_PROCESS = ["--config", str(CONFIGS / "demo.yaml"), "--trainer.accelerator", "cpu"]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_two_nodes(args: list[str], logs: Path) -> list[subprocess.Popen]:
+    """``torchrun --nnodes 2 --nproc-per-node 1 --node-rank R ... -m mvcli ARGS``, R = 0, 1."""
+    port = _free_port()
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    logs.mkdir(parents=True, exist_ok=True)
+    procs = []
+    for rank in (0, 1):
+        cmd = [
+            sys.executable, "-m", "torch.distributed.run", "--nnodes", "2",
+            "--nproc-per-node", "1", "--node-rank", str(rank), "--master-addr", "127.0.0.1",
+            "--master-port", str(port), "-m", "mvcli", *args,
+        ]  # fmt: skip
+        out = open(logs / f"node{rank}.log", "w")  # files, not pipes: a full pipe would block
+        procs.append(subprocess.Popen(cmd, cwd=logs, env=env, stdout=out, stderr=subprocess.STDOUT))
+    return procs
+
+
+def run_two_nodes(args: list[str], logs: Path, timeout: float = 240) -> list[str]:
+    procs = start_two_nodes(args, logs)
+    try:
+        codes = [p.wait(timeout=timeout) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    texts = [(logs / f"node{r}.log").read_text() for r in (0, 1)]
+    assert codes == [0, 0], "\n\n".join(t[-3000:] for t in texts)
+    return texts
+
+
+@pytest.fixture(scope="module")
+def clean_root(tmp_path_factory) -> Path:
+    """Readable clips only; odd Valid/Test sizes so the two shards are uneven."""
+    root = tmp_path_factory.mktemp("clean")
+    write_synthetic_dataset(root, train=8, valid=7, test=7, chall=0, seed=3, **TINY)
+    return root
+
+
+@pytest.fixture(scope="module")
+def ddp_runs(clean_root, tmp_path_factory):
+    """fit (1 epoch) + validate + predict on 2 processes; validate + predict on 1 process."""
+    base = tmp_path_factory.mktemp("ddp")
+    started = time.perf_counter()
+    fit_logs = run_two_nodes(["fit", *TWO_NODES, *tiny_args(clean_root, base / "fit")], base)
+    ckpt = base / "fit/demo/version_0/checkpoints/last.ckpt"
+    evaluate = ["--ckpt_path", str(ckpt)]
+    val_logs = run_two_nodes(
+        ["validate", *TWO_NODES, *tiny_args(clean_root, base / "val2"), *evaluate], base
+    )
+    pred2 = base / "pred2/predictions.json"
+    run_two_nodes(
+        [
+            "predict", *TWO_NODES, *tiny_args(clean_root, base / "p2"), *evaluate,
+            "--prediction_writer.output_path", str(pred2),
+        ],
+        base,
+    )  # fmt: skip
+    wall = time.perf_counter() - started
+    print(f"\n2-process fit + validate + predict: {wall:.1f} s")
+    main(["validate", *ONE_PROCESS, *tiny_args(clean_root, base / "val1"), *evaluate])
+    pred1 = base / "pred1/predictions.json"
+    main(
+        [
+            "predict", *ONE_PROCESS, *tiny_args(clean_root, base / "p1"), *evaluate,
+            "--prediction_writer.output_path", str(pred1),
+        ]
+    )  # fmt: skip
+    return {"base": base, "fit_logs": fit_logs, "val_logs": val_logs, "pred": (pred1, pred2)}
+
+
+def _metrics(base: Path, run: str) -> dict[str, float]:
+    (path,) = (base / run).rglob("validate_metrics.json")
+    return json.loads(path.read_text())
+
+
+def test_two_process_fit_writes_each_file_once(ddp_runs):
+    fit = ddp_runs["base"] / "fit"
+    assert [p.relative_to(fit) for p in fit.rglob("config.yaml")] == [
+        Path("demo/version_0/config.yaml")
+    ]
+    assert [p.name for p in (fit / "demo").iterdir()] == ["version_0"]  # one log dir
+    ckpts = sorted(p.name for p in fit.rglob("*.ckpt"))
+    assert len(ckpts) == 2 and "last.ckpt" in ckpts, ckpts
+    node0, node1 = ddp_runs["fit_logs"]
+    line = "effective batch 8 = 2 processes x batch_size 4 x accumulate_grad_batches 1"
+    assert line in node0 and "world size 2 (2 node(s) x 1 device(s))" in node0
+    assert line not in node1  # reported once, by rank 0
+
+
+def test_two_process_validate_equals_one_process(ddp_runs):
+    """Regression: `torchrun ... -m mvcli validate` crashed (rank-zero-only code read
+    trainer.log_dir, a broadcast), and the padded sampler would have repeated actions."""
+    one, two = _metrics(ddp_runs["base"], "val1"), _metrics(ddp_runs["base"], "val2")
+    assert set(one) == set(two) and "val/leaderboard" in one
+    for key, value in one.items():
+        assert two[key] == pytest.approx(value, abs=1e-6), key
+    assert len(list((ddp_runs["base"] / "val2").rglob("validate_metrics.json"))) == 1
+
+
+def test_two_process_predict_covers_each_action_once(ddp_runs, clean_root):
+    pred1, pred2 = (json.loads(p.read_text()) for p in ddp_runs["pred"])
+    records, _ = read_split(clean_root / "Test", require_labels=False)
+    ids = sorted(r.action_id for r in records)
+    assert sorted([*pred2["Actions"], *pred2["failed"]]) == ids  # each exactly once
+    assert pred2["Actions"] == pred1["Actions"]  # the same decisions as one process
+    for action, detail in pred1["details"].items():
+        probs = detail["offence_severity"]["probabilities"]
+        assert pred2["details"][action]["offence_severity"]["probabilities"] == pytest.approx(
+            probs, abs=1e-5
+        )
+    assert [p.name for p in ddp_runs["pred"][1].parent.iterdir()] == ["predictions.json"]
+
+
+def test_lost_process_stops_the_survivor(clean_root, tmp_path):
+    """Kill rank 1 mid-fit: rank 0 exits non-zero with a message, within the timeout."""
+    timeout = 20
+    args = [
+        "fit", *TWO_NODES, *tiny_args(clean_root, tmp_path / "runs"),
+        "--trainer.max_epochs", "1000", "--distributed.timeout", str(timeout),
+    ]  # fmt: skip
+    procs = start_two_nodes(args, tmp_path)
+    try:
+        log0 = tmp_path / "node0.log"
+        deadline = time.monotonic() + 120
+        while "effective batch" not in log0.read_text():  # both ranks are set up
+            assert time.monotonic() < deadline and procs[0].poll() is None, log0.read_text()
+            time.sleep(0.5)
+        time.sleep(1)
+        (worker,) = psutil.Process(procs[1].pid).children()
+        worker.send_signal(signal.SIGKILL)
+        killed = time.monotonic()
+        code = procs[0].wait(timeout=timeout + 30)
+        elapsed = time.monotonic() - killed
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    text = log0.read_text()
+    assert code != 0
+    assert elapsed < timeout + 15, elapsed
+    assert "process 0 of 2 lost contact with the other processes" in text, text[-3000:]
+
+
+# -- options and pieces, in one process -----------------------------------------------------
+def test_timeout_and_find_unused_parameters_from_the_command_line(synthetic_root, tmp_path):
+    """Regression: `--trainer.strategy.timeout 3600` did not parse; these options do."""
+    cli = main(
+        [
+            "fit", *ONE_PROCESS, *tiny_args(synthetic_root, tmp_path),
+            "--trainer.strategy", "ddp", "--distributed.timeout", "3600",
+            "--distributed.find_unused_parameters", "true",
+        ],
+        run=False,
+    )  # fmt: skip
+    assert cli.trainer.strategy._timeout == timedelta(seconds=3600)
+    assert cli.trainer.strategy._ddp_kwargs["find_unused_parameters"] is True
+
+
+def test_bad_timeout_is_refused():
+    with pytest.raises(ValueError, match="distributed.timeout"):
+        DistributedRun(timeout=0)
+
+
+def test_linear_lr_scaling(synthetic_root, tmp_path):
+    args = [
+        "fit", *ONE_PROCESS, *tiny_args(synthetic_root, tmp_path), "--trainer.max_epochs", "1",
+        "--trainer.limit_train_batches", "1", "--trainer.limit_val_batches", "1",
+        "--trainer.accumulate_grad_batches", "3", "--distributed.scale_lr", "linear",
+        "--distributed.reference_batch", "2", "--model.lr_scheduler", "null",
+    ]  # fmt: skip
+    cli = main(args)
+    # effective batch 1 x 4 x 3 = 12, reference 2: demo.yaml's lr 0.006 x 6.
+    groups = cli.trainer.optimizers[0].param_groups
+    assert groups[0]["lr"] == pytest.approx(0.036)
+    assert all(g["lr"] == pytest.approx(0.036) for g in groups)  # backbone ratio 1
+
+
+def test_evaluation_sampler_shards_are_disjoint_and_complete():
+    class FakeTrainer:
+        world_size = 3
+
+        def __init__(self, rank):
+            self.global_rank = rank
+
+    dataset = list(range(10))
+    shards = [list(evaluation_sampler(dataset, FakeTrainer(r))) for r in range(3)]
+    assert sorted(i for s in shards for i in s) == dataset  # every action once, no padding
+    assert [len(s) for s in shards] == [4, 3, 3]
+    assert evaluation_sampler(dataset, None) is None
+    with pytest.raises(ValueError, match="2 action"):
+        evaluation_sampler([0, 1], FakeTrainer(0))
