@@ -186,7 +186,7 @@ def test_timeout_and_find_unused_parameters_from_the_command_line(synthetic_root
     """Regression: `--trainer.strategy.timeout 3600` did not parse; these options do."""
     cli = main(
         [
-            "fit", *ONE_PROCESS, *tiny_args(synthetic_root, tmp_path),
+            *ONE_PROCESS, *tiny_args(synthetic_root, tmp_path),
             "--trainer.strategy", "ddp", "--distributed.timeout", "3600",
             "--distributed.find_unused_parameters", "true",
         ],
