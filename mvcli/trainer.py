@@ -34,7 +34,8 @@ class MVTrainer(Trainer):
         datamodule: LightningDataModule | None = None,
         splits: list[CacheSplit] | None = None,
     ) -> dict:
-        """Build the decoded-clip cache (``data.cache_dir``) ahead of training.
+        """Build the decoded-clip cache (``data.cache_dir``) ahead of training (under
+        torchrun or SLURM, once per node: by local rank 0).
 
         Args:
             model: unused (built from the config like in every subcommand).
@@ -60,7 +61,8 @@ class MVTrainer(Trainer):
         opset: int | None = None,
         tolerance: float = 1e-4,
     ) -> dict:
-        """Export a checkpoint's network as a state dict, ONNX and a torch.export program.
+        """Export a checkpoint's network as a state dict, ONNX and a torch.export program
+        (under torchrun or SLURM, by global rank 0 only).
 
         Args:
             model: the LightningModule (built from the checkpoint's hyperparameters).
