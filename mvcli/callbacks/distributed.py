@@ -14,7 +14,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 LRScaling = Literal["none", "linear"]
 # What torch.distributed raises when a peer process vanished or stalled past the timeout.
-_LOST_PEER_MARKERS = ("Connection closed by peer", "Connection reset", "timed out", "Timeout")
+_LOST_PEER_MARKERS = ("connection closed by peer", "connection reset", "timed out", "timeout")
 
 
 class DistributedRun(Callback):
@@ -119,7 +119,7 @@ def lost_peer(exception: BaseException) -> bool:
     if isinstance(exception, dist.DistError):
         return True
     return isinstance(exception, RuntimeError) and any(
-        marker in str(exception) for marker in _LOST_PEER_MARKERS
+        marker in str(exception).lower() for marker in _LOST_PEER_MARKERS
     )
 
 
