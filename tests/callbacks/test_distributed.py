@@ -240,3 +240,27 @@ def test_evaluation_sampler_shards_are_disjoint_and_complete():
     assert evaluation_sampler(dataset, None) is None
     with pytest.raises(ValueError, match="2 action"):
         evaluation_sampler([0, 1], FakeTrainer(0))
+
+
+def _as_torchrun_process(monkeypatch, rank: int, local_rank: int) -> None:
+    """The variables torchrun gives a worker (Lightning's TorchElasticEnvironment)."""
+    env = {"RANK": rank, "GROUP_RANK": rank, "LOCAL_RANK": local_rank, "LOCAL_WORLD_SIZE": 2}
+    env |= {"WORLD_SIZE": 2, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": _free_port()}
+    for name, value in env.items():
+        monkeypatch.setenv(name, str(value))
+
+
+def test_export_writes_from_global_rank_zero_only(trained, tmp_path, monkeypatch):
+    common, fit = trained
+    ckpt = Path(fit.trainer.checkpoint_callback.dirpath) / "last.ckpt"
+    _as_torchrun_process(monkeypatch, rank=1, local_rank=1)
+    args = ["--trainer.strategy", "ddp", "--trainer.devices", "2", "--ckpt_path", str(ckpt)]
+    main(["export", *common, *args, "--output_dir", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
+
+
+def test_cache_builds_once_per_node(synthetic_root, tmp_path, monkeypatch):
+    _as_torchrun_process(monkeypatch, rank=1, local_rank=1)
+    args = [*ONE_PROCESS, *tiny_args(synthetic_root, tmp_path), "--trainer.strategy", "ddp"]
+    main(["cache", *args, "--trainer.devices", "2", "--data.cache_dir", str(tmp_path / "c")])
+    assert not (tmp_path / "c").exists() or not any((tmp_path / "c").rglob("*.npy"))
