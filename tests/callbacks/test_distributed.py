@@ -78,15 +78,16 @@ def clean_root(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def ddp_runs(clean_root, tmp_path_factory):
-    """fit (1 epoch) + validate + predict on 2 processes; validate + predict on 1 process."""
+    """fit (1 epoch) + validate + test + predict on 2 processes; the same but fit on 1."""
     base = tmp_path_factory.mktemp("ddp")
     started = time.perf_counter()
     fit_logs = run_two_nodes(["fit", *TWO_NODES, *tiny_args(clean_root, base / "fit")], base)
     ckpt = base / "fit/demo/version_0/checkpoints/last.ckpt"
     evaluate = ["--ckpt_path", str(ckpt)]
-    val_logs = run_two_nodes(
-        ["validate", *TWO_NODES, *tiny_args(clean_root, base / "val2"), *evaluate], base
+    run_two_nodes(
+        ["validate", *TWO_NODES, *tiny_args(clean_root, base / "validate2"), *evaluate], base
     )
+    run_two_nodes(["test", *TWO_NODES, *tiny_args(clean_root, base / "test2"), *evaluate], base)
     pred2 = base / "pred2/predictions.json"
     run_two_nodes(
         [
@@ -96,8 +97,9 @@ def ddp_runs(clean_root, tmp_path_factory):
         base,
     )  # fmt: skip
     wall = time.perf_counter() - started
-    print(f"\n2-process fit + validate + predict: {wall:.1f} s")
-    main(["validate", *ONE_PROCESS, *tiny_args(clean_root, base / "val1"), *evaluate])
+    print(f"\n2-process fit + validate + test + predict: {wall:.1f} s")
+    for stage in ("validate", "test"):
+        main([stage, *ONE_PROCESS, *tiny_args(clean_root, base / f"{stage}1"), *evaluate])
     pred1 = base / "pred1/predictions.json"
     main(
         [
@@ -105,11 +107,11 @@ def ddp_runs(clean_root, tmp_path_factory):
             "--prediction_writer.output_path", str(pred1),
         ]
     )  # fmt: skip
-    return {"base": base, "fit_logs": fit_logs, "val_logs": val_logs, "pred": (pred1, pred2)}
+    return {"base": base, "fit_logs": fit_logs, "pred": (pred1, pred2)}
 
 
-def _metrics(base: Path, run: str) -> dict[str, float]:
-    (path,) = (base / run).rglob("validate_metrics.json")
+def _metrics(base: Path, stage: str, processes: int) -> dict[str, float]:
+    (path,) = (base / f"{stage}{processes}").rglob(f"{stage}_metrics.json")  # written once
     return json.loads(path.read_text())
 
 
@@ -127,14 +129,15 @@ def test_two_process_fit_writes_each_file_once(ddp_runs):
     assert line not in node1  # reported once, by rank 0
 
 
-def test_two_process_validate_equals_one_process(ddp_runs):
+@pytest.mark.parametrize("stage", ["validate", "test"])
+def test_two_process_evaluation_equals_one_process(ddp_runs, stage):
     """Regression: `torchrun ... -m mvcli validate` crashed (rank-zero-only code read
     trainer.log_dir, a broadcast), and the padded sampler would have repeated actions."""
-    one, two = _metrics(ddp_runs["base"], "val1"), _metrics(ddp_runs["base"], "val2")
-    assert set(one) == set(two) and "val/leaderboard" in one
+    one, two = _metrics(ddp_runs["base"], stage, 1), _metrics(ddp_runs["base"], stage, 2)
+    prefix = "val" if stage == "validate" else "test"
+    assert set(one) == set(two) and f"{prefix}/leaderboard" in one
     for key, value in one.items():
         assert two[key] == pytest.approx(value, abs=1e-6), key
-    assert len(list((ddp_runs["base"] / "val2").rglob("validate_metrics.json"))) == 1
 
 
 def test_two_process_predict_covers_each_action_once(ddp_runs, clean_root):
