@@ -22,8 +22,8 @@ class DistributedRun(Callback):
 
     Args:
         timeout: seconds a process waits for the others in a collective (gradient
-            all-reduce, barrier, metric sync) before the run stops with an error naming the
-            lost process; applies to DDP strategies (Lightning's default: 1800).
+            all-reduce, barrier, metric sync) before it stops with an error saying it lost
+            contact with them; applies to DDP strategies (Lightning's default: 1800).
         find_unused_parameters: let DDP tolerate parameters that get no gradient in a step
             (slower; needed only by models with unused branches); unset: the strategy's own.
         scale_lr: ``linear`` multiplies the optimizer's learning rate (every parameter group,
