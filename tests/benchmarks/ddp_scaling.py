@@ -56,7 +56,8 @@ class StepTimes(Callback):
 
 def run_fit(processes: int, args: argparse.Namespace, data: Path, work: Path) -> dict:
     out = work / f"steps_{processes}.json"
-    callback = {"class_path": "tests.benchmarks.ddp_scaling.StepTimes", "init_args": {"output": str(out)}}
+    timer = "tests.benchmarks.ddp_scaling.StepTimes"  # not __main__: the workers import it
+    callback = {"class_path": timer, "init_args": {"output": str(out)}}
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--standalone",
         "--nproc-per-node", str(processes), "-m", "mvcli", "fit",
