@@ -18,6 +18,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 
 from mvcli import __version__
+from mvcli.callbacks.distributed import DistributedRun
 from mvcli.callbacks.nonfinite import NonFiniteGuard
 from mvcli.callbacks.prediction_writer import SubmissionWriter
 from mvcli.checkpoints import SPECIAL_CKPT_PATHS, AtomicCheckpointIO, load_checkpoint
@@ -128,6 +129,8 @@ class MVCLI(LightningCLI):
         parser.set_defaults({"freezing": {"class_path": "mvcli.callbacks.freezing.NoFreezing"}})
         # NaN/inf loss or gradient: step skipped on every rank, counted, run stopped past a limit.
         parser.add_lightning_class_args(NonFiniteGuard, "nonfinite")
+        # DDP timeout / find_unused_parameters as plain options, effective batch, LR scaling.
+        parser.add_lightning_class_args(DistributedRun, "distributed")
         # What the model must agree on with the data is stated once, in the data section.
         parser.link_arguments("data.frames_per_clip", "model.num_frames")
         parser.link_arguments("data.img_height", "model.img_height")
@@ -162,6 +165,9 @@ class MVCLI(LightningCLI):
         # Local checkpoints through mvcli's atomic writer (remote or custom IO left alone).
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        for callback in trainer.callbacks:
+            if isinstance(callback, DistributedRun):
+                callback.configure_strategy(trainer)
         return trainer
 
     def after_fit(self) -> None:

@@ -11,9 +11,9 @@ from jsonargparse.typing import NonNegativeFloat
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.trainer.states import TrainerFn
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
-from torchmetrics import SumMetric
+from torchmetrics import MeanMetric, SumMetric
 
 from mvcli import __version__
 from mvcli.checkpoints import VERSION_KEY
@@ -21,6 +21,7 @@ from mvcli.data.datamodule import KINETICS_MEAN, KINETICS_STD
 from mvcli.data.taxonomy import HEADS, NUM_CLASSES
 from mvcli.data.video import ClipSpec
 from mvcli.errors import DataError
+from mvcli.io import atomic_write_text
 from mvcli.losses import (
     ClassWeighting,
     LossName,
@@ -167,6 +168,13 @@ class MVFoulModule(LightningModule):
                 for stage, names in _DAMAGE_COUNTS.items()
             }
         )
+        self.eval_losses = nn.ModuleDict(
+            {
+                f"{stage}_{name}": MeanMetric()
+                for stage in _EVAL_STAGES
+                for name in ("loss", *(f"loss_{h}" for h in self.heads))
+            }
+        )
 
     def forward(self, video: torch.Tensor, view_mask: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.network(video, view_mask)
@@ -188,9 +196,9 @@ class MVFoulModule(LightningModule):
         if stage == "train":
             self.last_train_loss = loss.detach()  # read by NonFiniteGuard before the step
         size = len(batch["action_id"])
-        self.log(f"{stage}/loss", loss, batch_size=size, prog_bar=True, sync_dist=stage != "train")
+        self._log_loss(stage, "loss", loss, size, prog_bar=True)
         for head, part in parts.items():
-            self.log(f"{stage}/loss_{head}", part, batch_size=size, sync_dist=stage != "train")
+            self._log_loss(stage, f"loss_{head}", part, size)
         for head in self.heads:
             self.metrics[f"{stage}_metrics"][head].update(logits[head].detach(), batch[head])
         return loss
@@ -219,6 +227,17 @@ class MVFoulModule(LightningModule):
             target = torch.tensor([f[head] for f in labelled], device=self.device)
             wrong = (target + 1) % self.metrics[f"{stage}_metrics"][head]["bacc"].num_classes
             self.metrics[f"{stage}_metrics"][head].update(wrong, target)
+    def _log_loss(
+        self, stage: str, name: str, value: torch.Tensor, size: int, prog_bar: bool = False
+    ) -> None:
+        if stage == "train":
+            self.log(f"{stage}/{name}", value, batch_size=size, prog_bar=prog_bar)
+            return
+        # Evaluation: a MeanMetric sums values x sizes and sizes over the processes, exact with
+        # uneven shards (Lightning's sync_dist mean divides an integer count by the world size).
+        metric = self.eval_losses[f"{stage}_{name}"]
+        metric.update(value.detach(), weight=size)
+        self.log(f"{stage}/{name}", metric, prog_bar=prog_bar)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor | None:
         if batch["video"] is None:
@@ -266,34 +285,36 @@ class MVFoulModule(LightningModule):
 
     def _log_epoch(self, stage: str) -> None:
         counts = self.damage[f"{stage}_damage"]
-        damage = {}
-        for name, count in counts.items():
-            if count.update_count:
-                damage[f"{stage}/{name}"] = count.compute().float()
-            count.reset()
         collections = self.metrics[f"{stage}_metrics"]
-        if all(c["acc"].update_count == 0 for c in collections.values()):
+        # Decided on the counts of all ranks: compute() is a collective every rank must join.
+        updates = sum(c["acc"].update_count for c in collections.values())
+        if self.all_gather(torch.tensor(updates, device=self.device)).sum() == 0:
+            for count in counts.values():
+                count.reset()
             return
         values = {}
         for head, collection in collections.items():
             for name, value in collection.compute().items():
                 values[f"{stage}/{name}_{head}"] = value
             collection.reset()
-        values |= damage
+        for name, count in counts.items():
+            values[f"{stage}/{name}"] = count.compute().float()
+            count.reset()
         self.log_dict(values)
         board = leaderboard(values, self.heads, stage)
         self.log(f"{stage}/leaderboard", board, prog_bar=stage != "train")
 
-    @rank_zero_only
     def _write_metrics(self, stage: str, prefix: str) -> None:
+        # trainer.log_dir is a broadcast: every rank asks, rank 0 alone writes (the metrics
+        # are already reduced over all ranks).
+        log_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)
+        if not self.trainer.is_global_zero:
+            return
         metrics = self.trainer.callback_metrics
         values = {k: float(v) for k, v in sorted(metrics.items()) if k.startswith(f"{prefix}/")}
         if not values:
             return
-        log_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)
-        log_dir.mkdir(parents=True, exist_ok=True)
-        path = log_dir / f"{stage}_metrics.json"
-        path.write_text(json.dumps(values, indent=2) + "\n")
+        atomic_write_text(log_dir / f"{stage}_metrics.json", json.dumps(values, indent=2) + "\n")
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # Lets an older mvcli refuse the file clearly instead of failing on unknown keys.

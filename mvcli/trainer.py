@@ -36,7 +36,8 @@ class MVTrainer(Trainer):
         datamodule: LightningDataModule | None = None,
         splits: list[CacheSplit] | None = None,
     ) -> dict:
-        """Build the decoded-clip cache (``data.cache_dir``) ahead of training.
+        """Build the decoded-clip cache (``data.cache_dir``) ahead of training (under
+        torchrun or SLURM, once per node: by local rank 0).
 
         Args:
             model: unused (built from the config like in every subcommand).
@@ -46,6 +47,9 @@ class MVTrainer(Trainer):
         """
         if datamodule is None or not hasattr(datamodule, "build_cache"):
             raise ValueError("cache needs mvcli's data module (the `data:` section)")
+        if self.local_rank != 0:
+            # One builder per node, as for fit's prepare_data (the cache may be node-local).
+            return {}
         progress = self.progress_bar_callback is not None
         return datamodule.build_cache(splits, progress=progress)
 
@@ -59,7 +63,8 @@ class MVTrainer(Trainer):
         opset: int | None = None,
         tolerance: float = 1e-4,
     ) -> dict:
-        """Export a checkpoint's network as a state dict, ONNX and a torch.export program.
+        """Export a checkpoint's network as a state dict, ONNX and a torch.export program
+        (under torchrun or SLURM, by global rank 0 only).
 
         Args:
             model: the LightningModule (built from the checkpoint's hyperparameters).
@@ -73,6 +78,8 @@ class MVTrainer(Trainer):
         if ckpt_path is None:
             raise UsageError("`mvcli export` needs --ckpt_path: the checkpoint to export")
         ckpt_path = Path(ckpt_path)
+        if not self.is_global_zero:
+            return {}  # one process writes the files (under torchrun, every process runs this)
         checkpoint = load_checkpoint(ckpt_path)
         model.load_state_dict(checkpoint["state_dict"])
         output_dir = Path(output_dir or ckpt_path.with_name(ckpt_path.stem + "_export"))

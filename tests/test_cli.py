@@ -49,6 +49,8 @@ def test_help_shows_argument_docstrings(capsys):
 @pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.glob("*.yaml")))
 def test_every_config_smoke_runs(name, synthetic_root, tmp_path):
     args = ["fit", *_config_stack(name), *tiny_args(synthetic_root, tmp_path)]
+    # One process here: multi-process configs run under torchrun in test_distributed.py.
+    args += ["--trainer.devices", "1", "--trainer.num_nodes", "1"]
     cli = main([*args, "--trainer.fast_dev_run", "true", "--trainer.accelerator", "cpu"])
     assert cli.trainer.state.finished
 

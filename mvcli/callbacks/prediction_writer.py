@@ -58,12 +58,15 @@ class SubmissionWriter(BasePredictionWriter):
 
     def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         path = self.resolve_path(trainer)
-        for target in (path, csv_path(path)) if self.csv else (path,):
-            if target.exists() and not self.overwrite:
-                raise UsageError(
-                    f"{target} exists; pass --prediction_writer.overwrite true or another "
-                    "--prediction_writer.output_path"
-                )
+        targets = (path, csv_path(path)) if self.csv else (path,)
+        # Rank 0 writes the output, so its view decides, for every rank alike.
+        exists = [str(t) for t in targets if t.exists() and not self.overwrite]
+        exists = trainer.strategy.broadcast(exists)
+        if exists:
+            raise UsageError(
+                f"{exists[0]} exists; pass --prediction_writer.overwrite true or another "
+                "--prediction_writer.output_path"
+            )
         self._part = path.with_name(f"{path.name}.part{trainer.global_rank}")
         atomic_write_text(self._part, "")  # fails early, naming the file, if not writable
         self._ckpt = trainer.ckpt_path
@@ -79,13 +82,17 @@ class SubmissionWriter(BasePredictionWriter):
             raise WriteError(self._part, err) from err
 
     def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        trainer.strategy.barrier()
+        # Every rank sends its rows to rank 0 (nodes need not share a filesystem), which
+        # writes the one output; each action is predicted by exactly one rank (predict's
+        # sampler does not repeat actions).
+        path = self.resolve_path(trainer)  # a broadcast: asked on every rank
+        rows = _read_part(self._part)
+        self._part.unlink(missing_ok=True)
+        written = 0
+        if trainer.world_size > 1:
+            rows = _gather_rows(rows, trainer.world_size)
         if trainer.is_global_zero:
-            path = self.resolve_path(trainer)
-            parts = [path.with_name(f"{path.name}.part{r}") for r in range(trainer.world_size)]
-            payload = _assemble(parts, path, self._ckpt)
-            for part in parts:
-                part.unlink(missing_ok=True)
+            payload = _assemble(rows, path, self._ckpt)
             written, failed = len(payload["Actions"]), len(payload["failed"])
             rank_zero_info(
                 f"predictions for {written} actions written to {path}"
@@ -94,12 +101,11 @@ class SubmissionWriter(BasePredictionWriter):
             if self.csv:
                 write_csv(payload, csv_path(path))
                 rank_zero_info(f"the same as a table (CSV): {csv_path(path)}")
-            if written == 0:
-                raise NothingPredicted(
-                    f"nothing could be predicted: no action had a readable view (see 'failed' "
-                    f"in {path})"
-                )
-        trainer.strategy.barrier()
+        if trainer.strategy.broadcast(written) == 0:  # every rank stops alike
+            raise NothingPredicted(
+                f"nothing could be predicted: no action had a readable view (see 'failed' "
+                f"in {path})"
+            )
 
 
 def _rows(prediction: dict) -> list[dict]:
@@ -140,19 +146,28 @@ class NothingPredicted(DataError):
     """Every action of the prediction input lacked a readable view."""
 
 
-def _assemble(parts: list[Path], path: Path, ckpt: str | None) -> dict:
+def _read_part(part: Path) -> list[dict]:
+    with part.open() as handle:
+        return [json.loads(line) for line in handle]
+
+
+def _gather_rows(rows: list[dict], world_size: int) -> list[dict]:
+    """All ranks' rows, in rank order (a collective: every rank calls it)."""
+    import torch.distributed as dist
+
+    gathered: list[list[dict] | None] = [None] * world_size
+    dist.all_gather_object(gathered, rows)
+    return [row for part in gathered for row in part or ()]
+
+
+def _assemble(rows: list[dict], path: Path, ckpt: str | None) -> dict:
     actions, details, failed = {}, {}, {}
-    for part in parts:
-        if not part.exists():
-            continue
-        with part.open() as handle:
-            for line in handle:
-                row = json.loads(line)
-                if "failed" in row:
-                    failed[row["action_id"]] = row["failed"]
-                else:
-                    actions[row["action_id"]] = row["entry"]
-                    details[row["action_id"]] = row["details"]
+    for row in rows:
+        if "failed" in row:
+            failed[row["action_id"]] = row["failed"]
+        else:
+            actions[row["action_id"]] = row["entry"]
+            details[row["action_id"]] = row["details"]
     order = sorted(actions, key=lambda a: (0, int(a)) if a.isdigit() else (1, a))
     payload = {
         "Actions": {a: actions[a] for a in order},

@@ -20,7 +20,13 @@ from mvcli.data.annotations import (
 from mvcli.data.cache import CacheReport, ClipCache, default_workers
 from mvcli.data.collate import collate_views
 from mvcli.data.dataset import MultiViewDataset
-from mvcli.data.sampler import BalanceTarget, ClassBalancedSampler, SamplerName, group_ids
+from mvcli.data.sampler import (
+    BalanceTarget,
+    ClassBalancedSampler,
+    SamplerName,
+    evaluation_sampler,
+    group_ids,
+)
 from mvcli.data.taxonomy import NUM_CLASSES
 from mvcli.data.video import ClipSpec
 from mvcli.errors import DataError, UsageError
@@ -332,13 +338,18 @@ class MVFoulDataModule(LightningDataModule):
         )
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.datasets["val"], self._eval_batch_size)
+        return self._eval_loader(self.datasets["val"])
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.datasets["test"], self._eval_batch_size)
+        return self._eval_loader(self.datasets["test"])
 
     def predict_dataloader(self) -> DataLoader:
-        return self._loader(self.datasets["predict"], self._eval_batch_size)
+        return self._eval_loader(self.datasets["predict"])
+
+    def _eval_loader(self, dataset: MultiViewDataset) -> DataLoader:
+        # Under DDP, every action exactly once (no padding repeats): see evaluation_sampler.
+        sampler = evaluation_sampler(dataset, self.trainer)
+        return self._loader(dataset, self._eval_batch_size, sampler=sampler)
 
     @property
     def _eval_batch_size(self) -> int:

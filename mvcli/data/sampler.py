@@ -102,3 +102,27 @@ class ClassBalancedSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return self.num_samples
+
+
+def evaluation_sampler(dataset, trainer) -> Sampler[int] | None:
+    """Each process's share of an evaluation set, every action exactly once (None: 1 process).
+
+    Lightning's default DistributedSampler pads the last shard with repeated actions so every
+    process gets as many batches; here process r takes actions r, r + W, r + 2W... with no
+    repeat, the shards differ by at most one action, and the metrics (torchmetrics states,
+    batch-size-weighted losses) are summed over the processes at the epoch's end.
+    """
+    world = getattr(trainer, "world_size", 1) if trainer is not None else 1
+    if world <= 1:
+        return None
+    from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+
+    if len(dataset) < world:
+        # A process without a batch would skip the first forward's buffer sync of DDP.
+        raise ValueError(
+            f"{len(dataset)} action(s) to evaluate on {world} processes: each process needs at "
+            "least one; evaluate on fewer processes (--trainer.devices/--trainer.num_nodes)"
+        )
+    return UnrepeatedDistributedSampler(
+        dataset, num_replicas=world, rank=trainer.global_rank, shuffle=False
+    )

@@ -1,0 +1,146 @@
+"""What a multi-process run needs beyond Lightning's DDP: its typed options, the effective
+batch, linear LR scaling and a clear exit when another process is lost."""
+
+from __future__ import annotations
+
+import sys
+from datetime import timedelta
+from typing import Literal
+
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.accelerators import CPUAccelerator
+from lightning.pytorch.strategies import DDPStrategy
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+
+LRScaling = Literal["none", "linear"]
+# What torch.distributed raises when a peer process vanished or stalled past the timeout.
+_LOST_PEER_MARKERS = ("connection closed by peer", "connection reset", "timed out", "timeout")
+
+
+class DistributedRun(Callback):
+    """Options of distributed runs (``--distributed.*``), for one process or many.
+
+    Args:
+        timeout: seconds a process waits for the others in a collective (gradient
+            all-reduce, barrier, metric sync) before it stops with an error saying it lost
+            contact with them; applies to DDP strategies (Lightning's default: 1800).
+        find_unused_parameters: let DDP tolerate parameters that get no gradient in a step
+            (slower; needed only by models with unused branches); unset: the strategy's own.
+        scale_lr: ``linear`` multiplies the optimizer's learning rate (every parameter group,
+            schedulers included) by effective batch / ``reference_batch``; an absolute
+            ``model.backbone_lr`` is kept as given. ``none`` uses the configured LR as is.
+        reference_batch: the effective batch the configured LR was tuned for (default:
+            ``data.batch_size``, i.e. one process without gradient accumulation).
+    """
+
+    def __init__(
+        self,
+        timeout: float | None = None,
+        find_unused_parameters: bool | None = None,
+        scale_lr: LRScaling = "none",
+        reference_batch: int | None = None,
+    ) -> None:
+        if timeout is not None and timeout <= 0:
+            raise ValueError(f"distributed.timeout must be > 0 seconds, got {timeout}")
+        if reference_batch is not None and reference_batch <= 0:
+            raise ValueError(f"distributed.reference_batch must be > 0, got {reference_batch}")
+        self.timeout = timeout
+        self.find_unused_parameters = find_unused_parameters
+        self.scale_lr = scale_lr
+        self.reference_batch = reference_batch
+        self._original_optimizer = None
+
+    def configure_strategy(self, trainer: Trainer) -> None:
+        """Apply the options to the trainer's DDP strategy, before its process group exists.
+
+        DDPStrategy keeps them as ``_timeout`` and ``_ddp_kwargs`` until ``setup_environment``
+        (the only way to set them on a strategy chosen by name, e.g. ``strategy: ddp``), and
+        sync BN as ``_layer_sync``.
+        """
+        strategy = trainer.strategy
+        if not isinstance(strategy, DDPStrategy):
+            return
+        if strategy._layer_sync is not None and isinstance(trainer.accelerator, CPUAccelerator):
+            # torch's SyncBatchNorm refuses CPU modules; the same config still runs on CPU.
+            rank_zero_warn("trainer.sync_batchnorm needs GPUs: off on CPU (per-process BN)")
+            strategy._layer_sync = None
+        if self.timeout is not None:
+            strategy._timeout = timedelta(seconds=self.timeout)
+        if self.find_unused_parameters is not None:
+            strategy._ddp_kwargs["find_unused_parameters"] = self.find_unused_parameters
+
+    # -- start of fit: effective batch and LR scaling ------------------------------------------
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        # Runs before configure_optimizers (the strategy's setup), so a scaled optimizer
+        # factory gives every group and every scheduler the scaled LR from the start.
+        if stage != "fit":
+            return
+        batch = _batch_size(trainer)
+        effective = effective_batch(trainer, batch)
+        rank_zero_info(
+            f"world size {trainer.world_size} ({trainer.num_nodes} node(s) x "
+            f"{trainer.num_devices} device(s)); effective batch {effective} = "
+            f"{trainer.world_size} processes x batch_size {batch} x "
+            f"accumulate_grad_batches {trainer.accumulate_grad_batches}"
+        )
+        if self.scale_lr == "linear" and hasattr(pl_module, "optimizer"):
+            factor = effective / (self.reference_batch or batch)
+            rank_zero_info(
+                f"linear LR scaling: learning rates x {factor:g} (effective batch {effective} / "
+                f"reference batch {self.reference_batch or batch})"
+            )
+            self._original_optimizer = pl_module.optimizer
+            pl_module.optimizer = _scaled(pl_module.optimizer, factor)
+
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if self._original_optimizer is not None:
+            pl_module.optimizer = self._original_optimizer  # a second fit scales afresh
+            self._original_optimizer = None
+
+    # -- a lost process ------------------------------------------------------------------------
+    def on_exception(
+        self, trainer: Trainer, pl_module: LightningModule, exception: BaseException
+    ) -> None:
+        if trainer.world_size > 1 and lost_peer(exception):
+            timeout = getattr(trainer.strategy, "_timeout", None)
+            sys.stderr.write(
+                f"mvcli: process {trainer.global_rank} of {trainer.world_size} lost contact "
+                "with the other processes (one died or stalled past the timeout of "
+                f"{timeout}); stopping this one too. Look for the first error in the other "
+                "processes' logs; raise --distributed.timeout if a step legitimately takes "
+                f"longer. ({type(exception).__name__}: {str(exception).splitlines()[0][:200]})\n"
+            )
+
+
+def lost_peer(exception: BaseException) -> bool:
+    """Whether ``exception`` is torch.distributed failing on a vanished or stalled peer."""
+    import torch.distributed as dist
+
+    if isinstance(exception, dist.DistError):
+        return True
+    return isinstance(exception, RuntimeError) and any(
+        marker in str(exception).lower() for marker in _LOST_PEER_MARKERS
+    )
+
+
+def effective_batch(trainer: Trainer, batch_size: int) -> int:
+    """Samples per optimizer step: processes x batch size x accumulated batches."""
+    return trainer.world_size * batch_size * trainer.accumulate_grad_batches
+
+
+def _batch_size(trainer: Trainer) -> int:
+    hparams = getattr(getattr(trainer, "datamodule", None), "hparams", {})
+    return int(hparams.get("batch_size") or 1)
+
+
+def _scaled(factory, factor: float):
+    """The optimizer factory with every group's LR (and the default) multiplied by factor."""
+
+    def build(params):
+        optimizer = factory(params)
+        for group in optimizer.param_groups:
+            group["lr"] *= factor
+        optimizer.defaults["lr"] *= factor
+        return optimizer
+
+    return build
