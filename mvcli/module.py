@@ -227,6 +227,7 @@ class MVFoulModule(LightningModule):
             target = torch.tensor([f[head] for f in labelled], device=self.device)
             wrong = (target + 1) % self.metrics[f"{stage}_metrics"][head]["bacc"].num_classes
             self.metrics[f"{stage}_metrics"][head].update(wrong, target)
+
     def _log_loss(
         self, stage: str, name: str, value: torch.Tensor, size: int, prog_bar: bool = False
     ) -> None:
