@@ -141,3 +141,15 @@ def test_help_documents_the_search(capsys):
     out = " ".join(capsys.readouterr().out.split())
     assert "trials to finish (completed or pruned) in the study" in out
     assert "sqlite:///<output_dir>/study.db" in out
+
+
+@pytest.mark.parametrize("path", sorted((CONFIGS / "search").glob("*.yaml")), ids=lambda p: p.name)
+def test_search_configs_parse(path, capsys, monkeypatch):
+    monkeypatch.chdir(REPO)  # run_config paths are relative to the repository, as documented
+    with pytest.raises(SystemExit) as exit_info:
+        run(["search", "--config", str(path), "--print_config"])
+    assert exit_info.value.code == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    for key, dist in printed["search_space"].items():
+        Distribution(**dist).check(key)
+    assert all((REPO / p).is_file() for p in printed["run_config"])
