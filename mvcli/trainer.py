@@ -122,14 +122,12 @@ class MVTrainer(Trainer):
         for fmt, errors in manifest["parity_max_abs_error"].items():
             rank_zero_info(f"  {fmt}: max |logit difference| vs PyTorch {max(errors.values()):.2e}")
         if quantize or half:
+            hp = model.hparams
+            size = {"frames": hp.num_frames, "height": hp.img_height, "width": hp.img_width}
             manifest["compression"] = compress_export(
                 output_dir / manifest["files"]["onnx"],
                 datamodule,
-                {
-                    "frames": model.hparams.num_frames,
-                    "height": model.hparams.img_height,
-                    "width": model.hparams.img_width,
-                },  # fmt: skip
+                size,
                 quantize=quantize,
                 half=half,
                 eval_split=eval_split,
