@@ -240,6 +240,11 @@ def _run_trial(optuna, trial, args: list[str], monitor: str, trial_dir: Path) ->
     except SystemExit as err:  # jsonargparse printed why; a failed trial, not a dead search
         raise ValueError(f"trial {trial.number}: the run's options were refused: {args}") from err
     trainer = cli.trainer
+    if trainer.world_size > 1:  # a launcher would start the whole search again per process
+        raise ValueError(
+            f"mvcli search runs its trials in its own process, one device each; the run asks for "
+            f"{trainer.world_size} processes (trainer.devices x trainer.num_nodes)"
+        )
     trial.set_user_attr("log_dir", str(trainer.log_dir or trial_dir))
     trainer.callbacks.append(PyTorchLightningPruningCallback(trial, monitor=monitor))
     try:

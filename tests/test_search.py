@@ -135,6 +135,16 @@ def test_a_key_the_run_refuses_fails_the_search_with_its_name(tmp_path, syntheti
         )
 
 
+def test_a_multi_process_trial_is_refused(tmp_path, synthetic_root):
+    with pytest.raises(ValueError, match="one device each; the run asks for 2 processes"):
+        search(
+            [CONFIGS / "demo.yaml", REPO / "tests/conf/tiny_run.yaml"],
+            {LR: Distribution("float", low=1e-3, high=1e-3)},
+            output_dir=tmp_path / "study",
+            overrides=[f"--data.root={synthetic_root}", "--trainer.devices=2"],
+        )
+
+
 def test_help_documents_the_search(capsys):
     with pytest.raises(SystemExit):
         run(["search", "--help"])
