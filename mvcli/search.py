@@ -178,11 +178,15 @@ def _import_optuna():
 def _storage(optuna, url: str, heartbeat_interval: int):
     if not url.startswith(("sqlite:", "postgresql", "mysql")):
         return url  # journal/in-memory storages: as Optuna reads the URL
-    return optuna.storages.RDBStorage(
-        url,
-        heartbeat_interval=heartbeat_interval,
-        failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=1),
-    )
+    with warnings.catch_warnings():  # heartbeats are "experimental" since Optuna 2.8
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.storages.RDBStorage(
+            url,
+            heartbeat_interval=heartbeat_interval,
+            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
+                max_retry=1
+            ),
+        )
 
 
 def _sampler(optuna, name: SamplerName, seed: int | None):
