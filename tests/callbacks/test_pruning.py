@@ -34,9 +34,10 @@ def _weights(network: nn.Module) -> dict[str, torch.Tensor]:
     }
 
 
-def _fit(synthetic_root, tmp_path, overlay: Path, *extra: str):
+def _fit(synthetic_root, tmp_path, overlay: Path, *extra: str, epochs: int = 2):
     args = ["--config", str(CONFIGS / "demo.yaml"), "--config", str(overlay),
-            *tiny_args(synthetic_root, tmp_path), "--trainer.max_epochs", "2", *extra]  # fmt: skip
+            *tiny_args(synthetic_root, tmp_path), "--trainer.max_epochs", str(epochs),
+            *extra]  # fmt: skip
     cli = main(args, run=False)
     recorder = _WeightsAfterPruning()
     cli.trainer.callbacks.append(recorder)
@@ -77,12 +78,15 @@ def test_unstructured_pruning_reaches_the_target_trains_on_and_exports(synthetic
 
 
 def test_structured_pruning_removes_the_configured_share_of_channels(synthetic_root, tmp_path):
-    cli, recorder = _fit(synthetic_root, tmp_path, REPO / "tests/conf/pruning_structured.yaml")
+    # One epoch: the schedule prunes after it; training on is the unstructured test's part.
+    overlay = REPO / "tests/conf/pruning_structured.yaml"
+    cli, _ = _fit(synthetic_root, tmp_path, overlay, epochs=1)
     for conv in _convs(cli.model.network):
         channels = conv.weight.shape[0]
         zero = (conv.weight.flatten(1).abs().sum(1) == 0).sum().item()
         assert zero == round(0.25 * channels), conv
-    assert cli.trainer.current_epoch == 2  # trained on after the pruning step
+    for linear in (m for m in cli.model.network.modules() if isinstance(m, nn.Linear)):
+        assert (linear.weight != 0).all()  # layers: [conv]
 
 
 @pytest.mark.parametrize("steps", [1, 3, 8])
