@@ -233,6 +233,11 @@ def run(argv: list[str] | None = None) -> None:
         if argv[:1] == ["score"]:
             CLI(score_command, args=argv[1:], prog="mvcli score")
             return
+        if argv[:1] == ["search"]:
+            from mvcli.search import search  # Optuna is an optional extra
+
+            CLI(search, args=argv[1:], prog="mvcli search")
+            return
         main(argv)
     except (SystemExit, KeyboardInterrupt):
         raise

@@ -7,6 +7,7 @@ a method here taking ``model`` and ``datamodule`` like ``fit`` does.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Literal
 
@@ -14,6 +15,7 @@ from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
 
 from mvcli.checkpoints import load_checkpoint
+from mvcli.compress import Quantization, compress_export, fold_pruning, format_table, sparsity
 from mvcli.data.annotations import Split
 from mvcli.data.datamodule import PREPROCESSING_KEYS
 from mvcli.errors import UsageError
@@ -25,6 +27,7 @@ EXTRA_SUBCOMMANDS: dict[str, set[str]] = {
     "cache": {"model", "datamodule"},
 }
 CacheSplit = Literal[Split, "predict"]
+LabelledSplit = Literal["Train", "Valid", "Test"]
 
 
 class MVTrainer(Trainer):
@@ -62,9 +65,18 @@ class MVTrainer(Trainer):
         formats: list[ExportFormat] | None = None,
         opset: int | None = None,
         tolerance: float = 1e-4,
+        quantize: Quantization | None = None,
+        half: bool = False,
+        eval_split: LabelledSplit | None = None,
+        calibration_split: LabelledSplit | None = "Train",
+        calibration_batches: int = 8,
+        latency_repeats: int = 10,
     ) -> dict:
         """Export a checkpoint's network as a state dict, ONNX and a torch.export program
         (under torchrun or SLURM, by global rank 0 only).
+
+        With ``--quantize``/``--half``, smaller ONNX variants too, each measured against the
+        fp32 ONNX model: size, CPU latency per action (batch 1 and 8), accuracy on a split.
 
         Args:
             model: the LightningModule (built from the checkpoint's hyperparameters).
@@ -74,6 +86,15 @@ class MVTrainer(Trainer):
             formats: any of ``state_dict``, ``onnx``, ``torch_export`` (default: all).
             opset: ONNX opset (default: the exporter's).
             tolerance: largest logit difference allowed between an export and PyTorch.
+            quantize: ``int8``: also write int8 ONNX models: linear layers quantised
+                dynamically (``model_int8_dynamic.onnx``) and, calibrated on
+                ``calibration_split``, the 3D convolutions too (``model_int8_static.onnx``).
+            half: also write an fp16 ONNX model (``model_fp16.onnx``).
+            eval_split: labelled split of ``data.root`` on which each variant's accuracy is
+                compared with fp32 (default: Test when present; else no accuracy).
+            calibration_split: split whose first batches calibrate static int8 (null: none).
+            calibration_batches: batches used for calibration.
+            latency_repeats: timed runs per latency figure (the median is reported).
         """
         if ckpt_path is None:
             raise UsageError("`mvcli export` needs --ckpt_path: the checkpoint to export")
@@ -81,7 +102,11 @@ class MVTrainer(Trainer):
         if not self.is_global_zero:
             return {}  # one process writes the files (under torchrun, every process runs this)
         checkpoint = load_checkpoint(ckpt_path)
-        model.load_state_dict(checkpoint["state_dict"])
+        # A pruned checkpoint may still hold the pruning reparametrisation: made permanent.
+        model.load_state_dict(fold_pruning(checkpoint["state_dict"]))
+        formats = list(formats or FORMATS)
+        if (quantize or half) and "onnx" not in formats:
+            formats.append("onnx")  # the variants are made from it
         output_dir = Path(output_dir or ckpt_path.with_name(ckpt_path.stem + "_export"))
         hparams = getattr(datamodule, "hparams", {})
         preprocessing = {k: hparams[k] for k in PREPROCESSING_KEYS if k in hparams}
@@ -91,12 +116,13 @@ class MVTrainer(Trainer):
             frames=model.hparams.num_frames,
             height=model.hparams.img_height,
             width=model.hparams.img_width,
-            formats=formats or list(FORMATS),
+            formats=formats,
             metadata={
                 "checkpoint": str(ckpt_path),
                 "preprocessing": preprocessing,
                 "backbone": model.hparams.backbone,
                 "pooling": model.hparams.pooling,
+                "weight_sparsity": sparsity(model.network),
             },
             opset=opset,
             tolerance=tolerance,
@@ -104,4 +130,22 @@ class MVTrainer(Trainer):
         rank_zero_info(f"exported {', '.join(manifest['files'].values())} to {output_dir}")
         for fmt, errors in manifest["parity_max_abs_error"].items():
             rank_zero_info(f"  {fmt}: max |logit difference| vs PyTorch {max(errors.values()):.2e}")
+        if quantize or half:
+            hp = model.hparams
+            size = {"frames": hp.num_frames, "height": hp.img_height, "width": hp.img_width}
+            manifest["compression"] = compress_export(
+                output_dir / manifest["files"]["onnx"],
+                datamodule,
+                size,
+                quantize=quantize,
+                half=half,
+                eval_split=eval_split,
+                calibration_split=calibration_split,
+                calibration_batches=calibration_batches,
+                repeats=latency_repeats,
+                checkpoint_root=checkpoint.get("datamodule_hyper_parameters", {}).get("root"),
+            )
+            (output_dir / "export.json").write_text(json.dumps(manifest, indent=2) + "\n")
+            report = manifest["compression"]
+            rank_zero_info(format_table(report["variants"], report["eval_split"]))
         return manifest

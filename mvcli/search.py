@@ -1,0 +1,321 @@
+"""``mvcli search``: an Optuna study whose trials are ordinary mvcli training runs.
+
+Each trial is the user's run configuration with the sampled values given as command-line
+options (``--model.optimizer.init_args.lr=...``), built by :func:`mvcli.cli.main` like any
+``mvcli fit``, with its own log folder and saved ``config.yaml``. Bad trials are stopped early
+by Optuna's Lightning pruning callback. The study lives in a storage (SQLite by default), so a
+killed search started again with the same ``output_dir`` continues where it stopped: trials
+that were running when the process died are marked failed (Optuna's heartbeat) and run again.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+DistributionType = Literal["float", "int", "categorical"]
+PrunerName = Literal["median", "percentile", "hyperband", "none"]
+SamplerName = Literal["tpe", "random"]
+_DONE = ("COMPLETE", "PRUNED")
+_CHOICE_TYPES = (str, int, float, bool, type(None))  # what Optuna stores as a categorical
+
+
+@dataclass
+class Distribution:
+    """Where one config key's value is drawn from.
+
+    Args:
+        type: ``float``, ``int`` (between ``low`` and ``high``) or ``categorical`` (``choices``).
+        low: smallest value (float, int).
+        high: largest value (float, int).
+        log: draw on a log scale (float, int).
+        step: spacing of the values (float, int; not with ``log``).
+        choices: the values to choose from (categorical): numbers, strings, booleans, null.
+    """
+
+    type: DistributionType
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = None
+    choices: list[Any] | None = None
+
+    def check(self, key: str) -> None:
+        """Raise ValueError naming ``key`` when the description cannot be sampled."""
+        if self.type == "categorical":
+            if not self.choices:
+                raise ValueError(f"search_space.{key}: categorical needs a non-empty `choices`")
+            bad = [c for c in self.choices if not isinstance(c, _CHOICE_TYPES)]
+            if bad:
+                raise ValueError(
+                    f"search_space.{key}: choices must be numbers, strings, booleans or null, "
+                    f"got {bad[0]!r}"
+                )
+            return
+        if self.low is None or self.high is None or not self.low <= self.high:
+            raise ValueError(f"search_space.{key}: {self.type} needs `low` <= `high`")
+        if self.log and (self.low <= 0 or self.step is not None):
+            raise ValueError(f"search_space.{key}: `log` needs `low` > 0 and no `step`")
+
+    def suggest(self, trial, key: str) -> Any:
+        if self.type == "categorical":
+            return trial.suggest_categorical(key, self.choices)
+        if self.type == "int":
+            step = int(self.step or 1)
+            return trial.suggest_int(key, int(self.low), int(self.high), step=step, log=self.log)
+        return trial.suggest_float(key, self.low, self.high, step=self.step, log=self.log)
+
+
+def search(
+    run_config: list[Path],
+    search_space: dict[str, Distribution],
+    output_dir: Path = Path("runs/search"),
+    n_trials: int | None = 20,
+    timeout: float | None = None,
+    storage: str | None = None,
+    study_name: str = "mvcli",
+    monitor: str = "val/leaderboard",
+    direction: Literal["maximize", "minimize"] = "maximize",
+    pruner: PrunerName = "median",
+    pruner_startup_trials: int = 2,
+    pruner_warmup_epochs: int = 0,
+    sampler: SamplerName = "tpe",
+    seed: int | None = None,
+    heartbeat_interval: int = 60,
+    overrides: list[str] | None = None,
+) -> dict:
+    """Search hyperparameters with Optuna; every trial is an ``mvcli fit`` of ``run_config``.
+
+    Prints the best trial and writes ``best_config.yaml`` (runs as is with ``mvcli fit
+    --config``), ``study.json`` (every trial) and one folder per trial under ``output_dir``.
+
+    Args:
+        run_config: the run's config files, stacked as in ``mvcli fit --config a --config b``.
+        search_space: config key (as on the command line, e.g.
+            ``model.optimizer.init_args.lr``) -> where its value is drawn from.
+        output_dir: folder of the study: storage, trials' logs, best_config.yaml.
+        n_trials: trials to finish (completed or pruned) in the study, counting those of
+            earlier invocations (null: until ``timeout``).
+        timeout: stop starting new trials after this many seconds (null: no limit).
+        storage: Optuna storage URL (default: ``sqlite:///<output_dir>/study.db``, so a killed
+            search resumes when started again).
+        study_name: name of the study in the storage.
+        monitor: metric the trials are ranked on; the checkpoint's best value when the
+            checkpoint monitors it, else its last value.
+        direction: whether ``monitor`` is maximized or minimized.
+        pruner: how unpromising trials are stopped after a validation: ``median`` (below the
+            median of earlier trials at the same epoch), ``percentile`` (below the 25th
+            percentile), ``hyperband`` or ``none``.
+        pruner_startup_trials: trials run to the end before any pruning.
+        pruner_warmup_epochs: epochs of each trial never pruned.
+        sampler: how values are proposed: ``tpe`` (Bayesian) or ``random``.
+        seed: seed of the sampler (null: random).
+        heartbeat_interval: seconds between a running trial's heartbeats; a trial silent for
+            twice as long (its process died) is failed and queued again.
+        overrides: extra ``mvcli fit`` options given to every trial
+            (e.g. ``--trainer.max_epochs=5``).
+    """
+    optuna = _import_optuna()
+    if not search_space:
+        raise ValueError("search_space is empty: name at least one config key to search")
+    for key, dist in search_space.items():
+        dist.check(key)
+    for path in run_config:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"run_config: {path} does not exist")
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    study = optuna.create_study(
+        storage=_storage(
+            optuna, storage or f"sqlite:///{output_dir / 'study.db'}", heartbeat_interval
+        ),
+        study_name=study_name,
+        direction=direction,
+        sampler=_sampler(optuna, sampler, seed),
+        pruner=_pruner(optuna, pruner, pruner_startup_trials, pruner_warmup_epochs),
+        load_if_exists=True,
+    )
+    base_args = [a for c in run_config for a in ("--config", str(c))] + list(overrides or [])
+    logger_off = _logger_disabled(run_config)
+
+    def objective(trial) -> float:
+        values = {key: dist.suggest(trial, key) for key, dist in search_space.items()}
+        trial_dir = output_dir / f"trial_{trial.number:03d}"
+        args = [*base_args, *(f"--{k}={_cli_value(v)}" for k, v in values.items())]
+        args += _log_args(trial_dir, logger_off)
+        return _run_trial(optuna, trial, args, monitor, trial_dir)
+
+    finished = _count(study, _DONE)
+    remaining = None if n_trials is None else max(n_trials - finished, 0)
+    if finished:
+        print(f"mvcli search: resuming study {study_name!r}: {finished} trials already finished")
+    if remaining != 0:
+        callbacks = []
+        if n_trials is not None:  # other workers on the same storage count too
+            states = tuple(getattr(optuna.trial.TrialState, s) for s in _DONE)
+            callbacks.append(optuna.study.MaxTrialsCallback(n_trials, states=states))
+        study.optimize(objective, n_trials=remaining, timeout=timeout, callbacks=callbacks)
+    return _report(optuna, study, output_dir, monitor)
+
+
+def _import_optuna():
+    try:
+        import optuna
+        import optuna_integration  # noqa: F401  (checked here, used in the trials)
+    except ImportError as err:
+        raise ImportError(
+            "mvcli search needs optuna and optuna-integration: pip install 'mvcli[search]'"
+        ) from err
+    return optuna
+
+
+def _storage(optuna, url: str, heartbeat_interval: int):
+    if not url.startswith(("sqlite:", "postgresql", "mysql")):
+        return url  # journal/in-memory storages: as Optuna reads the URL
+    with warnings.catch_warnings():  # heartbeats are "experimental" since Optuna 2.8
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.storages.RDBStorage(
+            url,
+            heartbeat_interval=heartbeat_interval,
+            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
+                max_retry=1
+            ),
+        )
+
+
+def _sampler(optuna, name: SamplerName, seed: int | None):
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed)
+
+
+def _pruner(optuna, name: PrunerName, startup: int, warmup: int):
+    if name == "none":
+        return optuna.pruners.NopPruner()
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner()
+    percentile = 50.0 if name == "median" else 25.0
+    return optuna.pruners.PercentilePruner(
+        percentile, n_startup_trials=startup, n_warmup_steps=warmup
+    )
+
+
+def _count(study, states: tuple[str, ...]) -> int:
+    return sum(t.state.name in states for t in study.get_trials(deepcopy=False))
+
+
+def _cli_value(value: Any) -> str:
+    """A sampled value as jsonargparse reads it on the command line."""
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def _logger_disabled(run_config: list[Path]) -> bool:
+    """Whether the stacked configs end with ``trainer.logger: false`` (no save_dir to set)."""
+    logger: Any = True
+    for path in run_config:
+        trainer = (yaml.safe_load(Path(path).read_text()) or {}).get("trainer") or {}
+        logger = trainer.get("logger", logger)
+    return logger in (False, None)
+
+
+def _log_args(trial_dir: Path, logger_off: bool) -> list[str]:
+    """The trial's own folder: its logs, saved config and checkpoints."""
+    args = [f"--trainer.default_root_dir={trial_dir}"]
+    if not logger_off:  # TensorBoard, CSV, MLflow and W&B loggers all take save_dir
+        args.append(f"--trainer.logger.init_args.save_dir={trial_dir}")
+    return args
+
+
+def _run_trial(optuna, trial, args: list[str], monitor: str, trial_dir: Path) -> float:
+    from optuna_integration import PyTorchLightningPruningCallback
+
+    from mvcli.cli import main
+
+    try:
+        with warnings.catch_warnings():  # main(args) in a process started with other arguments
+            warnings.filterwarnings("ignore", "LightningCLI's args parameter", UserWarning)
+            cli = main(args, run=False)
+    except SystemExit as err:  # jsonargparse printed why; a failed trial, not a dead search
+        raise ValueError(f"trial {trial.number}: the run's options were refused: {args}") from err
+    trainer = cli.trainer
+    if trainer.world_size > 1:  # a launcher would start the whole search again per process
+        raise ValueError(
+            f"mvcli search runs its trials in its own process, one device each; the run asks for "
+            f"{trainer.world_size} processes (trainer.devices x trainer.num_nodes)"
+        )
+    trial.set_user_attr("log_dir", str(trainer.log_dir or trial_dir))
+    trainer.callbacks.append(PyTorchLightningPruningCallback(trial, monitor=monitor))
+    try:
+        trainer.fit(cli.model, datamodule=cli.datamodule)
+    finally:
+        trial.set_user_attr("epochs", trainer.current_epoch)
+    value = _objective_value(trainer, monitor)
+    if value is None or math.isnan(value):
+        raise optuna.TrialPruned(f"trial {trial.number}: {monitor} was never computed")
+    return value
+
+
+def _objective_value(trainer, monitor: str) -> float | None:
+    ckpt = trainer.checkpoint_callback
+    if ckpt is not None and ckpt.monitor == monitor and ckpt.best_model_score is not None:
+        return float(ckpt.best_model_score)
+    value = trainer.callback_metrics.get(monitor)
+    return None if value is None else float(value)
+
+
+def _report(optuna, study, output_dir: Path, monitor: str) -> dict:
+    trials = study.get_trials(deepcopy=False)
+    summary = {
+        "study": study.study_name,
+        "monitor": monitor,
+        "direction": study.direction.name.lower(),
+        "trials": [
+            {
+                "number": t.number,
+                "state": t.state.name,
+                "value": t.value,
+                "params": t.params,
+                "epochs": t.user_attrs.get("epochs"),
+                "log_dir": t.user_attrs.get("log_dir"),
+            }
+            for t in trials
+        ],
+    }
+    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    counts = {s: sum(t.state.name == s for t in trials) for s in ("COMPLETE", "PRUNED", "FAIL")}
+    states = ", ".join(f"{n} {state.lower()}" for state, n in counts.items())
+    print(f"mvcli search: {len(trials)} trials ({states})")
+    if complete:
+        best = study.best_trial
+        summary["best"] = {"number": best.number, "value": best.value, "params": best.params}
+        best_config = output_dir / "best_config.yaml"
+        _write_best_config(
+            Path(best.user_attrs["log_dir"]) / "config.yaml", best_config, output_dir
+        )
+        summary["best"]["config"] = str(best_config)
+        print(f"best trial {best.number}: {monitor} = {best.value:.4f}")
+        for key, value in best.params.items():
+            print(f"  {key}: {value}")
+        print(f"best config: {best_config}  (mvcli fit --config {best_config})")
+    else:
+        print("no trial completed: no best config")
+    (output_dir / "study.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def _write_best_config(trial_config: Path, destination: Path, output_dir: Path) -> None:
+    """The best trial's saved config, logging to ``<output_dir>/best`` instead of its folder."""
+    config = yaml.safe_load(trial_config.read_text())
+    best_dir = str(output_dir / "best")
+    trainer = config.setdefault("trainer", {})
+    trainer["default_root_dir"] = best_dir
+    logger = trainer.get("logger")
+    if isinstance(logger, dict) and "save_dir" in (logger.get("init_args") or {}):
+        logger["init_args"]["save_dir"] = best_dir
+    destination.write_text(yaml.safe_dump(config, sort_keys=False))
