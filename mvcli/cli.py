@@ -7,20 +7,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from jsonargparse import CLI
-from lightning.pytorch.callbacks import (
-    LearningRateMonitor,
-    ModelCheckpoint,
-    ProgressBar,
-    RichProgressBar,
-)
+from jsonargparse import CLI, Namespace
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 
 from mvcli import __version__
+from mvcli.callbacks.confusion import ConfusionMatrices
+from mvcli.callbacks.hparams import RunHParams
 from mvcli.callbacks.prediction_writer import NothingPredicted, SubmissionWriter
+from mvcli.callbacks.progress import ProgressBar as MVProgressBar
+from mvcli.callbacks.throughput import Throughput
 from mvcli.data.datamodule import PREPROCESSING_KEYS, MVFoulDataModule, NothingToPredict
 from mvcli.module import MVFoulModule
+from mvcli.outputs import run_dir_of
 from mvcli.scoring import score_command
 from mvcli.trainer import EXTRA_SUBCOMMANDS, MVTrainer
 
@@ -49,7 +49,13 @@ CHECKPOINT_DEFAULTS = {
     "last_checkpoint.filename": "last",
     "last_checkpoint.monitor": None,
     "last_checkpoint.save_top_k": 1,
+    # mvcli.callbacks.hparams.RunHParams logs a superset (with the run's best score), once.
+    "trainer.enable_autolog_hparams": False,
 }
+# Subcommands that evaluate a checkpoint: their files go to the checkpoint's run folder.
+EVAL_SUBCOMMANDS = ("validate", "test", "predict")
+# Loggers whose folder is <save_dir>/<name>/<version>, redirected into that run folder.
+_FILE_LOGGERS = ("TensorBoardLogger", "CSVLogger")
 
 
 class MVCLI(LightningCLI):
@@ -71,6 +77,15 @@ class MVCLI(LightningCLI):
         if subcommand == "predict":
             # The writer streams to disk; keeping every output in memory would only grow.
             parser.set_defaults(return_predictions=False)
+        if subcommand in EVAL_SUBCOMMANDS:
+            parser.add_argument(
+                "--output_dir",
+                type=Path | None,
+                default=None,
+                help="Folder for this command's files (metrics JSON, confusion matrices, "
+                "predictions.json, logs); default: the run folder of --ckpt_path "
+                "(<run>/checkpoints/x.ckpt -> <run>), else the logger's new run folder.",
+            )
         return parser
 
     def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
@@ -104,6 +119,7 @@ class MVCLI(LightningCLI):
         from mvcli.callbacks.freezing import BackboneFreezing
 
         parser.add_lightning_class_args(BackboneFreezing, "freezing")
+        parser.add_lightning_class_args(ConfusionMatrices, "confusion")
         # What the model must agree on with the data is stated once, in the data section.
         parser.link_arguments("data.frames_per_clip", "model.num_frames")
         parser.link_arguments("data.img_height", "model.img_height")
@@ -112,6 +128,31 @@ class MVCLI(LightningCLI):
         parser.link_arguments("data.std", "model.std")
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
 
+    def before_instantiate_classes(self) -> None:
+        """validate/test/predict write into ``--output_dir``, else the checkpoint's run folder.
+
+        File loggers (TensorBoard, CSV) then log to ``<folder>/<subcommand>/`` instead of a
+        new ``runs/<name>/version_<n>``; their config.yaml lands there too, so the fit's own
+        config.yaml is never overwritten.
+        """
+        self._output_dir = None
+        subcommand = self.subcommand
+        if subcommand not in EVAL_SUBCOMMANDS:
+            return
+        config = self.config[subcommand]
+        ckpt_path = config.get("ckpt_path")
+        folder = config.get("output_dir")
+        if folder is None and ckpt_path and Path(ckpt_path).is_file():
+            folder = run_dir_of(Path(ckpt_path))
+        if folder is None:
+            return
+        self._output_dir = Path(folder)
+        logger = config.trainer.get("logger")
+        if isinstance(logger, Namespace) and str(logger.class_path).endswith(_FILE_LOGGERS):
+            logger.init_args.save_dir = str(folder)
+            logger.init_args.name = ""
+            logger.init_args.version = subcommand
+
     def instantiate_trainer(self, **kwargs: Any):
         # Callbacks every run needs, unless the config turns off what they depend on; fresh
         # instances per run since callbacks hold state.
@@ -119,12 +160,14 @@ class MVCLI(LightningCLI):
         callbacks = list(config.get("callbacks") or [])
         extra = []
         if config.get("logger") not in (False, None):
-            extra.append(LearningRateMonitor())
+            extra += [LearningRateMonitor(), Throughput(), RunHParams()]
         has_bar = any(isinstance(c, ProgressBar) for c in callbacks)
         if config.get("enable_progress_bar") is not False and not has_bar:
-            extra.append(RichProgressBar())
+            extra.append(MVProgressBar())
         kwargs["callbacks"] = [*callbacks, *extra]
-        return super().instantiate_trainer(**kwargs)
+        trainer = super().instantiate_trainer(**kwargs)
+        trainer.output_dir = getattr(self, "_output_dir", None)  # read by mvcli.outputs
+        return trainer
 
     def after_fit(self) -> None:
         ckpt = self.trainer.checkpoint_callback

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Literal
 
 import torch
@@ -12,6 +11,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 from torch import nn
+from torchmetrics.classification import MulticlassConfusionMatrix
 
 from mvcli.data.datamodule import KINETICS_MEAN, KINETICS_STD
 from mvcli.data.taxonomy import HEADS, NUM_CLASSES
@@ -26,6 +26,7 @@ from mvcli.metrics import head_metrics, leaderboard
 from mvcli.models.backbones import BackboneName, build_backbone
 from mvcli.models.network import MultiViewNetwork
 from mvcli.models.pooling import PoolingName
+from mvcli.outputs import output_dir
 from mvcli.schedulers import (
     STEP_SCHEDULERS,
     final_scheduler_class,
@@ -144,6 +145,15 @@ class MVFoulModule(LightningModule):
                 for stage in ("train", *_EVAL_STAGES)
             }
         )
+        # Read (and reset) by mvcli.callbacks.confusion.ConfusionMatrices; synced under DDP.
+        self.confusion = nn.ModuleDict(
+            {
+                stage: nn.ModuleDict(
+                    {h: MulticlassConfusionMatrix(n) for h, n in num_classes.items()}
+                )
+                for stage in _EVAL_STAGES
+            }
+        )
         self._skipped = {stage: 0 for stage in ("train", *_EVAL_STAGES)}
 
     def forward(self, video: torch.Tensor, view_mask: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -169,6 +179,8 @@ class MVFoulModule(LightningModule):
             self.log(f"{stage}/loss_{head}", part, batch_size=size, sync_dist=stage != "train")
         for head in self.heads:
             self.metrics[f"{stage}_metrics"][head].update(logits[head].detach(), batch[head])
+            if stage in self.confusion:
+                self.confusion[stage][head].update(logits[head].detach(), batch[head])
         return loss
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor | None:
@@ -229,10 +241,11 @@ class MVFoulModule(LightningModule):
         values = {k: float(v) for k, v in sorted(metrics.items()) if k.startswith(f"{prefix}/")}
         if not values:
             return
-        log_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)
+        log_dir = output_dir(self.trainer)  # the checkpoint's run folder, or --output_dir
         log_dir.mkdir(parents=True, exist_ok=True)
         path = log_dir / f"{stage}_metrics.json"
         path.write_text(json.dumps(values, indent=2) + "\n")
+        rank_zero_info(f"wrote {path}")
 
     # -- class weights ---------------------------------------------------------------------
     def setup(self, stage: str) -> None:

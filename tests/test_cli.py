@@ -142,7 +142,9 @@ def test_fit_saves_config_and_checkpoints(trained):
 def test_validate_and_test_write_metrics(trained, stage, prefix):
     common, fit = trained
     cli = main([stage, *common, "--ckpt_path", fit.trainer.checkpoint_callback.best_model_path])
-    metrics = json.loads((_log_dir(cli) / f"{stage}_metrics.json").read_text())
+    # Written into the run the checkpoint came from; its logs in <run>/<stage>/.
+    assert _log_dir(cli) == _log_dir(fit) / stage
+    metrics = json.loads((_log_dir(fit) / f"{stage}_metrics.json").read_text())
     names = [
         "acc_offence_severity",
         "bacc_offence_severity",
@@ -211,7 +213,7 @@ def test_test_metrics_equal_official_evaluator(trained, synthetic_root, tmp_path
         fit.trainer.checkpoint_callback.best_model_path,
     ]
     tested = main(["test", *args])
-    ours = json.loads((_log_dir(tested) / "test_metrics.json").read_text())
+    ours = json.loads((tested.trainer.output_dir / "test_metrics.json").read_text())
     out = tmp_path / "predictions.json"
     main(["predict", *args, "--prediction_writer.output_path", str(out)])
     official = official_evaluate(split / "annotations.json", out)
