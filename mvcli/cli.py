@@ -21,6 +21,7 @@ from mvcli.callbacks.throughput import Throughput
 from mvcli.data.datamodule import PREPROCESSING_KEYS, MVFoulDataModule, NothingToPredict
 from mvcli.module import MVFoulModule
 from mvcli.outputs import run_dir_of
+from mvcli.quiet import quiet_third_party
 from mvcli.scoring import score_command
 from mvcli.trainer import EXTRA_SUBCOMMANDS, MVTrainer
 
@@ -205,12 +206,13 @@ def main(args: list[str] | None = None, run: bool = True) -> MVCLI:
 
 def run(argv: list[str] | None = None) -> None:
     """Console script: :func:`main`, plus ``mvcli score`` and clean exits on hopeless input."""
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["score"]:
-        CLI(score_command, args=argv[1:], prog="mvcli score")
+    quiet_third_party()
+    command = sys.argv[1:] if argv is None else argv
+    if command[:1] == ["score"]:
+        CLI(score_command, args=command[1:], prog="mvcli score")
         return
     try:
-        main(argv)
+        main(argv)  # None from the console: LightningCLI reads sys.argv itself
     except (NothingPredicted, NothingToPredict) as err:
         sys.stderr.write(f"mvcli: {err}\n")
         sys.exit(1)
