@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from jsonargparse import CLI, Namespace
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_info
 
 from mvcli import __version__
@@ -57,6 +57,32 @@ CHECKPOINT_DEFAULTS = {
 EVAL_SUBCOMMANDS = ("validate", "test", "predict")
 # Loggers whose folder is <save_dir>/<name>/<version>, redirected into that run folder.
 _FILE_LOGGERS = ("TensorBoardLogger", "CSVLogger")
+
+
+class SaveConfig(SaveConfigCallback):
+    """LightningCLI's config.yaml, also for loggers without a folder (MLflow on a database
+    store, where ``trainer.log_dir`` is None): then beside the checkpoints, in
+    ``<default_root_dir>/<logger name>/<version>`` as Lightning names that folder."""
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if trainer.log_dir is None:
+            self.save_to_log_dir = False
+        super().setup(trainer, pl_module, stage)
+
+    def save_config(self, trainer, pl_module, stage: str) -> None:
+        if self.save_to_log_dir:
+            return
+        folder = Path(trainer.default_root_dir)
+        if trainer.logger is not None:
+            folder = folder / str(trainer.logger.name) / str(trainer.logger.version)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.parser.save(
+            self.config,
+            folder / self.config_filename,
+            skip_none=False,
+            overwrite=self.overwrite,
+            multifile=self.multifile,
+        )
 
 
 class MVCLI(LightningCLI):
@@ -198,6 +224,7 @@ def main(args: list[str] | None = None, run: bool = True) -> MVCLI:
         run=run,
         seed_everything_default=42,
         trainer_defaults={"logger": LOGGER_DEFAULT},
+        save_config_callback=SaveConfig,
         save_config_kwargs={"overwrite": True},
         auto_configure_optimizers=False,
         subclass_mode_model=False,

@@ -18,6 +18,7 @@ from tests.conftest import CONFIGS, tiny_args
 from tests.evaluator import official_evaluate
 
 BASE_CONFIGS = {"demo.yaml", "mvfoul.yaml"}  # full recipes; every other file is an overlay
+EXTRAS = {"logger_mlflow.yaml": "mlflow", "logger_wandb.yaml": "wandb"}  # optional installs
 
 
 def _config_stack(name: str) -> list[str]:
@@ -47,6 +48,8 @@ def test_help_shows_argument_docstrings(capsys):
 
 @pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.glob("*.yaml")))
 def test_every_config_smoke_runs(name, synthetic_root, tmp_path):
+    if name in EXTRAS:
+        pytest.importorskip(EXTRAS[name])
     args = ["fit", *_config_stack(name), *tiny_args(synthetic_root, tmp_path)]
     cli = main([*args, "--trainer.fast_dev_run", "true", "--trainer.accelerator", "cpu"])
     assert cli.trainer.state.finished
