@@ -19,6 +19,7 @@ from mvcli.callbacks.prediction_writer import NothingPredicted, SubmissionWriter
 from mvcli.callbacks.progress import ProgressBar as MVProgressBar
 from mvcli.callbacks.throughput import Throughput
 from mvcli.data.datamodule import PREPROCESSING_KEYS, MVFoulDataModule, NothingToPredict
+from mvcli.help import DESCRIPTION, EPILOG, SUBCOMMAND_HELP, ArgumentParser, HelpFormatter
 from mvcli.module import MVFoulModule
 from mvcli.outputs import run_dir_of
 from mvcli.quiet import quiet_third_party
@@ -52,6 +53,12 @@ CHECKPOINT_DEFAULTS = {
     "last_checkpoint.save_top_k": 1,
     # mvcli.callbacks.hparams.RunHParams logs a superset (with the run's best score), once.
     "trainer.enable_autolog_hparams": False,
+}
+# Titles of groups whose class docstring says something else (or the same thing twice).
+GROUP_TITLES = {
+    "trainer": "Lightning's Trainer (--trainer.*)",
+    "checkpoint": "Best checkpoints (--checkpoint.*): ModelCheckpoint on val/leaderboard",
+    "last_checkpoint": "Last checkpoint (--last_checkpoint.*): last.ckpt every epoch, to resume",
 }
 # Subcommands that evaluate a checkpoint: their files go to the checkpoint's run folder.
 EVAL_SUBCOMMANDS = ("validate", "test", "predict")
@@ -99,8 +106,22 @@ class MVCLI(LightningCLI):
         parser.add_argument("--version", action="version", version=f"mvcli {__version__}")
         return parser
 
+    def _add_subcommands(self, parser: LightningArgumentParser, **kwargs: Any) -> None:
+        super()._add_subcommands(parser, **kwargs)
+        # One line each, ours; `score` runs outside LightningCLI (see run()) but is listed too.
+        action = parser._subcommands_action
+        for choice in action._choices_actions:
+            choice.help = SUBCOMMAND_HELP.get(choice.dest, choice.help)
+        action._choices_actions.append(
+            action._ChoicesPseudoAction("score", (), SUBCOMMAND_HELP["score"])
+        )
+
     def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs: Any):
         parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        parser.add_help_all()
+        for key, title in GROUP_TITLES.items():
+            if key in parser.groups:
+                parser.groups[key].title = title
         if subcommand == "predict":
             # The writer streams to disk; keeping every output in memory would only grow.
             parser.set_defaults(return_predictions=False)
@@ -220,6 +241,17 @@ def main(args: list[str] | None = None, run: bool = True) -> MVCLI:
         MVFoulModule,
         MVFoulDataModule,
         trainer_class=MVTrainer,
+        parser_class=ArgumentParser,
+        parser_kwargs={
+            "prog": "mvcli",
+            "description": DESCRIPTION,
+            "epilog": EPILOG,
+            **{
+                name: {"description": text[0].upper() + text[1:] + "."}
+                for name, text in SUBCOMMAND_HELP.items()
+                if name in MVCLI.subcommands()
+            },
+        },
         args=args,
         run=run,
         seed_everything_default=42,
@@ -236,7 +268,7 @@ def run(argv: list[str] | None = None) -> None:
     quiet_third_party()
     command = sys.argv[1:] if argv is None else argv
     if command[:1] == ["score"]:
-        CLI(score_command, args=command[1:], prog="mvcli score")
+        CLI(score_command, args=command[1:], prog="mvcli score", formatter_class=HelpFormatter)
         return
     try:
         main(argv)  # None from the console: LightningCLI reads sys.argv itself
