@@ -8,15 +8,21 @@ from typing import Any
 
 import torch
 from jsonargparse import CLI, Namespace
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar
+from lightning.pytorch.callbacks import (
+    LearningRateMonitor,
+    ModelCheckpoint,
+    ModelSummary,
+    ProgressBar,
+)
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_info
 
 from mvcli import __version__
 from mvcli.callbacks.confusion import ConfusionMatrices
+from mvcli.callbacks.console import ModelSummary as MVModelSummary
+from mvcli.callbacks.console import ProgressBar as MVProgressBar
 from mvcli.callbacks.hparams import RunHParams
 from mvcli.callbacks.prediction_writer import NothingPredicted, SubmissionWriter
-from mvcli.callbacks.progress import ProgressBar as MVProgressBar
 from mvcli.callbacks.throughput import Throughput
 from mvcli.data.datamodule import PREPROCESSING_KEYS, MVFoulDataModule, NothingToPredict
 from mvcli.help import DESCRIPTION, EPILOG, SUBCOMMAND_HELP, ArgumentParser, HelpFormatter
@@ -212,6 +218,9 @@ class MVCLI(LightningCLI):
         has_bar = any(isinstance(c, ProgressBar) for c in callbacks)
         if config.get("enable_progress_bar") is not False and not has_bar:
             extra.append(MVProgressBar())
+        has_summary = any(isinstance(c, ModelSummary) for c in callbacks)
+        if config.get("enable_model_summary") is not False and not has_summary:
+            extra.append(MVModelSummary())
         kwargs["callbacks"] = [*callbacks, *extra]
         trainer = super().instantiate_trainer(**kwargs)
         trainer.output_dir = getattr(self, "_output_dir", None)  # read by mvcli.outputs

@@ -17,8 +17,8 @@ IGNORED_WARNINGS = (
     # Evaluating a checkpoint in another folder than the fit's: nothing is lost.
     r"The dirpath has changed from .*",
 )
-# Log lines that advertise rather than inform.
-IGNORED_LOG_LINES = ("litlogger",)
+# Log lines that advertise (litlogger), or report a choice mvcli made (its model summary).
+IGNORED_LOG_LINES = ("litlogger", "Trainer already configured with model summary callbacks")
 
 
 class _DropLines(logging.Filter):
