@@ -212,9 +212,11 @@ class MVCLI(LightningCLI):
         # instances per run since callbacks hold state.
         config = self._get(self.config_init, "trainer", default={})
         callbacks = list(config.get("callbacks") or [])
-        extra = []
+        # RunHParams holds state saved in checkpoints: present in every run, so loading one
+        # never warns about a missing callback; without a logger it (and Throughput) log nothing.
+        extra = [Throughput(), RunHParams()]
         if config.get("logger") not in (False, None):
-            extra += [LearningRateMonitor(), Throughput(), RunHParams()]
+            extra.append(LearningRateMonitor())
         has_bar = any(isinstance(c, ProgressBar) for c in callbacks)
         if config.get("enable_progress_bar") is not False and not has_bar:
             extra.append(MVProgressBar())

@@ -75,3 +75,13 @@ def test_test_writes_pngs_and_tables_next_to_metrics(trained, caplog):
     assert markdown.count("\n") == len(rows) + 2
     assert f"wrote {folder / 'test_metrics.json'}" in caplog.text  # says where
     assert str(folder / "test_per_class.csv") in caplog.text
+
+
+def test_confusion_images_and_pairs_every_validation_epoch(events):
+    tags = events.Tags()
+    for head in HEADS:
+        for kind in ("confusion", "recall"):
+            images = events.Images(f"val/{kind}_{head}")
+            assert len(images) == 2, (kind, head)  # 2 epochs, sanity check left out
+            assert images[0].width > 300 and images[0].height > 200
+        assert f"val/confused_pairs_{head}/text_summary" in tags["tensors"]
