@@ -12,8 +12,12 @@ import warnings
 
 # Warnings about code inside Lightning/torch, or about choices mvcli made deliberately.
 IGNORED_WARNINGS = (
-    # Lightning's pytree helper on torch >= 2.14: internal, fixed upstream.
+    # Lightning's pytree helper on torch >= 2.14: internal to Lightning.
     r".*isinstance\(treespec, LeafSpec\).*",
+    # Lightning's all_gather on torch >= 2.14 (DDP): internal.
+    r"torch\.distributed\.nn\.functional\.all_gather is deprecated.*",
+    # mvcli's epoch metrics are torchmetrics, already summed across processes when computed.
+    r"It is recommended to use `self\.log\('(train|val|test)/.*sync_dist=True.*",
     # Evaluating a checkpoint in another folder than the fit's: nothing is lost.
     r"The dirpath has changed from .*",
 )
