@@ -6,25 +6,33 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from jsonargparse import CLI
+from jsonargparse import CLI, Namespace
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import (
     LearningRateMonitor,
     ModelCheckpoint,
+    ModelSummary,
     ProgressBar,
-    RichProgressBar,
 )
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_info
 
 from mvcli import __version__
+from mvcli.callbacks.confusion import ConfusionMatrices
+from mvcli.callbacks.console import ModelSummary as MVModelSummary
+from mvcli.callbacks.console import ProgressBar as MVProgressBar
 from mvcli.callbacks.distributed import DistributedRun
+from mvcli.callbacks.hparams import RunHParams
 from mvcli.callbacks.nonfinite import NonFiniteGuard
 from mvcli.callbacks.prediction_writer import SubmissionWriter
+from mvcli.callbacks.throughput import Throughput
 from mvcli.checkpoints import SPECIAL_CKPT_PATHS, AtomicCheckpointIO, load_checkpoint
 from mvcli.data.datamodule import PREPROCESSING_KEYS, MVFoulDataModule
 from mvcli.errors import MvcliError, UsageError, report
+from mvcli.help import DESCRIPTION, EPILOG, SUBCOMMAND_HELP, ArgumentParser, HelpFormatter
 from mvcli.module import MVFoulModule
+from mvcli.outputs import run_dir_of
+from mvcli.quiet import quiet_third_party
 from mvcli.scoring import score_command
 from mvcli.trainer import EXTRA_SUBCOMMANDS, MVTrainer
 
@@ -53,10 +61,46 @@ CHECKPOINT_DEFAULTS = {
     "last_checkpoint.filename": "last",
     "last_checkpoint.monitor": None,
     "last_checkpoint.save_top_k": 1,
+    # mvcli.callbacks.hparams.RunHParams logs a superset (with the run's best score), once.
+    "trainer.enable_autolog_hparams": False,
 }
-# Subcommands that evaluate or serve a model: without a checkpoint they would use random
-# (or only pretrained) weights, which is refused unless asked for.
-_NEEDS_CHECKPOINT = ("validate", "test", "predict")
+# Titles of groups whose class docstring says something else (or the same thing twice).
+GROUP_TITLES = {
+    "trainer": "Lightning's Trainer (--trainer.*)",
+    "checkpoint": "Best checkpoints (--checkpoint.*): ModelCheckpoint on val/leaderboard",
+    "last_checkpoint": "Last checkpoint (--last_checkpoint.*): last.ckpt every epoch, to resume",
+}
+# Subcommands that evaluate or serve a checkpoint: their files go to its run folder, and
+# without one they would use random (or only pretrained) weights, refused unless asked for.
+EVAL_SUBCOMMANDS = ("validate", "test", "predict")
+# Loggers whose folder is <save_dir>/<name>/<version>, redirected into that run folder.
+_FILE_LOGGERS = ("TensorBoardLogger", "CSVLogger")
+
+
+class SaveConfig(SaveConfigCallback):
+    """LightningCLI's config.yaml, also for loggers without a folder (MLflow on a database
+    store, where ``trainer.log_dir`` is None): then beside the checkpoints, in
+    ``<default_root_dir>/<logger name>/<version>`` as Lightning names that folder."""
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if trainer.log_dir is None:
+            self.save_to_log_dir = False
+        super().setup(trainer, pl_module, stage)
+
+    def save_config(self, trainer, pl_module, stage: str) -> None:
+        if self.save_to_log_dir:
+            return
+        folder = Path(trainer.default_root_dir)
+        if trainer.logger is not None:
+            folder = folder / str(trainer.logger.name) / str(trainer.logger.version)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.parser.save(
+            self.config,
+            folder / self.config_filename,
+            skip_none=False,
+            overwrite=self.overwrite,
+            multifile=self.multifile,
+        )
 
 
 class MVCLI(LightningCLI):
@@ -73,18 +117,41 @@ class MVCLI(LightningCLI):
         parser.add_argument("--version", action="version", version=f"mvcli {__version__}")
         return parser
 
+    def _add_subcommands(self, parser: LightningArgumentParser, **kwargs: Any) -> None:
+        super()._add_subcommands(parser, **kwargs)
+        # One line each, ours; `score` runs outside LightningCLI (see run()) but is listed too.
+        action = parser._subcommands_action
+        for choice in action._choices_actions:
+            choice.help = SUBCOMMAND_HELP.get(choice.dest, choice.help)
+        action._choices_actions.append(
+            action._ChoicesPseudoAction("score", (), SUBCOMMAND_HELP["score"])
+        )
+
     def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs: Any):
         parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        parser.add_help_all()
+        for key, title in GROUP_TITLES.items():
+            if key in parser.groups:
+                parser.groups[key].title = title
         if subcommand == "predict":
             # The writer streams to disk; keeping every output in memory would only grow.
             parser.set_defaults(return_predictions=False)
-        if subcommand in _NEEDS_CHECKPOINT:
+        if subcommand in EVAL_SUBCOMMANDS:
             parser.add_argument(
                 "--allow_untrained",
                 type=bool,
                 default=False,
                 help="run without --ckpt_path, with the model's initial weights (random, or "
                 "--model.pretrained): only to check a pipeline, never for results",
+            )
+        if subcommand in EVAL_SUBCOMMANDS:
+            parser.add_argument(
+                "--output_dir",
+                type=Path | None,
+                default=None,
+                help="Folder for this command's files (metrics JSON, confusion matrices, "
+                "predictions.json, logs); default: the run folder of --ckpt_path "
+                "(<run>/checkpoints/x.ckpt -> <run>), else the logger's new run folder.",
             )
         return parser
 
@@ -131,6 +198,7 @@ class MVCLI(LightningCLI):
         parser.add_lightning_class_args(NonFiniteGuard, "nonfinite")
         # DDP timeout / find_unused_parameters as plain options, effective batch, LR scaling.
         parser.add_lightning_class_args(DistributedRun, "distributed")
+        parser.add_lightning_class_args(ConfusionMatrices, "confusion")
         # What the model must agree on with the data is stated once, in the data section.
         parser.link_arguments("data.frames_per_clip", "model.num_frames")
         parser.link_arguments("data.img_height", "model.img_height")
@@ -149,17 +217,47 @@ class MVCLI(LightningCLI):
         except ValueError as err:
             raise UsageError(f"invalid configuration: {err}") from err
 
+    def before_instantiate_classes(self) -> None:
+        """validate/test/predict write into ``--output_dir``, else the checkpoint's run folder.
+
+        File loggers (TensorBoard, CSV) then log to ``<folder>/<subcommand>/`` instead of a
+        new ``runs/<name>/version_<n>``; their config.yaml lands there too, so the fit's own
+        config.yaml is never overwritten.
+        """
+        self._output_dir = None
+        subcommand = self.subcommand
+        if subcommand not in EVAL_SUBCOMMANDS:
+            return
+        config = self.config[subcommand]
+        ckpt_path = config.get("ckpt_path")
+        folder = config.get("output_dir")
+        if folder is None and ckpt_path and Path(ckpt_path).is_file():
+            folder = run_dir_of(Path(ckpt_path))
+        if folder is None:
+            return
+        self._output_dir = Path(folder)
+        logger = config.trainer.get("logger")
+        if isinstance(logger, Namespace) and str(logger.class_path).endswith(_FILE_LOGGERS):
+            logger.init_args.save_dir = str(folder)
+            logger.init_args.name = ""
+            logger.init_args.version = subcommand
+
     def instantiate_trainer(self, **kwargs: Any):
         # Callbacks every run needs, unless the config turns off what they depend on; fresh
         # instances per run since callbacks hold state.
         config = self._get(self.config_init, "trainer", default={})
         callbacks = list(config.get("callbacks") or [])
-        extra = []
+        # RunHParams holds state saved in checkpoints: present in every run, so loading one
+        # never warns about a missing callback; without a logger it (and Throughput) log nothing.
+        extra = [Throughput(), RunHParams()]
         if config.get("logger") not in (False, None):
             extra.append(LearningRateMonitor())
         has_bar = any(isinstance(c, ProgressBar) for c in callbacks)
         if config.get("enable_progress_bar") is not False and not has_bar:
-            extra.append(RichProgressBar())
+            extra.append(MVProgressBar())
+        has_summary = any(isinstance(c, ModelSummary) for c in callbacks)
+        if config.get("enable_model_summary") is not False and not has_summary:
+            extra.append(MVModelSummary())
         kwargs["callbacks"] = [*callbacks, *extra]
         trainer = super().instantiate_trainer(**kwargs)
         # Local checkpoints through mvcli's atomic writer (remote or custom IO left alone).
@@ -168,6 +266,7 @@ class MVCLI(LightningCLI):
         for callback in trainer.callbacks:
             if isinstance(callback, DistributedRun):
                 callback.configure_strategy(trainer)
+        trainer.output_dir = getattr(self, "_output_dir", None)  # read by mvcli.outputs
         return trainer
 
     def after_fit(self) -> None:
@@ -198,10 +297,22 @@ def main(args: list[str] | None = None, run: bool = True) -> MVCLI:
         MVFoulModule,
         MVFoulDataModule,
         trainer_class=MVTrainer,
+        parser_class=ArgumentParser,
+        parser_kwargs={
+            "prog": "mvcli",
+            "description": DESCRIPTION,
+            "epilog": EPILOG,
+            **{
+                name: {"description": text[0].upper() + text[1:] + "."}
+                for name, text in SUBCOMMAND_HELP.items()
+                if name in MVCLI.subcommands()
+            },
+        },
         args=args,
         run=run,
         seed_everything_default=42,
         trainer_defaults={"logger": LOGGER_DEFAULT},
+        save_config_callback=SaveConfig,
         save_config_kwargs={"overwrite": True},
         auto_configure_optimizers=False,
         subclass_mode_model=False,
@@ -209,7 +320,7 @@ def main(args: list[str] | None = None, run: bool = True) -> MVCLI:
 
 
 def _check_untrained_allowed(subcommand: str, config: Any) -> None:
-    if subcommand not in _NEEDS_CHECKPOINT or config.get("allow_untrained"):
+    if subcommand not in EVAL_SUBCOMMANDS or config.get("allow_untrained"):
         return
     if (config.get("model") or {}).get("pretrained"):
         return  # pretrained-only weights, asked for explicitly
@@ -222,23 +333,25 @@ def _check_untrained_allowed(subcommand: str, config: Any) -> None:
 
 
 def run(argv: list[str] | None = None) -> None:
-    """Console script: :func:`main` and ``mvcli score``, under one error policy.
+    """Console script: :func:`main`, ``mvcli score`` and ``mvcli search``, under one error
+    policy.
 
     Usage errors (arguments, options) exit 2, data and runtime errors exit 1, each as one
     ``mvcli: ...`` paragraph naming the file, field or argument; ``MVCLI_DEBUG=1`` adds the
     traceback. Argument parsing errors are jsonargparse's own (exit 2, with the usage line).
     """
-    argv = sys.argv[1:] if argv is None else argv
+    quiet_third_party()
+    command = sys.argv[1:] if argv is None else argv
     try:
-        if argv[:1] == ["score"]:
-            CLI(score_command, args=argv[1:], prog="mvcli score")
+        if command[:1] == ["score"]:
+            CLI(score_command, args=command[1:], prog="mvcli score", formatter_class=HelpFormatter)
             return
-        if argv[:1] == ["search"]:
+        if command[:1] == ["search"]:
             from mvcli.search import search  # Optuna is an optional extra
 
-            CLI(search, args=argv[1:], prog="mvcli search")
+            CLI(search, args=command[1:], prog="mvcli search", formatter_class=HelpFormatter)
             return
-        main(argv)
+        main(argv)  # None from the console: LightningCLI reads sys.argv itself
     except (SystemExit, KeyboardInterrupt):
         raise
     except Exception as err:  # noqa: BLE001 - the one place every error is reported

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Literal
 
 import torch
@@ -14,6 +13,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 from torchmetrics import MeanMetric, SumMetric
+from torchmetrics.classification import MulticlassConfusionMatrix
 
 from mvcli import __version__
 from mvcli.checkpoints import VERSION_KEY
@@ -33,6 +33,7 @@ from mvcli.metrics import head_metrics, leaderboard
 from mvcli.models.backbones import BackboneName, build_backbone
 from mvcli.models.network import MultiViewNetwork
 from mvcli.models.pooling import PoolingName
+from mvcli.outputs import output_dir
 from mvcli.schedulers import (
     STEP_SCHEDULERS,
     GroupFactorLR,
@@ -175,6 +176,15 @@ class MVFoulModule(LightningModule):
                 for name in ("loss", *(f"loss_{h}" for h in self.heads))
             }
         )
+        # Read (and reset) by mvcli.callbacks.confusion.ConfusionMatrices; synced under DDP.
+        self.confusion = nn.ModuleDict(
+            {
+                stage: nn.ModuleDict(
+                    {h: MulticlassConfusionMatrix(n) for h, n in num_classes.items()}
+                )
+                for stage in _EVAL_STAGES
+            }
+        )
 
     def forward(self, video: torch.Tensor, view_mask: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.network(video, view_mask)
@@ -201,6 +211,8 @@ class MVFoulModule(LightningModule):
             self._log_loss(stage, f"loss_{head}", part, size)
         for head in self.heads:
             self.metrics[f"{stage}_metrics"][head].update(logits[head].detach(), batch[head])
+            if stage in self.confusion:
+                self.confusion[stage][head].update(logits[head].detach(), batch[head])
         return loss
 
     def _count_damage(self, batch: dict, stage: str) -> None:
@@ -227,6 +239,7 @@ class MVFoulModule(LightningModule):
             target = torch.tensor([f[head] for f in labelled], device=self.device)
             wrong = (target + 1) % self.metrics[f"{stage}_metrics"][head]["bacc"].num_classes
             self.metrics[f"{stage}_metrics"][head].update(wrong, target)
+            self.confusion[stage][head].update(wrong, target)
 
     def _log_loss(
         self, stage: str, name: str, value: torch.Tensor, size: int, prog_bar: bool = False
@@ -306,16 +319,18 @@ class MVFoulModule(LightningModule):
         self.log(f"{stage}/leaderboard", board, prog_bar=stage != "train")
 
     def _write_metrics(self, stage: str, prefix: str) -> None:
-        # trainer.log_dir is a broadcast: every rank asks, rank 0 alone writes (the metrics
-        # are already reduced over all ranks).
-        log_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)
+        # The checkpoint's run folder, or --output_dir, else trainer.log_dir: a broadcast, so
+        # every rank asks and rank 0 alone writes (the metrics are already reduced).
+        log_dir = output_dir(self.trainer)
         if not self.trainer.is_global_zero:
             return
         metrics = self.trainer.callback_metrics
         values = {k: float(v) for k, v in sorted(metrics.items()) if k.startswith(f"{prefix}/")}
         if not values:
             return
-        atomic_write_text(log_dir / f"{stage}_metrics.json", json.dumps(values, indent=2) + "\n")
+        path = log_dir / f"{stage}_metrics.json"
+        atomic_write_text(path, json.dumps(values, indent=2) + "\n")
+        rank_zero_info(f"wrote {path}")
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # Lets an older mvcli refuse the file clearly instead of failing on unknown keys.

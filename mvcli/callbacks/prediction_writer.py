@@ -15,6 +15,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from mvcli.data.taxonomy import HEADS, submission_entry
 from mvcli.errors import DataError, UsageError, WriteError
 from mvcli.io import atomic_write_text
+from mvcli.outputs import output_dir
 
 
 class SubmissionWriter(BasePredictionWriter):
@@ -27,8 +28,9 @@ class SubmissionWriter(BasePredictionWriter):
     the parts are merged at the end, so memory does not grow with the number of actions.
 
     Args:
-        output_path: the JSON submission to write; default ``<log_dir>/predictions.json``.
-            Not a ``.csv`` name: the CSV is always a separate file.
+        output_path: the JSON submission to write; default ``predictions.json`` in the run
+            folder of ``--ckpt_path`` (or ``--output_dir``). Not a ``.csv`` name: the CSV is
+            always a separate file.
         overwrite: replace existing output files instead of stopping before predicting.
         csv: also write a CSV next to the JSON (``predictions.json`` ->
             ``predictions.csv``), one row per action (for spreadsheets).
@@ -54,7 +56,7 @@ class SubmissionWriter(BasePredictionWriter):
     def resolve_path(self, trainer: Trainer) -> Path:
         if self.output_path is not None:
             return self.output_path
-        return Path(trainer.log_dir or trainer.default_root_dir) / "predictions.json"
+        return output_dir(trainer) / "predictions.json"
 
     def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         path = self.resolve_path(trainer)

@@ -626,7 +626,8 @@ def _main() -> None:
     from jsonargparse import CLI
 
     # as_positional=False: the documented form is --root DIR.
-    summary = CLI(write_synthetic_dataset, as_positional=False)
+    prog = "python -m mvcli.data.synthetic"  # not "synthetic.py"
+    summary = CLI(write_synthetic_dataset, as_positional=False, prog=prog)
     print(json.dumps(summary, indent=2))
 
 

@@ -1,0 +1,23 @@
+"""Where a run's files go: one rule for metrics, confusion matrices and predictions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lightning.pytorch import Trainer
+
+
+def output_dir(trainer: Trainer) -> Path:
+    """Folder for the files of validate/test/predict.
+
+    ``trainer.output_dir`` when the CLI set it (``--output_dir``, or the run folder of
+    ``--ckpt_path``), else the logger's folder, else ``trainer.default_root_dir``.
+    """
+    chosen = getattr(trainer, "output_dir", None)
+    return Path(chosen or trainer.log_dir or trainer.default_root_dir)
+
+
+def run_dir_of(ckpt_path: Path) -> Path:
+    """The run folder a checkpoint belongs to: ``<run>/checkpoints/x.ckpt`` -> ``<run>``."""
+    parent = Path(ckpt_path).resolve().parent
+    return parent.parent if parent.name == "checkpoints" else parent

@@ -1,0 +1,87 @@
+"""Confusion matrices: the figures, the tables, and what `mvcli test` writes."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mvcli import plots
+from mvcli.callbacks.confusion import confused_pairs, per_class_rows, table_markdown
+from mvcli.cli import main
+from mvcli.data.taxonomy import HEADS
+
+MATRIX = torch.tensor([[5, 1, 0], [3, 2, 0], [0, 0, 0]])  # class "c" absent from the targets
+
+
+def test_confused_pairs_are_the_largest_off_diagonal_cells():
+    pairs = confused_pairs(MATRIX, ["a", "b", "c"], k=5)
+    assert pairs == [("b", "a", 3, pytest.approx(0.6)), ("a", "b", 1, pytest.approx(1 / 6))]
+
+
+def test_per_class_rows():
+    rows = {r["class"]: r for r in per_class_rows("h", MATRIX)}  # unknown head: names 0, 1, 2
+    assert rows["0"]["support"] == 6 and rows["0"]["predicted"] == 8
+    assert rows["0"]["recall"] == pytest.approx(5 / 6)
+    assert rows["0"]["precision"] == pytest.approx(5 / 8)
+    assert np.isnan(rows["2"]["recall"])  # absent: no recall, not 0
+    assert "| h | 0 | 6 | 8 | 5 | 0.8333 | 0.6250 |" in table_markdown(list(rows.values()))
+
+
+def test_recall_treats_absent_classes_as_nan():
+    values = plots.recall(MATRIX)
+    assert values[:2].tolist() == pytest.approx([5 / 6, 0.4]) and torch.isnan(values[2])
+    assert plots.row_normalised(MATRIX)[2].tolist() == [0, 0, 0]
+
+
+def _check_png(path: Path, min_size: tuple[int, int]) -> None:
+    image = np.asarray(Image.open(path).convert("RGB"))
+    height, width, _ = image.shape
+    assert width >= min_size[0] and height >= min_size[1], image.shape
+    assert image.std() > 10  # not blank
+    assert len(np.unique(image.reshape(-1, 3), axis=0)) > 20  # text, colour scale, cells
+
+
+def test_confusion_png_renders(tmp_path):
+    names = list(HEADS["action"])
+    matrix = torch.randint(0, 20, (len(names), len(names)))
+    path = plots.save_png(plots.confusion_figure(matrix, names, "action"), tmp_path / "c.png")
+    _check_png(path, (700, 350))
+    array = plots.to_array(plots.recall_figure(matrix, names, "action"))
+    assert array.dtype == np.uint8 and array.shape[2] == 3 and array.std() > 10
+
+
+def test_test_writes_pngs_and_tables_next_to_metrics(trained, caplog):
+    common, fit = trained
+    cli = main(["test", *common, "--ckpt_path", fit.trainer.checkpoint_callback.best_model_path])
+    folder = Path(fit.trainer.log_dir)  # the checkpoint's run
+    assert cli.trainer.output_dir == folder
+    assert (folder / "test_metrics.json").is_file()
+    for head in HEADS:
+        _check_png(folder / f"test_confusion_{head}.png", (500, 250))
+        _check_png(folder / f"test_recall_{head}.png", (300, 200))
+    rows = list(csv.DictReader((folder / "test_per_class.csv").open()))
+    assert [r["class"] for r in rows] == [*HEADS["offence_severity"], *HEADS["action"]]
+    metrics = json.loads((folder / "test_metrics.json").read_text())
+    support = sum(int(r["support"]) for r in rows if r["head"] == "action")
+    correct = sum(int(r["correct"]) for r in rows if r["head"] == "action")
+    assert correct / support == pytest.approx(metrics["test/acc_action"])
+    markdown = (folder / "test_per_class.md").read_text()
+    assert markdown.count("\n") == len(rows) + 2
+    assert f"wrote {folder / 'test_metrics.json'}" in caplog.text  # says where
+    assert str(folder / "test_per_class.csv") in caplog.text
+
+
+def test_confusion_images_and_pairs_every_validation_epoch(events):
+    tags = events.Tags()
+    for head in HEADS:
+        for kind in ("confusion", "recall"):
+            images = events.Images(f"val/{kind}_{head}")
+            assert len(images) == 2, (kind, head)  # 2 epochs, sanity check left out
+            assert images[0].width > 300 and images[0].height > 200
+        assert f"val/confused_pairs_{head}/text_summary" in tags["tensors"]

@@ -1,0 +1,122 @@
+"""README examples run as written: the environment-variable lines and the seed-flag table."""
+
+from __future__ import annotations
+
+import re
+import shlex
+
+import pytest
+import yaml
+
+from mvcli.cli import main
+from tests.conftest import REPO, tiny_args
+
+README = (REPO / "README.md").read_text()
+
+
+def _section(title: str) -> str:
+    start = README.index(title)
+    end = README.find("\n### ", start + 1)
+    return README[start:end]
+
+
+ENV_LINES = re.findall(
+    r"^((?:MVCLI_\w+=\S+ )+)mvcli (.*?)\s+# (\S+):", _section("### Environment variables"), re.M
+)
+
+
+def test_readme_has_env_examples():
+    assert len(ENV_LINES) >= 3
+
+
+@pytest.mark.parametrize(("env", "command", "expected"), ENV_LINES)
+def test_readme_env_example(env, command, expected, monkeypatch, tmp_path, synthetic_root, capsys):
+    monkeypatch.chdir(REPO)  # the README's paths are relative to the repository
+    for assignment in env.split():
+        name, value = assignment.split("=", 1)
+        monkeypatch.setenv(name, value)
+    name = re.match(r"MVCLI_FIT__(\w+)", env.split()[-1].split("=")[0]).group(1)
+    key = name.lower().replace("__", ".")
+    argv = shlex.split(command)
+    extra = [a for a in tiny_args(synthetic_root, tmp_path)]
+    if "--data.batch_size" in argv:  # tiny_args sets one too; keep the README's last
+        i = extra.index("--data.batch_size")
+        del extra[i : i + 2]
+    if key == "data.batch_size" and "--data.batch_size" not in argv:
+        i = extra.index("--data.batch_size")
+        del extra[i : i + 2]
+    value = _printed_config([argv[0], *extra, *argv[1:]], capsys)
+    for part in key.split("."):
+        value = value[part]
+    assert str(value) == expected
+
+
+def _printed_config(argv: list[str], capsys) -> dict:
+    """The config a command line resolves to, as --print_config shows it (nothing runs)."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, "--print_config"])
+    assert exit_info.value.code == 0, capsys.readouterr().err[-2000:]
+    return yaml.safe_load(capsys.readouterr().out)
+
+
+def _table_snippets() -> list[str]:
+    table = _section("### Flags of the seed trainer").splitlines()
+    rows = [line for line in table if line.startswith("| ") and "| seed trainer |" not in line]
+    snippets = []
+    for row in rows:
+        mvcli_cell = row.split(" | ", 1)[1]
+        snippets += [
+            s for s in re.findall(r"`([^`]+)`", mvcli_cell) if s.startswith(("--", "mvcli fit "))
+        ]
+    return snippets
+
+
+def test_seed_flag_table_names_every_flag_of_the_guide():
+    table = _section("### Flags of the seed trainer")
+    for flag in [
+        "--batch_size", "--mixed_precision", "--accumulate_grad_batches", "--num_nodes",
+        "--devices_per_node", "--enable_profiler", "--track_grad_norm", "--log_gpu_memory",
+        "--auto_lr_find", "--auto_scale_batch_size", "--resume", "--test_run", "--test_batches",
+        "freezing", "loss", "sampling", "augmentation",
+    ]:  # fmt: skip
+        assert re.search(rf"^\| [^|]*{re.escape(flag)}", table, re.M), flag
+    assert len(_table_snippets()) >= 25
+
+
+def test_every_mvcli_key_of_the_seed_flag_table_parses(synthetic_root, tmp_path, capsys):
+    base = ["fit", *tiny_args(synthetic_root, tmp_path)]
+    (tmp_path / "last.ckpt").write_bytes(b"")
+    batches: list[list[list[str]]] = []  # snippets with distinct keys share one parse
+    for snippet in _table_snippets():
+        argv = shlex.split(snippet.replace("run/last.ckpt", str(tmp_path / "last.ckpt")))
+        argv = argv[2:] if argv[0] == "mvcli" else argv  # the subcommand is fit's
+        batch = next((b for b in batches if not any(_overlap(argv[0], o[0]) for o in b)), None)
+        if batch is None:
+            batches.append(batch := [])
+        batch.append(argv)
+    assert len(batches) <= 4
+    for batch in batches:
+        config = _printed_config([*base, *(arg for argv in batch for arg in argv)], capsys)
+        for argv in batch:
+            value = config
+            for part in argv[0].lstrip("-").rstrip("+").split("."):
+                value = value[part]
+            assert _same(argv[1], value), (argv, value)
+
+
+def _overlap(key: str, other: str) -> bool:
+    key, other = key.rstrip("+") + ".", other.rstrip("+") + "."
+    return key.startswith(other) or other.startswith(key)
+
+
+def _same(given: str, value) -> bool:
+    """The value a --print_config shows for what the command line gave."""
+    if isinstance(value, list):  # callbacks+: appended last
+        value = value[-1]
+    if isinstance(value, dict):
+        value = value["class_path"]
+    try:
+        return float(given) == float(value)
+    except (TypeError, ValueError):
+        return str(value) == given or str(value).endswith("." + given.rsplit(".", 1)[-1])
