@@ -29,7 +29,14 @@ from mvcli.callbacks.throughput import Throughput
 from mvcli.checkpoints import SPECIAL_CKPT_PATHS, AtomicCheckpointIO, load_checkpoint
 from mvcli.data.datamodule import PREPROCESSING_KEYS, MVFoulDataModule
 from mvcli.errors import MvcliError, UsageError, report
-from mvcli.help import DESCRIPTION, EPILOG, SUBCOMMAND_HELP, ArgumentParser, HelpFormatter
+from mvcli.help import (
+    DESCRIPTION,
+    EPILOG,
+    STANDALONE_SUBCOMMANDS,
+    SUBCOMMAND_HELP,
+    ArgumentParser,
+    HelpFormatter,
+)
 from mvcli.module import MVFoulModule
 from mvcli.outputs import run_dir_of
 from mvcli.quiet import quiet_third_party
@@ -119,13 +126,15 @@ class MVCLI(LightningCLI):
 
     def _add_subcommands(self, parser: LightningArgumentParser, **kwargs: Any) -> None:
         super()._add_subcommands(parser, **kwargs)
-        # One line each, ours; `score` runs outside LightningCLI (see run()) but is listed too.
+        # One line each, ours; `score` and `search` run outside LightningCLI (see run()) but
+        # are listed too.
         action = parser._subcommands_action
         for choice in action._choices_actions:
             choice.help = SUBCOMMAND_HELP.get(choice.dest, choice.help)
-        action._choices_actions.append(
-            action._ChoicesPseudoAction("score", (), SUBCOMMAND_HELP["score"])
-        )
+        for name in STANDALONE_SUBCOMMANDS:
+            action._choices_actions.append(
+                action._ChoicesPseudoAction(name, (), SUBCOMMAND_HELP[name])
+            )
 
     def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs: Any):
         parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)

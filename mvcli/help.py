@@ -25,7 +25,10 @@ SUBCOMMAND_HELP = {
     "export": "export a checkpoint: state dict, ONNX, torch.export",
     "cache": "decode every view once, ahead of training",
     "score": "score predictions.json against annotations.json",
+    "search": "hyper-parameter search (Optuna) over any config keys",
 }
+# Subcommands run outside LightningCLI (see mvcli.cli.run), listed with the others.
+STANDALONE_SUBCOMMANDS = ("score", "search")
 DESCRIPTION = (
     "mvcli: train, evaluate and serve multi-view, multi-task video classifiers for "
     "soccer foul recognition (SoccerNet-MVFoul)."
