@@ -15,10 +15,14 @@ from lightning.pytorch.callbacks import (
     RichProgressBar,
 )
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities import rank_zero_info
 
 from mvcli import __version__
 from mvcli.callbacks.prediction_writer import NothingPredicted, SubmissionWriter
+from mvcli.callbacks.resume import ResumeState
+from mvcli.callbacks.signals import GracefulStop
+from mvcli.checkpointing import AtomicCheckpointIO, PeriodicCheckpoint, newest_last_checkpoint
 from mvcli.data.datamodule import PREPROCESSING_KEYS, MVFoulDataModule, NothingToPredict
 from mvcli.module import MVFoulModule
 from mvcli.scoring import score_command
@@ -85,6 +89,9 @@ class MVCLI(LightningCLI):
         environment) still wins, since the arguments are parsed again over these defaults.
         """
         subcommand = self.config.get("subcommand")
+        last = self._resolve_last_checkpoint(subcommand)
+        for key, value in last.items():
+            self.config[subcommand][key] = value
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
         if not ckpt_path or not Path(ckpt_path).is_file():
             return
@@ -92,6 +99,40 @@ class MVCLI(LightningCLI):
         if defaults:
             self._subcommand_parsers[subcommand].set_defaults(defaults)
             super().parse_arguments(self.parser, self._args)
+            for key, value in last.items():  # the new parse said "last" again
+                self.config[subcommand][key] = value
+
+    def _resolve_last_checkpoint(self, subcommand: str | None) -> dict[str, Any]:
+        """``--ckpt_path last``: the newest ``last*.ckpt`` of the run whose ``config.yaml`` is
+        given, else of the newest run of the configured logger; logging continues in that
+        run's folder (so its history.json and event files go on)."""
+        if not subcommand or self.config[subcommand].get("ckpt_path") != "last":
+            return {}
+        cfg = self.config[subcommand]
+        run_dirs = [Path(str(c)).resolve().parent for c in reversed(cfg.get("config") or [])]
+        logger = cfg.get("trainer.logger")
+        args = logger.get("init_args") if hasattr(logger, "get") else None
+        logger_root = None
+        if args is not None and args.get("save_dir") is not None:
+            logger_root = Path(str(args.get("save_dir"))) / str(args.get("name") or "")
+        searched = run_dirs + ([logger_root] if logger_root is not None else [])
+        for folder in searched:
+            path = newest_last_checkpoint([folder])
+            if path is not None:
+                break
+        else:
+            where = ", ".join(str(f) for f in searched) or "the configured run folders"
+            raise ValueError(
+                f"--ckpt_path last: no last.ckpt found in {where}. Pass a run's config "
+                "(--config runs/<name>/version_<n>/config.yaml) or a checkpoint path."
+            )
+        resolved = {"ckpt_path": str(path)}
+        run_dir = path.parent.parent  # <save_dir>/<name>/<version>/checkpoints/last.ckpt
+        if args is not None and "version" in args and args.get("version") is None:
+            if logger_root is not None and run_dir.parent.resolve() == logger_root.resolve():
+                resolved["trainer.logger.init_args.version"] = run_dir.name
+        rank_zero_info(f"--ckpt_path last: resuming from {path}")
+        return resolved
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
@@ -100,6 +141,8 @@ class MVCLI(LightningCLI):
         parser.add_lightning_class_args(ModelCheckpoint, "last_checkpoint")
         parser.set_defaults(CHECKPOINT_DEFAULTS)
         parser.add_lightning_class_args(SubmissionWriter, "prediction_writer")
+        # Every N epochs, kept (off by default); a class of its own so its state is told apart.
+        parser.add_lightning_class_args(PeriodicCheckpoint, "periodic_checkpoint")
         # Backbone freezing strategies, a callback every run has (strategy none by default).
         from mvcli.callbacks.freezing import BackboneFreezing
 
@@ -123,15 +166,45 @@ class MVCLI(LightningCLI):
         has_bar = any(isinstance(c, ProgressBar) for c in callbacks)
         if config.get("enable_progress_bar") is not False and not has_bar:
             extra.append(RichProgressBar())
+        # Exact resume and clean stops on SIGTERM/SIGINT (mvcli.callbacks.resume, .signals).
+        extra += [ResumeState(), GracefulStop()]
         kwargs["callbacks"] = [*callbacks, *extra]
+        plugins = config.get("plugins")
+        plugins = (
+            list(plugins) if isinstance(plugins, list | tuple) else [plugins] if plugins else []
+        )
+        if not any(isinstance(p, CheckpointIO) for p in plugins):
+            kwargs["plugins"] = [*plugins, AtomicCheckpointIO()]
         return super().instantiate_trainer(**kwargs)
 
     def after_fit(self) -> None:
-        ckpt = self.trainer.checkpoint_callback
-        rank_zero_info(f"logs: {self.trainer.log_dir}")
-        if ckpt is not None:
-            rank_zero_info(f"best checkpoint: {ckpt.best_model_path} ({ckpt.best_model_score})")
-            rank_zero_info(f"last checkpoint: {Path(ckpt.dirpath or '') / 'last.ckpt'}")
+        """The run's files, as written: nothing is named that does not exist."""
+        trainer = self.trainer
+        if trainer.log_dir and Path(trainer.log_dir).is_dir():
+            rank_zero_info(f"logs: {trainer.log_dir}")
+        written = False
+        for callback in trainer.checkpoint_callbacks:
+            if not isinstance(callback, ModelCheckpoint):
+                continue
+            if isinstance(callback, PeriodicCheckpoint):
+                kept = sorted(Path(callback.dirpath or ".").glob("periodic-*.ckpt"))
+                if callback._every_n_epochs > 0 and kept:
+                    rank_zero_info(f"periodic checkpoints: {len(kept)} in {callback.dirpath}")
+                    written = True
+                continue
+            path = callback.best_model_path
+            if not path or not Path(path).is_file():
+                continue
+            written = True
+            if callback.monitor is None:
+                rank_zero_info(f"last checkpoint: {path}")
+            else:
+                score = callback.best_model_score
+                value = f" ({callback.monitor} {float(score):.4f})" if score is not None else ""
+                rank_zero_info(f"best checkpoint: {path}{value}")
+        if not written:
+            why = " (fast_dev_run writes none)" if trainer.fast_dev_run else ""
+            rank_zero_info(f"no checkpoint written{why}")
 
 
 def checkpoint_defaults(ckpt_path: Path) -> dict[str, Any]:
