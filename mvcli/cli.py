@@ -19,6 +19,8 @@ from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities import rank_zero_info
 
 from mvcli import __version__
+from mvcli.callbacks.history import TrainingHistory
+from mvcli.callbacks.oom import OOMRecovery
 from mvcli.callbacks.prediction_writer import NothingPredicted, SubmissionWriter
 from mvcli.callbacks.resume import ResumeState
 from mvcli.callbacks.signals import GracefulStop
@@ -143,6 +145,8 @@ class MVCLI(LightningCLI):
         parser.add_lightning_class_args(SubmissionWriter, "prediction_writer")
         # Every N epochs, kept (off by default); a class of its own so its state is told apart.
         parser.add_lightning_class_args(PeriodicCheckpoint, "periodic_checkpoint")
+        # Out-of-memory recovery by batch splitting (on by default on one CUDA device).
+        parser.add_lightning_class_args(OOMRecovery, "oom_recovery")
         # Backbone freezing strategies, a callback every run has (strategy none by default).
         from mvcli.callbacks.freezing import BackboneFreezing
 
@@ -166,8 +170,8 @@ class MVCLI(LightningCLI):
         has_bar = any(isinstance(c, ProgressBar) for c in callbacks)
         if config.get("enable_progress_bar") is not False and not has_bar:
             extra.append(RichProgressBar())
-        # Exact resume and clean stops on SIGTERM/SIGINT (mvcli.callbacks.resume, .signals).
-        extra += [ResumeState(), GracefulStop()]
+        # Exact resume, clean stops on SIGTERM/SIGINT, history.json (mvcli.callbacks.*).
+        extra += [ResumeState(), GracefulStop(), TrainingHistory()]
         kwargs["callbacks"] = [*callbacks, *extra]
         plugins = config.get("plugins")
         plugins = (
