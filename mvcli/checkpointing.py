@@ -64,14 +64,35 @@ class PeriodicCheckpoint(ModelCheckpoint):
         )
 
 
-def last_checkpoint_path(trainer: Trainer) -> str | None:
-    """Where this run's ``last.ckpt`` is (or would be) written."""
+def _last_callback(trainer: Trainer) -> ModelCheckpoint | None:
     for callback in trainer.checkpoint_callbacks:
         if isinstance(callback, ModelCheckpoint) and not isinstance(callback, PeriodicCheckpoint):
-            if callback.filename == LAST_NAME or callback.save_last:
-                if callback.dirpath is not None:
-                    return os.path.join(callback.dirpath, LAST_NAME + callback.FILE_EXTENSION)
+            if (callback.filename == LAST_NAME or callback.save_last) and callback.dirpath:
+                return callback
     return None
+
+
+def last_checkpoint_path(trainer: Trainer) -> str | None:
+    """Where this run's ``last.ckpt`` is (or would be) written."""
+    callback = _last_callback(trainer)
+    if callback is None:
+        return None
+    return os.path.join(callback.dirpath, LAST_NAME + callback.FILE_EXTENSION)
+
+
+def save_last_checkpoint(trainer: Trainer) -> str | None:
+    """Write the current state to ``last.ckpt`` outside the epoch-end schedule (a signal, an
+    OOM stop), as the last-checkpoint callback's own file: the resumed run then overwrites
+    it, rather than writing ``last-v1.ckpt`` beside it."""
+    callback = _last_callback(trainer)
+    path = last_checkpoint_path(trainer)
+    if callback is None or path is None:
+        return None
+    if callback.filename == LAST_NAME:
+        callback.best_model_path = path
+    callback.last_model_path = path
+    trainer.save_checkpoint(path)
+    return path
 
 
 def newest_last_checkpoint(folders: list[Path]) -> Path | None:

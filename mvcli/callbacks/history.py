@@ -74,7 +74,9 @@ class TrainingHistory(Checkpoint):
         now = time.perf_counter()
         train_time = max(self._train_end - self._epoch_start, 1e-9)
         record: dict[str, Any] = {"epoch": trainer.current_epoch, "step": trainer.global_step}
-        record |= {k: _number(v) for k, v in sorted(trainer.callback_metrics.items())}
+        # LearningRateMonitor's step values are left out: the "lr" entry has each group's.
+        metrics = sorted(trainer.callback_metrics.items())
+        record |= {k: _number(v) for k, v in metrics if not k.startswith("lr-")}
         record["lr"] = _learning_rates(trainer)
         params = list(pl_module.parameters())
         total = sum(p.numel() for p in params)

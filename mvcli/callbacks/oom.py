@@ -30,7 +30,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torchmetrics import Metric
 
 from mvcli.callbacks.resume import _load_metric_state, _metric_state
-from mvcli.checkpointing import last_checkpoint_path
+from mvcli.checkpointing import save_last_checkpoint
 
 FAULT_ENV = "MVCLI_FAULT_OOM_ABOVE"
 SETTINGS_HINT = (
@@ -137,9 +137,7 @@ class OOMRecovery(Callback):
     def _on_oom(self, pl_module: LightningModule, size: int) -> None:
         trainer = self._trainer
         if size <= 1:
-            path = last_checkpoint_path(trainer)
-            if path is not None:
-                trainer.save_checkpoint(path)
+            path = save_last_checkpoint(trainer)
             config = Path(trainer.log_dir or trainer.default_root_dir) / "config.yaml"
             raise OutOfMemoryStop(
                 f"mvcli: out of memory with one action per micro-batch (epoch "

@@ -30,7 +30,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from mvcli.checkpointing import last_checkpoint_path
+from mvcli.checkpointing import last_checkpoint_path, save_last_checkpoint
 
 _HANDLED = (signal.SIGTERM, signal.SIGINT)
 
@@ -110,7 +110,7 @@ class GracefulStop(Callback):
         signum = self.signum or signal.SIGTERM
         last = last_checkpoint_path(trainer)
         if self._in_epoch and trainer.global_step > 0:
-            trainer.save_checkpoint(last)  # atomic (mvcli.checkpointing.AtomicCheckpointIO)
+            save_last_checkpoint(trainer)  # atomic (mvcli.checkpointing.AtomicCheckpointIO)
             where = f"epoch {trainer.current_epoch}, mid-epoch"
         else:
             where = f"epoch {trainer.current_epoch}"
