@@ -23,8 +23,8 @@ class TrainingHistory(Checkpoint):
     """Writes ``<log dir>/history.json``: a list with one record per finished epoch.
 
     Each record holds every epoch-level metric logged (train and val), the learning rate of
-    each optimizer parameter group, the trainable fraction of the parameters, the epoch's
-    wall time (validation included), the training throughput (actions/s, views/s), the
+    each optimizer parameter group at the epoch's start, the trainable fraction of the
+    parameters, the epoch's wall time (validation included), the training throughput (actions/s, views/s), the
     fraction of the training time spent waiting for the data loader, and the peak memory of
     the epoch (CUDA: peak allocated by torch on the device; CPU: the process's peak RSS).
 
@@ -45,10 +45,12 @@ class TrainingHistory(Checkpoint):
         self._wait = 0.0
         self._actions = 0
         self._views = 0
+        self._lrs: dict[str, float] | None = None
 
     # -- measuring ---------------------------------------------------------------------------
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._reset_epoch()
+        self._lrs = _learning_rates(trainer)
         if pl_module.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(pl_module.device)
 
@@ -57,6 +59,8 @@ class TrainingHistory(Checkpoint):
     ) -> None:
         # Time since the previous step ended: fetching the batch (and moving it to the device).
         self._wait += time.perf_counter() - self._last_batch_end
+        if self._lrs is None:  # an epoch resumed mid-way has no epoch start
+            self._lrs = _learning_rates(trainer)
 
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs, batch: Any, batch_idx: int
@@ -77,7 +81,9 @@ class TrainingHistory(Checkpoint):
         # LearningRateMonitor's step values are left out: the "lr" entry has each group's.
         metrics = sorted(trainer.callback_metrics.items())
         record |= {k: _number(v) for k, v in metrics if not k.startswith("lr-")}
-        record["lr"] = _learning_rates(trainer)
+        # As trained with, at the epoch's start (Lightning steps epoch schedulers before the
+        # epoch-end hooks).
+        record["lr"] = self._lrs if self._lrs is not None else _learning_rates(trainer)
         params = list(pl_module.parameters())
         total = sum(p.numel() for p in params)
         trainable = sum(p.numel() for p in params if p.requires_grad)

@@ -54,6 +54,7 @@ def test_history_has_one_full_record_per_epoch(long_run):
         assert 0.0 <= record["data_wait_fraction"] <= 1.0
         assert record["epoch_time_s"] >= record["train_time_s"] > 0
         assert record["peak_memory_mb"] > 0 and record["peak_memory_of"].startswith("cpu")
+    assert records[0]["lr"]["heads"] == 0.006  # as trained with: the epoch's start
     assert records[1]["lr"]["heads"] < records[0]["lr"]["heads"]  # cosine schedule
 
 
