@@ -26,7 +26,8 @@ class TrainingHistory(Checkpoint):
     each optimizer parameter group at the epoch's start, the trainable fraction of the
     parameters, the epoch's wall time (validation included), the training throughput
     (actions/s, views/s), the fraction of the training time spent waiting for the data
-    loader, and the peak memory of the epoch (CUDA: peak allocated by torch on the device; CPU: the process's peak RSS).
+    loader, and the peak memory of the epoch (CUDA: peak allocated by torch on the device;
+    CPU: the process's peak RSS).
 
     The file is rewritten atomically at each epoch end, so a killed run keeps every finished
     epoch; the records travel in the checkpoints, so a resumed run continues them. (A
