@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 from lightning.pytorch import LightningModule, Trainer
-from lightning.pytorch.callbacks import Checkpoint
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_only
 
 from mvcli.io import atomic_write_text
@@ -19,7 +19,7 @@ from mvcli.io import atomic_write_text
 FILENAME = "history.json"
 
 
-class TrainingHistory(Checkpoint):
+class TrainingHistory(Callback):
     """Writes ``<log dir>/history.json``: a list with one record per finished epoch.
 
     Each record holds every epoch-level metric logged (train and val), the learning rate of
@@ -30,13 +30,15 @@ class TrainingHistory(Checkpoint):
     CPU: the process's peak RSS).
 
     The file is rewritten atomically at each epoch end, so a killed run keeps every finished
-    epoch; the records travel in the checkpoints, so a resumed run continues them. (A
-    ``Checkpoint`` subclass only so that Lightning calls it after the module's epoch-end hook,
-    when the epoch's metrics are all logged, and before the checkpoints are written.)
+    epoch; the records travel in the checkpoints, so a resumed run continues them. A record
+    is measured at the epoch end and completed with the metrics once the module's epoch-end
+    hook has logged its own: when a checkpoint is saved (so it travels in it), else at the
+    next epoch start or the end of the run.
     """
 
     def __init__(self) -> None:
         self.records: list[dict[str, Any]] = []
+        self._pending: dict[str, Any] | None = None  # measured, metrics not added yet
         self._reset_epoch()
 
     def _reset_epoch(self) -> None:
@@ -50,6 +52,7 @@ class TrainingHistory(Checkpoint):
 
     # -- measuring ---------------------------------------------------------------------------
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._complete(trainer)
         self._reset_epoch()
         self._lrs = _learning_rates(trainer)
         if pl_module.device.type == "cuda":
@@ -79,9 +82,6 @@ class TrainingHistory(Checkpoint):
         now = time.perf_counter()
         train_time = max(self._train_end - self._epoch_start, 1e-9)
         record: dict[str, Any] = {"epoch": trainer.current_epoch, "step": trainer.global_step}
-        # LearningRateMonitor's step values are left out: the "lr" entry has each group's.
-        metrics = sorted(trainer.callback_metrics.items())
-        record |= {k: _number(v) for k, v in metrics if not k.startswith("lr-")}
         # As trained with, at the epoch's start (Lightning steps epoch schedulers before the
         # epoch-end hooks).
         record["lr"] = self._lrs if self._lrs is not None else _learning_rates(trainer)
@@ -95,8 +95,34 @@ class TrainingHistory(Checkpoint):
         record["views_per_s"] = self._views / train_time
         record["data_wait_fraction"] = min(1.0, self._wait / train_time)
         record |= _peak_memory(pl_module.device)
+        self._pending = record
+
+    def _complete(self, trainer: Trainer) -> None:
+        if self._pending is None:
+            return
+        record, self._pending = self._pending, None
+        # LearningRateMonitor's step values are left out: the "lr" entry has each group's.
+        metrics = sorted(trainer.callback_metrics.items())
+        record = (
+            {"epoch": record["epoch"], "step": record["step"]}
+            | {k: _number(v) for k, v in metrics if not k.startswith("lr-")}
+            | record
+        )
         self.records = [r for r in self.records if r["epoch"] < record["epoch"]] + [record]
         self._write(trainer)
+
+    def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint) -> None:
+        # The callbacks' states were collected before this hook: refresh ours, so the epoch's
+        # record travels in the checkpoint written at its end.
+        self._complete(trainer)
+        if "callbacks" in checkpoint:
+            checkpoint["callbacks"][self.state_key] = self.state_dict()
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._complete(trainer)
+
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception) -> None:
+        self._complete(trainer)
 
     @rank_zero_only
     def _write(self, trainer: Trainer) -> None:
