@@ -32,14 +32,15 @@ def test_tuner_callbacks_update_the_optimizer_lr_and_the_batch_size(synthetic_ro
     overlay = tmp_path / "tuners.yaml"
     overlay.write_text(
         "trainer:\n  callbacks+:\n"
-        "    - class_path: mvcli.callbacks.tuning.LearningRateFinder\n"
-        "      init_args: {num_training_steps: 14, update_attr: true, early_stop_threshold: null}\n"
         "    - class_path: lightning.pytorch.callbacks.BatchSizeFinder\n"
         "      init_args: {init_val: 2, max_trials: 1, steps_per_trial: 1}\n"
+        # 14 LR steps over the epochs of 9 batches of 2 (the LR finder needs more than 11)
+        "    - class_path: mvcli.callbacks.tuning.LearningRateFinder\n"
+        "      init_args: {num_training_steps: 14, update_attr: true, early_stop_threshold: null}\n"
     )
     args = [*_common(synthetic_root, tmp_path), "--config", str(overlay),
-            "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2",
-            "--trainer.limit_val_batches", "1", "--model.backbone_lr_ratio", "0.5"]  # fmt: skip
+            "--trainer.max_epochs", "2", "--trainer.limit_val_batches", "1",
+            "--model.backbone_lr_ratio", "0.5"]  # fmt: skip
     cli = main(["fit", *args])
     finder = next(c for c in cli.trainer.callbacks if isinstance(c, LearningRateFinder))
     sizes = next(c for c in cli.trainer.callbacks if isinstance(c, BatchSizeFinder))
