@@ -22,11 +22,21 @@ from mvcli.callbacks.confusion import ConfusionMatrices
 from mvcli.callbacks.console import ModelSummary as MVModelSummary
 from mvcli.callbacks.console import ProgressBar as MVProgressBar
 from mvcli.callbacks.distributed import DistributedRun
+from mvcli.callbacks.history import TrainingHistory
 from mvcli.callbacks.hparams import RunHParams
 from mvcli.callbacks.nonfinite import NonFiniteGuard
+from mvcli.callbacks.oom import OOMRecovery
 from mvcli.callbacks.prediction_writer import SubmissionWriter
+from mvcli.callbacks.resume import ResumeState
+from mvcli.callbacks.signals import GracefulStop
 from mvcli.callbacks.throughput import Throughput
-from mvcli.checkpoints import SPECIAL_CKPT_PATHS, AtomicCheckpointIO, load_checkpoint
+from mvcli.checkpoints import (
+    SPECIAL_CKPT_PATHS,
+    AtomicCheckpointIO,
+    PeriodicCheckpoint,
+    load_checkpoint,
+    newest_last_checkpoint,
+)
 from mvcli.data.datamodule import PREPROCESSING_KEYS, MVFoulDataModule
 from mvcli.errors import MvcliError, UsageError, report
 from mvcli.help import (
@@ -178,6 +188,9 @@ class MVCLI(LightningCLI):
         subcommand = self.config.get("subcommand")
         if not subcommand:
             return
+        last = self._resolve_last_checkpoint(subcommand)
+        for key, value in last.items():
+            self.config[subcommand][key] = value
         config = self.config[subcommand]
         ckpt_path = config.get("ckpt_path")
         if not ckpt_path:
@@ -190,6 +203,40 @@ class MVCLI(LightningCLI):
         if defaults:
             self._subcommand_parsers[subcommand].set_defaults(defaults)
             super().parse_arguments(self.parser, self._args)
+            for key, value in last.items():  # the new parse said "last" again
+                self.config[subcommand][key] = value
+
+    def _resolve_last_checkpoint(self, subcommand: str | None) -> dict[str, Any]:
+        """``--ckpt_path last``: the newest ``last*.ckpt`` of the run whose ``config.yaml`` is
+        given, else of the newest run of the configured logger; logging continues in that
+        run's folder (so its history.json and event files go on)."""
+        if not subcommand or self.config[subcommand].get("ckpt_path") != "last":
+            return {}
+        cfg = self.config[subcommand]
+        run_dirs = [Path(str(c)).resolve().parent for c in reversed(cfg.get("config") or [])]
+        logger = cfg.get("trainer.logger")
+        args = logger.get("init_args") if hasattr(logger, "get") else None
+        logger_root = None
+        if args is not None and args.get("save_dir") is not None:
+            logger_root = Path(str(args.get("save_dir"))) / str(args.get("name") or "")
+        searched = run_dirs + ([logger_root] if logger_root is not None else [])
+        for folder in searched:
+            path = newest_last_checkpoint([folder])
+            if path is not None:
+                break
+        else:
+            where = ", ".join(str(f) for f in searched) or "the configured run folders"
+            raise UsageError(
+                f"--ckpt_path last: no last.ckpt found in {where}. Pass a run's config "
+                "(--config runs/<name>/version_<n>/config.yaml) or a checkpoint path."
+            )
+        resolved = {"ckpt_path": str(path)}
+        run_dir = path.parent.parent  # <save_dir>/<name>/<version>/checkpoints/last.ckpt
+        if args is not None and "version" in args and args.get("version") is None:
+            if logger_root is not None and run_dir.parent.resolve() == logger_root.resolve():
+                resolved["trainer.logger.init_args.version"] = run_dir.name
+        rank_zero_info(f"--ckpt_path last: resuming from {path}")
+        return resolved
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
@@ -198,6 +245,10 @@ class MVCLI(LightningCLI):
         parser.add_lightning_class_args(ModelCheckpoint, "last_checkpoint")
         parser.set_defaults(CHECKPOINT_DEFAULTS)
         parser.add_lightning_class_args(SubmissionWriter, "prediction_writer")
+        # Every N epochs, kept (off by default); a class of its own so its state is told apart.
+        parser.add_lightning_class_args(PeriodicCheckpoint, "periodic_checkpoint")
+        # Out-of-memory recovery by batch splitting (on by default on one CUDA device).
+        parser.add_lightning_class_args(OOMRecovery, "oom_recovery")
         # Backbone freezing: one callback class per strategy (class_path), NoFreezing default.
         from mvcli.callbacks.freezing import StageFreezing
 
@@ -267,6 +318,8 @@ class MVCLI(LightningCLI):
         has_summary = any(isinstance(c, ModelSummary) for c in callbacks)
         if config.get("enable_model_summary") is not False and not has_summary:
             extra.append(MVModelSummary())
+        # Exact resume, clean stops on SIGTERM/SIGINT, history.json (mvcli.callbacks.*).
+        extra += [ResumeState(), GracefulStop(), TrainingHistory()]
         kwargs["callbacks"] = [*callbacks, *extra]
         trainer = super().instantiate_trainer(**kwargs)
         # Local checkpoints through mvcli's atomic writer (remote or custom IO left alone).
@@ -279,11 +332,33 @@ class MVCLI(LightningCLI):
         return trainer
 
     def after_fit(self) -> None:
-        ckpt = self.trainer.checkpoint_callback
-        rank_zero_info(f"logs: {self.trainer.log_dir}")
-        if ckpt is not None:
-            rank_zero_info(f"best checkpoint: {ckpt.best_model_path} ({ckpt.best_model_score})")
-            rank_zero_info(f"last checkpoint: {Path(ckpt.dirpath or '') / 'last.ckpt'}")
+        """The run's files, as written: nothing is named that does not exist."""
+        trainer = self.trainer
+        if trainer.log_dir and Path(trainer.log_dir).is_dir():
+            rank_zero_info(f"logs: {trainer.log_dir}")
+        written = False
+        for callback in trainer.checkpoint_callbacks:
+            if not isinstance(callback, ModelCheckpoint):
+                continue
+            if isinstance(callback, PeriodicCheckpoint):
+                kept = sorted(Path(callback.dirpath or ".").glob("periodic-*.ckpt"))
+                if callback._every_n_epochs > 0 and kept:
+                    rank_zero_info(f"periodic checkpoints: {len(kept)} in {callback.dirpath}")
+                    written = True
+                continue
+            path = callback.best_model_path
+            if not path or not Path(path).is_file():
+                continue
+            written = True
+            if callback.monitor is None:
+                rank_zero_info(f"last checkpoint: {path}")
+            else:
+                score = callback.best_model_score
+                value = f" ({callback.monitor} {float(score):.4f})" if score is not None else ""
+                rank_zero_info(f"best checkpoint: {path}{value}")
+        if not written:
+            why = " (fast_dev_run writes none)" if trainer.fast_dev_run else ""
+            rank_zero_info(f"no checkpoint written{why}")
 
 
 def checkpoint_defaults(ckpt_path: Path) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from torch import nn
 
 from mvcli import __version__
 from mvcli.data.taxonomy import HEADS
+from mvcli.io import atomic_write_text
 from mvcli.models.network import MultiViewNetwork
 
 ExportFormat = Literal["state_dict", "onnx", "torch_export"]
@@ -108,7 +109,7 @@ def export_network(
                 raise RuntimeError(
                     f"{path}: exported model differs from PyTorch by {worst:.2e} > {tolerance}"
                 )
-    (output_dir / "export.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    atomic_write_text(output_dir / "export.json", json.dumps(manifest, indent=2) + "\n")
     return manifest
 
 

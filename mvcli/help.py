@@ -24,6 +24,7 @@ SUBCOMMAND_HELP = {
     "predict": "write predictions.json for a split or folder of clips",
     "export": "export a checkpoint: state dict, ONNX, torch.export",
     "cache": "decode every view once, ahead of training",
+    "lr_find": "learning-rate range test: suggested LR and its plot",
     "score": "score predictions.json against annotations.json",
     "search": "hyper-parameter search (Optuna) over any config keys",
 }

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 from typing import Literal
 
@@ -381,6 +383,20 @@ class MVFoulModule(LightningModule):
             )
 
     # -- optimisation ----------------------------------------------------------------------
+    @property
+    def lr(self) -> float:
+        """The heads' learning rate: the optimizer's ``lr`` (read and set by LR finders)."""
+        keywords = getattr(self.optimizer, "keywords", {})
+        if "lr" in keywords:
+            return keywords["lr"]
+        default = inspect.signature(self.optimizer).parameters.get("lr")
+        return default.default if default is not None else float("nan")
+
+    @lr.setter
+    def lr(self, value: float) -> None:
+        # configure_optimizers builds from this callable: groups keep their LR ratios.
+        self.optimizer = functools.partial(self.optimizer, lr=value)
+
     def backbone_lr_scale(self, head_lr: float) -> float:
         """Backbone LR / heads LR: ``backbone_lr / head_lr``, else ``backbone_lr_ratio``."""
         if self.hparams.backbone_lr is not None:

@@ -20,14 +20,17 @@ from mvcli.data.annotations import Split
 from mvcli.data.datamodule import PREPROCESSING_KEYS
 from mvcli.errors import UsageError
 from mvcli.export import FORMATS, ExportFormat, export_network
+from mvcli.io import atomic_write_text
 
 # Subcommand name -> arguments LightningCLI fills itself (not exposed as options).
 EXTRA_SUBCOMMANDS: dict[str, set[str]] = {
     "export": {"model", "datamodule"},
     "cache": {"model", "datamodule"},
+    "lr_find": {"model", "datamodule"},
 }
 CacheSplit = Literal[Split, "predict"]
 LabelledSplit = Literal["Train", "Valid", "Test"]
+LRFinderMode = Literal["exponential", "linear"]
 
 
 class MVTrainer(Trainer):
@@ -145,7 +148,70 @@ class MVTrainer(Trainer):
                 repeats=latency_repeats,
                 checkpoint_root=checkpoint.get("datamodule_hyper_parameters", {}).get("root"),
             )
-            (output_dir / "export.json").write_text(json.dumps(manifest, indent=2) + "\n")
+            atomic_write_text(output_dir / "export.json", json.dumps(manifest, indent=2) + "\n")
             report = manifest["compression"]
             rank_zero_info(format_table(report["variants"], report["eval_split"]))
         return manifest
+
+    def lr_find(
+        self,
+        model: LightningModule,
+        datamodule: LightningDataModule | None = None,
+        min_lr: float = 1e-6,
+        max_lr: float = 1.0,
+        num_training: int = 100,
+        mode: LRFinderMode = "exponential",
+        early_stop_threshold: float | None = 4.0,
+    ) -> dict:
+        """Lightning's learning-rate range test on the config: suggests the heads' LR.
+
+        Trains ``num_training`` batches from the config's starting point while the LR grows
+        from ``min_lr`` to ``max_lr`` (every parameter group at the same LR), records the
+        loss, then puts the model back. Saves the loss-vs-LR plot as ``lr_find.png`` in the
+        log folder and prints the suggestion with the YAML line to use it.
+
+        Args:
+            model: the LightningModule of the config.
+            datamodule: its data module.
+            min_lr: smallest LR tried.
+            max_lr: largest LR tried.
+            num_training: batches (LR values) tried.
+            mode: how the LR grows: ``exponential`` or ``linear``.
+            early_stop_threshold: stop once the loss exceeds this multiple of the best loss
+                (None: never).
+        """
+        import matplotlib
+
+        matplotlib.use("Agg")  # files only: no display on a training node
+        import matplotlib.pyplot as plt
+        from lightning.pytorch.tuner import Tuner
+
+        finder = Tuner(self).lr_find(
+            model,
+            datamodule=datamodule,
+            min_lr=min_lr,
+            max_lr=max_lr,
+            num_training=num_training,
+            mode=mode,
+            early_stop_threshold=early_stop_threshold,
+            update_attr=False,
+        )
+        if finder is None:
+            raise ValueError("lr_find did not run (it is skipped under trainer.fast_dev_run)")
+        suggestion = finder.suggestion()
+        folder = Path(self.log_dir or self.default_root_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        plot = folder / "lr_find.png"
+        figure = finder.plot(suggest=suggestion is not None)
+        figure.savefig(plot, dpi=120, bbox_inches="tight")
+        plt.close(figure)
+        tried = len(finder.results.get("lr", []))
+        if suggestion is None:
+            print(f"lr_find: no suggestion from {tried} LRs (loss flat or noisy); plot: {plot}")
+        else:
+            print(
+                f"lr_find: suggested heads' LR {suggestion:.3g} ({tried} LRs tried); plot: {plot}\n"
+                f"  YAML: model: {{optimizer: {{init_args: {{lr: {suggestion:.3g}}}}}}}\n"
+                f"  CLI:  --model.optimizer.init_args.lr {suggestion:.3g}"
+            )
+        return {"suggestion": suggestion, "plot": str(plot), "lrs_tried": tried}

@@ -23,10 +23,13 @@ from mvcli.data.dataset import MultiViewDataset
 from mvcli.data.sampler import (
     BalanceTarget,
     ClassBalancedSampler,
+    EpochShuffleSampler,
     SamplerName,
+    SeededSampler,
     evaluation_sampler,
     group_ids,
 )
+from mvcli.data.seeding import SeededItems
 from mvcli.data.taxonomy import NUM_CLASSES
 from mvcli.data.video import ClipSpec
 from mvcli.errors import DataError, UsageError
@@ -332,9 +335,14 @@ class MVFoulDataModule(LightningDataModule):
 
     # -- loaders -----------------------------------------------------------------------------
     def train_dataloader(self) -> DataLoader:
-        sampler = self.train_sampler()
+        # Order and per-item random choices are functions of (seed, epoch, position) only:
+        # nothing here reads or moves the global RNG, which makes a resumed run exact
+        # (mvcli.callbacks.resume) and the same with any number of workers.
+        dataset = self.datasets["train"]
+        seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
+        order = self.train_sampler() or EpochShuffleSampler(len(dataset), seed=seed)
         return self._loader(
-            self.datasets["train"], self.hparams.batch_size, sampler is None, sampler
+            SeededItems(dataset), self.hparams.batch_size, sampler=SeededSampler(order, seed=seed)
         )
 
     def val_dataloader(self) -> DataLoader:
@@ -356,7 +364,11 @@ class MVFoulDataModule(LightningDataModule):
         return self.hparams.eval_batch_size or self.hparams.batch_size
 
     def _loader(
-        self, dataset: MultiViewDataset, batch_size: int, shuffle: bool = False, sampler=None
+        self,
+        dataset: MultiViewDataset | SeededItems,
+        batch_size: int,
+        shuffle: bool = False,
+        sampler=None,
     ):
         workers = self.hparams.num_workers
         if workers is None:
@@ -372,6 +384,9 @@ class MVFoulDataModule(LightningDataModule):
             num_workers=workers,
             collate_fn=collate_views,
             pin_memory=self.hparams.pin_memory and _has_accelerator(),
+            # Workers' base seed from the loader's own generator, not the global RNG: how many
+            # loaders were started (workers persist or not) must not move the training's RNG.
+            generator=torch.Generator().manual_seed(int(os.environ.get("PL_GLOBAL_SEED", 0))),
             **extra,
         )
 

@@ -126,3 +126,59 @@ def evaluation_sampler(dataset, trainer) -> Sampler[int] | None:
     return UnrepeatedDistributedSampler(
         dataset, num_replicas=world, rank=trainer.global_rank, shuffle=False
     )
+
+
+class EpochShuffleSampler(Sampler[int]):
+    """A plain shuffle drawn from (seed, epoch) only, so a resumed run draws the same order.
+
+    (torch's RandomSampler draws from the global RNG, whose state depends on what ran before.)
+    """
+
+    def __init__(self, size: int, seed: int = 0) -> None:
+        self.size = int(size)
+        self.seed = int(seed)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return iter(torch.randperm(self.size, generator=generator).tolist())
+
+    def __len__(self) -> int:
+        return self.size
+
+
+class SeededSampler(Sampler[tuple[int, int]]):
+    """Yields ``(index, item_seed)``: each item's random choices are seeded from (seed, epoch,
+    position), so they do not depend on which worker draws the item or on that worker's past.
+
+    With persistent workers a worker's RNG stream runs on across epochs; a resumed run starts
+    new workers, so anything drawn from it would differ from the uninterrupted run.
+
+    Args:
+        sampler: the index order (with ``set_epoch``).
+        seed: base seed of the items' random choices.
+    """
+
+    def __init__(self, sampler: Sampler[int], seed: int = 0) -> None:
+        self.sampler = sampler
+        self.seed = int(seed)
+        self.epoch = 0
+        self.skip = 0  # items of this epoch already trained on (mid-epoch resume), used once
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(epoch)
+
+    def __iter__(self):
+        skip, self.skip = self.skip, 0
+        base = (self.seed * 1_000_003 + self.epoch) * 1_000_003
+        for position, index in enumerate(self.sampler):
+            if position >= skip:
+                yield index, (base + position) % (2**63)
+
+    def __len__(self) -> int:
+        return len(self.sampler)

@@ -26,7 +26,7 @@ class Probe(Callback):
 
     def on_train_epoch_start(self, trainer, pl_module):
         self.ids = []
-        self.shard = list(trainer.train_dataloader.sampler)
+        self.shard = [index for index, _seed in trainer.train_dataloader.sampler]
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         self.ids += list(batch["action_id"])

@@ -143,7 +143,7 @@ def test_datamodule_sampler_choices(synthetic_root):
         dm = make(name)
         assert dm.balanced_heads == heads
         loader = dm.train_dataloader()
-        assert isinstance(loader.sampler, ClassBalancedSampler)
+        assert isinstance(loader.sampler.sampler, ClassBalancedSampler)  # inside SeededSampler
         assert len(loader.sampler) == len(dm.datasets["train"])
     progressive = make("progressive", progressive_epochs=3, progressive_target="action")
     assert progressive.balanced_heads == ("action",)
@@ -174,7 +174,7 @@ def test_fit_loop_sets_the_epoch(synthetic_root, tmp_path):
     drawn = _DrawnIds()
     cli.trainer.callbacks.append(drawn)
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
-    sampler = cli.trainer.train_dataloader.sampler
+    sampler = cli.trainer.train_dataloader.sampler.sampler  # inside SeededSampler
     assert isinstance(sampler, ClassBalancedSampler)
     records = cli.datamodule.datasets["train"].records
     for epoch, ids in enumerate(drawn.ids):

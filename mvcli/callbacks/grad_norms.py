@@ -1,0 +1,60 @@
+"""Gradient norms, total and per optimizer parameter group (Lightning's ``grad_norm``)."""
+
+from __future__ import annotations
+
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.utilities import grad_norm
+from torch.optim import Optimizer
+
+
+class GradientNorms(Callback):
+    """Logs ``train/grad_norm/total`` and ``train/grad_norm/<group>`` (the optimizer's
+    parameter groups: ``heads``, ``backbone``, unfrozen stages) before optimizer steps.
+
+    Computed after gradient unscaling (16-mixed) and before clipping, so the values show what
+    clipping acts on.
+
+    Args:
+        norm_type: the p of the p-norm (2.0: Euclidean; ``inf``: largest absolute value).
+        every_n_steps: optimizer steps between two logs.
+        per_parameter: also log each parameter's norm (Lightning's ``grad_<p>_norm/<name>``).
+    """
+
+    def __init__(
+        self, norm_type: float = 2.0, every_n_steps: int = 50, per_parameter: bool = False
+    ) -> None:
+        if every_n_steps < 1:
+            raise ValueError(f"GradientNorms.every_n_steps must be >= 1, got {every_n_steps}")
+        self.norm_type = float(norm_type)
+        self.every_n_steps = every_n_steps
+        self.per_parameter = per_parameter
+
+    def on_before_optimizer_step(
+        self, trainer: Trainer, pl_module: LightningModule, optimizer: Optimizer
+    ) -> None:
+        if trainer.global_step % self.every_n_steps != 0:
+            return
+        # One norm per parameter, by Lightning; groups and total are norms of those norms.
+        per_param = grad_norm(pl_module, self.norm_type)
+        total = per_param.pop(f"grad_{self.norm_type}_norm_total", None)
+        names = {id(p): n for n, p in pl_module.named_parameters()}
+        prefix = f"grad_{self.norm_type}_norm/"
+        values = {}
+        for i, group in enumerate(optimizer.param_groups):
+            norms = [
+                per_param[prefix + names[id(p)]]
+                for p in group["params"]
+                if id(p) in names and prefix + names[id(p)] in per_param
+            ]
+            if norms:
+                name = group.get("name") or f"group{i}"
+                values[f"train/grad_norm/{name}"] = self._combine(norms)
+        if total is not None:
+            values["train/grad_norm/total"] = total
+            pl_module.log_dict(values, on_step=True, on_epoch=False)
+        if self.per_parameter:
+            pl_module.log_dict(per_param, on_step=True, on_epoch=False)
+
+    def _combine(self, norms: list[torch.Tensor]) -> torch.Tensor:
+        return torch.linalg.vector_norm(torch.stack(norms), self.norm_type)

@@ -1,0 +1,41 @@
+"""Memory housekeeping for long runs on shared or small GPUs."""
+
+from __future__ import annotations
+
+import gc
+
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+
+
+class MemoryCleanup(Callback):
+    """Every ``every_n_steps`` training batches: Python's garbage collector, then the CUDA
+    caching allocator hands its unused blocks back (``torch.cuda.empty_cache``).
+
+    Helps when memory fragments over a long run or other processes share the GPU; costs a
+    little time each call, so it is off unless added (``configs/small_gpu.yaml`` adds it).
+
+    Args:
+        every_n_steps: training batches between two cleanups.
+    """
+
+    def __init__(self, every_n_steps: int = 100) -> None:
+        if every_n_steps < 1:
+            raise ValueError(f"MemoryCleanup.every_n_steps must be >= 1, got {every_n_steps}")
+        self.every_n_steps = every_n_steps
+        self.cleanups = 0
+
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int
+    ) -> None:
+        if (batch_idx + 1) % self.every_n_steps == 0:
+            self.cleanup()
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.cleanup()  # evaluation batches differ in shape from training ones
+
+    def cleanup(self) -> None:
+        gc.collect()
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            torch.cuda.empty_cache()
+        self.cleanups += 1

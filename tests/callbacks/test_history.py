@@ -1,0 +1,88 @@
+"""history.json and the long-run monitors, on one short fit; then its deterministic twin."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from mvcli.callbacks.memory import MemoryCleanup
+from mvcli.cli import main
+from tests.conftest import CONFIGS, tiny_args
+
+
+@pytest.fixture(scope="module")
+def long_run_args(synthetic_root, tmp_path_factory):
+    overlay = tmp_path_factory.mktemp("conf") / "long_run.yaml"
+    overlay.write_text(
+        "trainer:\n  deterministic: true\n  callbacks+:\n"
+        "    - class_path: mvcli.callbacks.grad_norms.GradientNorms\n"
+        "      init_args: {every_n_steps: 1, norm_type: 2.0}\n"
+        "    - class_path: mvcli.callbacks.memory.MemoryCleanup\n"
+        "      init_args: {every_n_steps: 1}\n"
+        # min_delta 1: no epoch can improve enough, so it stops after patience + 1 epochs
+        "    - class_path: lightning.pytorch.callbacks.EarlyStopping\n"
+        "      init_args: {monitor: val/leaderboard, mode: max, patience: 1, min_delta: 1.0}\n"
+    )
+
+    def args(runs: Path) -> list[str]:
+        return ["--config", str(CONFIGS / "demo.yaml"), "--config", str(overlay),
+                *tiny_args(synthetic_root, runs), "--trainer.max_epochs", "5",
+                "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1",
+                "--trainer.num_sanity_val_steps", "0",
+                "--trainer.enable_progress_bar", "false"]  # fmt: skip
+
+    return args
+
+
+@pytest.fixture(scope="module")
+def long_run(long_run_args, tmp_path_factory):
+    return main(["fit", *long_run_args(tmp_path_factory.mktemp("runs"))])
+
+
+def test_history_has_one_full_record_per_epoch(long_run):
+    records = json.loads((Path(long_run.trainer.log_dir) / "history.json").read_text())
+    assert [r["epoch"] for r in records] == [0, 1]  # EarlyStopping: patience 1
+    for record in records:
+        assert {"train/loss", "train/leaderboard", "val/leaderboard", "val/acc_action"} <= set(
+            record
+        )
+        assert set(record["lr"]) == {"heads", "backbone"}
+        assert record["trainable_fraction"] == 1.0
+        assert record["actions_per_s"] > 0 and record["views_per_s"] >= record["actions_per_s"]
+        assert 0.0 <= record["data_wait_fraction"] <= 1.0
+        assert record["epoch_time_s"] >= record["train_time_s"] > 0
+        assert record["peak_memory_mb"] > 0 and record["peak_memory_of"].startswith("cpu")
+    assert records[0]["lr"]["heads"] == 0.006  # as trained with: the epoch's start
+    assert records[1]["lr"]["heads"] < records[0]["lr"]["heads"]  # cosine schedule
+
+
+def test_monitors_log_and_act(long_run):
+    trainer = long_run.trainer
+    assert trainer.early_stopping_callback.stopped_epoch == 1
+    metrics = trainer.callback_metrics
+    for key in ("train/grad_norm/total", "train/grad_norm/heads", "train/grad_norm/backbone"):
+        assert float(metrics[key]) > 0
+    cleanup = next(c for c in trainer.callbacks if isinstance(c, MemoryCleanup))
+    assert cleanup.cleanups == 4 + 2  # every training batch, and after each validation
+
+
+def test_two_seeded_deterministic_runs_are_bit_identical(long_run, long_run_args, tmp_path):
+    twin = main(["fit", *long_run_args(tmp_path)])
+    first, second = long_run.model.state_dict(), twin.model.state_dict()
+    assert all((first[k] == second[k]).all() for k in first)
+    assert (
+        twin.trainer.callback_metrics["val/leaderboard"]
+        == (long_run.trainer.callback_metrics["val/leaderboard"])
+    )
+
+
+def test_max_time_stops_the_run(synthetic_root, tmp_path):
+    args = ["--config", str(CONFIGS / "demo.yaml"), *tiny_args(synthetic_root, tmp_path),
+            "--trainer.max_epochs", "50", "--trainer.max_time", "00:00:00:01",
+            "--trainer.limit_val_batches", "1",
+            "--trainer.enable_progress_bar", "false"]  # fmt: skip
+    cli = main(["fit", *args])
+    assert cli.trainer.current_epoch < 49 and cli.trainer.should_stop
+    assert (Path(cli.trainer.log_dir) / "checkpoints/last.ckpt").is_file()

@@ -1,0 +1,89 @@
+"""OOM recovery: batches split on out-of-memory end with the weights of a clean run."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from mvcli.callbacks.oom import FAULT_ENV, OOMRecovery, OutOfMemoryStop, _slice
+from mvcli.cli import main
+from tests.conftest import CONFIGS, tiny_args
+
+
+def _fit(root, runs, monkeypatch, fault: int | None, *extra: str, batch_norm: bool = False):
+    """One short epoch of the demo; dropout and flips off (they draw per micro-batch) and, unless
+    ``batch_norm``, the tiny backbone's BatchNorm layers replaced by identities: batch
+    statistics are the one thing a split legitimately changes."""
+    if fault is None:
+        monkeypatch.delenv(FAULT_ENV, raising=False)
+    else:
+        monkeypatch.setenv(FAULT_ENV, str(fault))
+    args = ["--config", str(CONFIGS / "demo.yaml"), *tiny_args(root, runs),
+            "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "3",
+            "--trainer.limit_val_batches", "1", "--trainer.enable_progress_bar", "false",
+            "--trainer.num_sanity_val_steps", "0", "--model.head_dropout", "0",
+            "--model.hflip_prob", "0", "--oom_recovery.enabled", "true",
+            # SGD: Adam divides by the gradients' running RMS, which turns last-bit rounding
+            # differences of near-zero gradients into full-size steps.
+            "--model.optimizer", "torch.optim.SGD", "--model.optimizer.lr", "0.05",
+            *extra]  # fmt: skip
+    cli = main(args, run=False)
+    if not batch_norm:
+        backbone = cli.model.network.backbone
+        for name, module in list(backbone.named_modules()):
+            if isinstance(module, nn.BatchNorm3d):
+                parent = (
+                    backbone.get_submodule(name.rpartition(".")[0]) if "." in name else backbone
+                )
+                setattr(parent, name.rpartition(".")[2], nn.Identity())
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    return cli
+
+
+def _oom(cli) -> OOMRecovery:
+    return next(c for c in cli.trainer.callbacks if isinstance(c, OOMRecovery))
+
+
+def _max_diff(a, b) -> float:
+    sa, sb = a.model.state_dict(), b.model.state_dict()
+    return max((sa[k].double() - sb[k].double()).abs().max().item() for k in sa)
+
+
+def test_split_batches_end_with_the_clean_runs_weights(synthetic_root, tmp_path, monkeypatch):
+    clean = _fit(synthetic_root, tmp_path / "clean", monkeypatch, None)
+    split = _fit(synthetic_root, tmp_path / "split", monkeypatch, 1)  # batches of 4 -> 2 -> 1
+    oom = _oom(split)
+    assert oom.events == 2 and oom.micro_batch == 1  # 4 failed, then 2; 1 kept afterwards
+    assert _oom(clean).events == 0
+    diff = _max_diff(clean, split)
+    print(f"max |weight difference| split vs clean: {diff:.3g}")
+    assert diff < 1e-5
+    metrics = split.trainer.callback_metrics
+    assert metrics["train/oom_events"] == 2
+    # Epoch-level figures (a step-level train/loss after a split is its last micro-batch's).
+    for key in ("val/leaderboard", "train/acc_action", "train/bacc_offence_severity"):
+        assert torch.isclose(metrics[key], clean.trainer.callback_metrics[key], atol=1e-5)
+
+
+def test_one_action_that_does_not_fit_saves_and_stops(synthetic_root, tmp_path, monkeypatch):
+    with pytest.raises(OutOfMemoryStop) as stop:
+        _fit(synthetic_root, tmp_path, monkeypatch, 0)
+    message = str(stop.value)
+    assert "data.frames_per_clip" in message and "--ckpt_path last" in message
+    saved = message.split("progress saved in ")[1].split(". ")[0]
+    assert torch.load(saved, weights_only=False)["global_step"] == 0
+
+
+def test_injection_without_recovery_fails_like_a_real_oom(synthetic_root, tmp_path, monkeypatch):
+    with pytest.raises(torch.OutOfMemoryError):
+        _fit(synthetic_root, tmp_path, monkeypatch, 2, "--oom_recovery.enabled", "false")
+
+
+def test_slice_keeps_per_action_entries_and_counts():
+    batch = {"video": torch.zeros(3, 2, 1), "action_id": ["a", "b", "c"], "failed": [{"x": 1}],
+             "action": torch.tensor([0, 1, 2])}  # fmt: skip
+    first, rest = _slice(batch, 0, 2, 3), _slice(batch, 2, 3, 3)
+    assert first["action_id"] == ["a", "b"] and rest["action_id"] == ["c"]
+    assert first["failed"] == [{"x": 1}] and rest["failed"] == []
+    assert rest["action"].tolist() == [2] and first["video"].shape[0] == 2

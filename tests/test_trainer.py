@@ -1,0 +1,52 @@
+"""mvcli's Trainer subcommands and Lightning's tuner callbacks from YAML."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lightning.pytorch.callbacks import BatchSizeFinder
+
+from mvcli.callbacks.tuning import LearningRateFinder
+from mvcli.cli import main
+from tests.conftest import CONFIGS, tiny_args
+
+
+def _common(root, runs) -> list[str]:
+    return ["--config", str(CONFIGS / "demo.yaml"), *tiny_args(root, runs),
+            "--trainer.enable_progress_bar", "false"]  # fmt: skip
+
+
+def test_lr_find_saves_plot_and_prints_the_yaml_line(synthetic_root, tmp_path, capsys):
+    # Lightning's suggestion skips the first 10 and the last point: 14 leave it 3.
+    cli = main(["lr_find", *_common(synthetic_root, tmp_path), "--num_training", "14",
+                "--early_stop_threshold", "null"])  # fmt: skip
+    out = capsys.readouterr().out
+    plot = Path(cli.trainer.log_dir) / "lr_find.png"
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"plot: {plot}" in out and "suggested heads' LR" in out and "14 LRs tried" in out
+    assert "YAML: model: {optimizer: {init_args: {lr: " in out
+    assert "--model.optimizer.init_args.lr " in out
+
+
+def test_tuner_callbacks_update_the_optimizer_lr_and_the_batch_size(synthetic_root, tmp_path):
+    overlay = tmp_path / "tuners.yaml"
+    overlay.write_text(
+        "trainer:\n  callbacks+:\n"
+        "    - class_path: lightning.pytorch.callbacks.BatchSizeFinder\n"
+        "      init_args: {init_val: 2, max_trials: 1, steps_per_trial: 1}\n"
+        # 14 LR steps over the epochs of 9 batches of 2 (the LR finder needs more than 11)
+        "    - class_path: mvcli.callbacks.tuning.LearningRateFinder\n"
+        "      init_args: {num_training_steps: 14, update_attr: true, early_stop_threshold: null}\n"
+    )
+    args = [*_common(synthetic_root, tmp_path), "--config", str(overlay),
+            "--trainer.max_epochs", "2", "--trainer.limit_val_batches", "1",
+            "--model.backbone_lr_ratio", "0.5"]  # fmt: skip
+    cli = main(["fit", *args])
+    finder = next(c for c in cli.trainer.callbacks if isinstance(c, LearningRateFinder))
+    sizes = next(c for c in cli.trainer.callbacks if isinstance(c, BatchSizeFinder))
+    # From init_val 2 (one trial), not the config's 4: the data module's batch size was set.
+    assert cli.datamodule.hparams.batch_size == sizes.optimal_batch_size == 2
+    suggestion = finder.optimal_lr.suggestion()
+    assert suggestion is not None and cli.model.lr == suggestion
+    groups = {g["name"]: g["initial_lr"] for g in cli.trainer.optimizers[0].param_groups}
+    assert groups == {"heads": suggestion, "backbone": suggestion * 0.5}
