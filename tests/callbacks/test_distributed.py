@@ -85,13 +85,18 @@ def ddp_runs(clean_root, tmp_path_factory):
     ckpt = base / "fit/demo/version_0/checkpoints/last.ckpt"
     evaluate = ["--ckpt_path", str(ckpt)]
     run_two_nodes(
-        ["validate", *TWO_NODES, *tiny_args(clean_root, base / "validate2"), *evaluate], base
-    )
-    run_two_nodes(["test", *TWO_NODES, *tiny_args(clean_root, base / "test2"), *evaluate], base)
+        ["validate", *TWO_NODES, *tiny_args(clean_root, base), *evaluate,
+         "--output_dir", str(base / "validate2")], base
+    )  # fmt: skip
+    run_two_nodes(
+        ["test", *TWO_NODES, *tiny_args(clean_root, base), *evaluate,
+         "--output_dir", str(base / "test2")], base
+    )  # fmt: skip
     pred2 = base / "pred2/predictions.json"
     run_two_nodes(
         [
-            "predict", *TWO_NODES, *tiny_args(clean_root, base / "p2"), *evaluate,
+            "predict", *TWO_NODES, *tiny_args(clean_root, base), *evaluate,
+            "--output_dir", str(base / "p2"),
             "--prediction_writer.output_path", str(pred2),
         ],
         base,
@@ -99,11 +104,13 @@ def ddp_runs(clean_root, tmp_path_factory):
     wall = time.perf_counter() - started
     print(f"\n2-process fit + validate + test + predict: {wall:.1f} s")
     for stage in ("validate", "test"):
-        main([stage, *ONE_PROCESS, *tiny_args(clean_root, base / f"{stage}1"), *evaluate])
+        main([stage, *ONE_PROCESS, *tiny_args(clean_root, base), *evaluate,
+              "--output_dir", str(base / f"{stage}1")])  # fmt: skip
     pred1 = base / "pred1/predictions.json"
     main(
         [
-            "predict", *ONE_PROCESS, *tiny_args(clean_root, base / "p1"), *evaluate,
+            "predict", *ONE_PROCESS, *tiny_args(clean_root, base), *evaluate,
+            "--output_dir", str(base / "p1"),
             "--prediction_writer.output_path", str(pred1),
         ]
     )  # fmt: skip
@@ -117,6 +124,7 @@ def _metrics(base: Path, stage: str, processes: int) -> dict[str, float]:
 
 def test_two_process_fit_writes_each_file_once(ddp_runs):
     fit = ddp_runs["base"] / "fit"
+    # The fit's own config.yaml, written once (eval runs write theirs into --output_dir).
     assert [p.relative_to(fit) for p in fit.rglob("config.yaml")] == [
         Path("demo/version_0/config.yaml")
     ]
