@@ -30,14 +30,14 @@ LOGGER_DEFAULT = {
 }
 # What a checkpoint carries into later runs: the model's own choices and the preprocessing.
 # Link targets (sizes, classes) follow from the data values; locations and loader settings
-# belong to the machine the run is on.
+# belong to the machine the run is on. Other keys of a checkpoint are dropped (model.hflip_prob
+# of older runs: the flip is now part of data.augmentation, which only training uses).
 _MODEL_KEYS = {
     "backbone",
     "pooling",
     "head_dropout",
     "task_weights",
     "label_smoothing",
-    "hflip_prob",
 }
 _DATA_KEYS = {*PREPROCESSING_KEYS, "num_views", "min_frames"}
 CHECKPOINT_DEFAULTS = {
