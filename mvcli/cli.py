@@ -18,6 +18,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 
 from mvcli import __version__
+from mvcli.callbacks.augmentation_preview import AugmentationPreview
 from mvcli.callbacks.prediction_writer import NothingPredicted, SubmissionWriter
 from mvcli.data.datamodule import PREPROCESSING_KEYS, MVFoulDataModule, NothingToPredict
 from mvcli.module import MVFoulModule
@@ -123,6 +124,7 @@ class MVCLI(LightningCLI):
         has_bar = any(isinstance(c, ProgressBar) for c in callbacks)
         if config.get("enable_progress_bar") is not False and not has_bar:
             extra.append(RichProgressBar())
+        extra.append(AugmentationPreview())  # acts at the first training batch only
         kwargs["callbacks"] = [*callbacks, *extra]
         return super().instantiate_trainer(**kwargs)
 

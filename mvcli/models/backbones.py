@@ -220,6 +220,7 @@ def build_backbone(
         # Checked before building: it is cheaper, and clearer than a constructor's error.
         _CONSTRAINTS[name].check(name, frames, height, width)
         backbone = _FAMILIES[name](name)
+    backbone.constraints.check(name, frames, height, width)
     if pretrained == "torchvision":
         load_state(backbone, torchvision_state_dict(name), f"torchvision weights of {name}")
     elif pretrained is not None:
