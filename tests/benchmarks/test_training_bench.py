@@ -75,6 +75,8 @@ def _cli(root, runs, size: tuple[int, int, int], steps: int, bare: bool):
         "--trainer.num_sanity_val_steps", "0",
         # No LR schedule: the plain loop then builds the very same optimizer (no Trainer).
         "--model.lr_scheduler", "null",
+        # Lightning's overhead only: augmentation has its own benchmark (test_augment_bench).
+        "--data.augmentation.preset", "none",
     ]  # fmt: skip
     if bare:
         args += ["--trainer.logger", "false", "--trainer.enable_progress_bar", "false"]
@@ -97,8 +99,6 @@ def plain_loop(module, batches: list[dict]) -> tuple[list[float], list[float]]:
     for batch in batches:
         starts.append(_now())
         batch = dict(batch)
-        if module.hparams.hflip_prob > 0:
-            batch["video"] = module._hflip(batch["video"])
         logits = module(batch["video"], batch["view_mask"])
         loss, _ = module.criterion(logits, batch)
         for head in module.heads:

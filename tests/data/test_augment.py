@@ -173,7 +173,9 @@ def test_rarer_severity_is_augmented_more_often():
     b = 400
     batch = _batch(b=b, v=1, t=2, h=4, w=4, padded=False)
     batch["offence_severity"] = torch.arange(b) % 2  # classes 0 and 1
-    aug = BatchAugmenter(Augmentation(preset="none", noise_prob=0.25, noise_std=0.2), [1.0, 3.0, 1, 1])
+    aug = BatchAugmenter(
+        Augmentation(preset="none", noise_prob=0.25, noise_std=0.2), [1.0, 3.0, 1, 1]
+    )
     changed = (aug(batch)["video"] != batch["video"]).flatten(1).any(1).float()
     common, rare = changed[0::2].mean(), changed[1::2].mean()
     assert abs(common - 0.25) < 0.08 and abs(rare - 0.75) < 0.08
