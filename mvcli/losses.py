@@ -97,6 +97,20 @@ def focal_loss(
     return (terms * alpha).sum() / alpha[target].sum()
 
 
+def _weighted_soft_cross_entropy(
+    logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, label_smoothing: float
+) -> torch.Tensor:
+    """Class-weighted cross-entropy of soft targets, normalised as torch normalises class
+    indices (by sum_i q_i . w, not by the batch size), so one-hot targets give the same value.
+    """
+    num_classes = logits.shape[-1]
+    q = _probabilities(target, num_classes)
+    smoothed = q * (1.0 - label_smoothing) + label_smoothing / num_classes
+    weight = weight.to(logits)
+    terms = -(smoothed * weight * F.log_softmax(logits, dim=-1)).sum()
+    return terms / (q @ weight).sum()
+
+
 def _probabilities(target: torch.Tensor, num_classes: int) -> torch.Tensor:
     """Class indices (B,) -> one-hot (B, C); class probabilities (B, C) pass through."""
     if target.is_floating_point():
@@ -158,10 +172,14 @@ class HeadLoss(nn.Module):
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """``target``: class indices (B,) or class probabilities (B, C) (soft targets)."""
         logits = logits.float()
+        if target.is_floating_point():
+            target = _probabilities(target, logits.shape[-1])  # checked: one value per class
         if self.kind == "focal":
             alpha = self.class_weights if self.alpha_from_weights else self.alpha
             return focal_loss(logits, target, self.focal_gamma, alpha, self.label_smoothing)
         weight = self.class_weights if self.kind == "weighted" else None
+        if weight is not None and target.is_floating_point():
+            return _weighted_soft_cross_entropy(logits, target, weight, self.label_smoothing)
         return F.cross_entropy(logits, target, weight=weight, label_smoothing=self.label_smoothing)
 
     def extra_repr(self) -> str:
