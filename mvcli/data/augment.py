@@ -2,7 +2,8 @@
 
 One batched pipeline over the uint8 ``(B, V, C, T, H, W)`` video of a training batch:
 random parameters are drawn per action (``view_policy: same``: every view of an action gets
-the same crop, flip, colour and timing) or per view (``independent``), then every op runs
+the same crop, flip, colour and time shift; frame drops are per view, as streams stutter
+independently) or per view (``independent``), then every op runs
 once for the whole batch as tensor ops (an affine ``grid_sample`` for crop + flip, per-clip
 factors for colour, one ``gather`` for time), never a loop over samples. The result is
 uint8 again (normalisation happens inside the network) and padded views stay zero.
