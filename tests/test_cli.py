@@ -14,6 +14,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from mvcli import __version__
 from mvcli.cli import checkpoint_defaults, main
 from mvcli.data.annotations import read_split
+from mvcli.models.backbones import KINETICS_MEAN, KINETICS_STD
 from mvcli.scoring import score
 from tests.conftest import CONFIGS, tiny_args
 from tests.evaluator import official_evaluate
@@ -99,6 +100,9 @@ def test_env_vars_set_arguments(tmp_path, synthetic_root, monkeypatch):
 @pytest.mark.parametrize(
     ("name", "backbone", "size", "mean", "std", "weights"),
     [
+        # Before: configs/mvfoul.yaml trained r2plus1d_18 from random weights.
+        ("mvfoul.yaml", "r2plus1d_18", (16, 224, 398), KINETICS_MEAN, KINETICS_STD, True),
+        # Before: every backbone got the Kinetics statistics, MViT and Swin3D included.
         ("vars_baseline.yaml", "mvit_v2_s", (16, 224, 224), (0.45,) * 3, (0.225,) * 3, True),
         (
             "sota.yaml",
