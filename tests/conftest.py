@@ -76,13 +76,11 @@ def torch_hub(tmp_path_factory):
     network is never touched: a download writes the file instead of fetching it."""
     import torch
 
-    from mvcli.models.backbones import BACKBONES, build_backbone
+    from mvcli.models.backbones import BACKBONES, build_backbone, default_weights
 
     home = tmp_path_factory.mktemp("torch_home")
     by_file = {}
     for name in BACKBONES:
-        from mvcli.models.backbones import default_weights
-
         weights = default_weights(name)
         if weights is not None:
             by_file[weights.url.rsplit("/", 1)[-1]] = name
