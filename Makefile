@@ -7,7 +7,7 @@ TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 DATA ?= data/synthetic
 RUNS ?= runs
 
-.PHONY: install test test-all lint format demo demo-shuffled data bench balancing clean
+.PHONY: install test test-all lint format demo demo-shuffled demo-hard data bench balancing clean
 
 # Idempotent: a stamp file records that the install matches pyproject.toml.
 install: $(VENV)/.installed
@@ -42,6 +42,11 @@ demo: install data
 
 demo-shuffled: install data
 	$(PY) -m mvcli.demo --data_root $(DATA) --runs $(RUNS) --shuffle_labels true
+
+# The demo on the real class frequencies (red cards ~2%) and annotation quirks, balanced.
+demo-hard: install
+	$(PY) -m mvcli.demo --data_root data/synthetic-hard --runs $(RUNS) --name demo-hard \
+		--imbalance real --quirks true --overlay configs/demo_hard.yaml
 
 bench: install
 	$(PY) -m pytest -q -m bench tests/benchmarks -s

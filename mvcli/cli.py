@@ -18,6 +18,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 from lightning.pytorch.utilities import rank_zero_info
 
 from mvcli import __version__
+from mvcli.callbacks.augmentation_preview import AugmentationPreview
 from mvcli.callbacks.confusion import ConfusionMatrices
 from mvcli.callbacks.console import ModelSummary as MVModelSummary
 from mvcli.callbacks.console import ProgressBar as MVProgressBar
@@ -59,14 +60,14 @@ LOGGER_DEFAULT = {
 }
 # What a checkpoint carries into later runs: the model's own choices and the preprocessing.
 # Link targets (sizes, classes) follow from the data values; locations and loader settings
-# belong to the machine the run is on.
+# belong to the machine the run is on. Other keys of a checkpoint are dropped (model.hflip_prob
+# of older runs: the flip is now part of data.augmentation, which only training uses).
 _MODEL_KEYS = {
     "backbone",
     "pooling",
     "head_dropout",
     "task_weights",
     "label_smoothing",
-    "hflip_prob",
 }
 _DATA_KEYS = {*PREPROCESSING_KEYS, "num_views", "min_frames"}
 CHECKPOINT_DEFAULTS = {
@@ -320,6 +321,7 @@ class MVCLI(LightningCLI):
             extra.append(MVModelSummary())
         # Exact resume, clean stops on SIGTERM/SIGINT, history.json (mvcli.callbacks.*).
         extra += [ResumeState(), GracefulStop(), TrainingHistory()]
+        extra.append(AugmentationPreview())  # acts at the first training batch only
         kwargs["callbacks"] = [*callbacks, *extra]
         trainer = super().instantiate_trainer(**kwargs)
         # Local checkpoints through mvcli's atomic writer (remote or custom IO left alone).

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Literal
 
 from jsonargparse import CLI
 
@@ -23,7 +24,11 @@ def run_demo(
     data_root: Path = Path("data/synthetic"),
     runs: Path = Path("runs"),
     config: Path = CONFIG,
+    overlay: Path | None = None,
     shuffle_labels: bool = False,
+    imbalance: Literal["none", "real"] = "none",
+    quirks: bool = False,
+    name: str | None = None,
     max_epochs: int | None = None,
 ) -> dict:
     """Train, test and predict on the synthetic set; print where everything is.
@@ -32,20 +37,29 @@ def run_demo(
         data_root: synthetic dataset folder (written if absent).
         runs: folder for logs, checkpoints and predictions.
         config: training config.
+        overlay: a config stacked on ``config`` (``configs/demo_hard.yaml``).
         shuffle_labels: train on a copy whose labels are shuffled across actions (written
             beside ``data_root``); the score must then stay near chance.
+        imbalance: label frequencies of a dataset written here: ``none`` (balanced) or
+            ``real`` (the real Train split's: red cards ~2%).
+        quirks: a dataset written here gets the real data's annotation quirks.
+        name: run name under ``runs`` (default: ``demo``, ``demo-shuffled``).
         max_epochs: override the config's epoch count.
     """
     start = time.perf_counter()
     data_root = Path(data_root)
-    name = "demo"
+    name = name or ("demo-shuffled" if shuffle_labels else "demo")
     if shuffle_labels:
         data_root = data_root.with_name(data_root.name + "-shuffled")
-        name = "demo-shuffled"
     if not (data_root / "Test" / "annotations.json").is_file():
         print(f"writing synthetic dataset to {data_root} ...")
-        write_synthetic_dataset(data_root, shuffle_labels=shuffle_labels)
-    common = ["--config", str(config), "--data.root", str(data_root)]
+        write_synthetic_dataset(
+            data_root, shuffle_labels=shuffle_labels, imbalance=imbalance, quirks=quirks
+        )
+    configs = ["--config", str(config)]
+    if overlay is not None:
+        configs += ["--config", str(overlay)]
+    common = [*configs, "--data.root", str(data_root)]
     extra = ["--trainer.max_epochs", str(max_epochs)] if max_epochs else []
     fit = main(
         [

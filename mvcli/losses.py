@@ -77,20 +77,47 @@ def focal_loss(
     """Multi-class focal loss (Lin et al., 2017), mean over the batch.
 
     Per sample: sum_c q_c * alpha_c * (1 - p_c) ** gamma * (-log p_c), where q is the
-    (label-smoothed) one-hot target. With per-class ``alpha`` the mean is weighted like
-    :func:`torch.nn.functional.cross_entropy`'s (divided by sum_i alpha_{y_i}), so
-    ``gamma=0`` gives exactly (weighted, label-smoothed) cross-entropy.
+    (label-smoothed) one-hot target, or ``target`` itself when it holds class probabilities
+    (B, C) (mixup/cutmix soft targets). With per-class ``alpha`` the mean is weighted like
+    :func:`torch.nn.functional.cross_entropy`'s (divided by sum_i alpha_{y_i}, for soft
+    targets sum_i q_i . alpha), so ``gamma=0`` gives exactly (weighted, label-smoothed)
+    cross-entropy for class-index targets.
     """
     logp = F.log_softmax(logits.float(), dim=-1)
     num_classes = logp.shape[-1]
-    q = F.one_hot(target, num_classes).float() * (1.0 - label_smoothing)
+    q = _probabilities(target, num_classes) * (1.0 - label_smoothing)
     q = q + label_smoothing / num_classes
     modulating = (1.0 - logp.exp()).clamp(min=0.0).pow(gamma) if gamma else 1.0
     terms = -q * modulating * logp
     if alpha is None:
         return terms.sum(-1).mean()
     alpha = alpha.to(terms)
+    if target.is_floating_point():
+        return (terms * alpha).sum() / (target.float() @ alpha).sum()
     return (terms * alpha).sum() / alpha[target].sum()
+
+
+def _weighted_soft_cross_entropy(
+    logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, label_smoothing: float
+) -> torch.Tensor:
+    """Class-weighted cross-entropy of soft targets, normalised as torch normalises class
+    indices (by sum_i q_i . w, not by the batch size), so one-hot targets give the same value.
+    """
+    num_classes = logits.shape[-1]
+    q = _probabilities(target, num_classes)
+    smoothed = q * (1.0 - label_smoothing) + label_smoothing / num_classes
+    weight = weight.to(logits)
+    terms = -(smoothed * weight * F.log_softmax(logits, dim=-1)).sum()
+    return terms / (q @ weight).sum()
+
+
+def _probabilities(target: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Class indices (B,) -> one-hot (B, C); class probabilities (B, C) pass through."""
+    if target.is_floating_point():
+        if target.shape[-1] != num_classes:
+            raise ValueError(f"soft targets need {num_classes} classes, got {tuple(target.shape)}")
+        return target.float()
+    return F.one_hot(target, num_classes).float()
 
 
 class HeadLoss(nn.Module):
@@ -143,11 +170,16 @@ class HeadLoss(nn.Module):
         self.class_weights.copy_(weights)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """``target``: class indices (B,) or class probabilities (B, C) (soft targets)."""
         logits = logits.float()
+        if target.is_floating_point():
+            target = _probabilities(target, logits.shape[-1])  # checked: one value per class
         if self.kind == "focal":
             alpha = self.class_weights if self.alpha_from_weights else self.alpha
             return focal_loss(logits, target, self.focal_gamma, alpha, self.label_smoothing)
         weight = self.class_weights if self.kind == "weighted" else None
+        if weight is not None and target.is_floating_point():
+            return _weighted_soft_cross_entropy(logits, target, weight, self.label_smoothing)
         return F.cross_entropy(logits, target, weight=weight, label_smoothing=self.label_smoothing)
 
     def extra_repr(self) -> str:
@@ -215,7 +247,12 @@ class MultiTaskLoss(nn.Module):
     def forward(
         self, logits: Mapping[str, torch.Tensor], batch: Mapping[str, torch.Tensor]
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        parts = {head: loss(logits[head], batch[head]) for head, loss in self.losses.items()}
+        # Mixup/cutmix put class probabilities of both heads in batch["soft_targets"].
+        soft = batch.get("soft_targets") or {}
+        parts = {
+            head: loss(logits[head], soft.get(head, batch[head]))
+            for head, loss in self.losses.items()
+        }
         total = sum(self.task_weights[h] * loss for h, loss in parts.items())
         return total, parts
 

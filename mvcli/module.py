@@ -19,7 +19,6 @@ from torchmetrics.classification import MulticlassConfusionMatrix
 
 from mvcli import __version__
 from mvcli.checkpoints import VERSION_KEY
-from mvcli.data.datamodule import KINETICS_MEAN, KINETICS_STD
 from mvcli.data.taxonomy import HEADS, NUM_CLASSES
 from mvcli.data.video import ClipSpec
 from mvcli.errors import DataError
@@ -32,7 +31,7 @@ from mvcli.losses import (
     format_class_weights,
 )
 from mvcli.metrics import head_metrics, leaderboard
-from mvcli.models.backbones import BackboneName, build_backbone
+from mvcli.models.backbones import BackboneName, build_backbone, normalization
 from mvcli.models.network import MultiViewNetwork
 from mvcli.models.pooling import PoolingName
 from mvcli.outputs import output_dir
@@ -60,7 +59,9 @@ class MVFoulModule(LightningModule):
     Args:
         backbone: video backbone; ``tiny`` is a small 3D CNN for CPU runs.
         pretrained: backbone weights: None (random init), ``torchvision`` (torchvision's
-            default weights, taken from the torch hub cache, never downloaded) or a path to a
+            default weights for the backbone, through torchvision's weights API: downloaded
+            once into the torch hub cache, ``$TORCH_HOME/hub/checkpoints``, checksum
+            verified; offline, the error names the file and where to put it) or a path to a
             weights file.
         pooling: how the views of an action are combined: ``max``, ``mean`` or ``attention``
             (all ignore padded views).
@@ -81,8 +82,6 @@ class MVFoulModule(LightningModule):
         max_weight_ratio: cap on the largest / smallest class weight of a head.
         allow_double_balancing: silence the warning given when a head has class-weighted
             loss and the training sampler also balances its classes (``data.sampler``).
-        hflip_prob: probability of flipping a training action horizontally (all its views
-            together), applied on the device.
         optimizer: optimizer class and arguments (``class_path`` in YAML); its ``lr`` is the
             heads' (and pooling's) learning rate.
         lr_scheduler: optional LR scheduler (``class_path``): e.g. CosineAnnealingLR,
@@ -100,8 +99,10 @@ class MVFoulModule(LightningModule):
         num_frames: frames per clip (linked from ``data.frames_per_clip``).
         img_height: clip height (linked from the data module).
         img_width: clip width (linked from the data module).
-        mean: per-channel normalisation mean in [0, 1] units (linked from the data module).
-        std: per-channel normalisation std in [0, 1] units (linked from the data module).
+        mean: per-channel normalisation mean in [0, 1] units (linked from the data module);
+            None: the backbone's pretrained weights' (:func:`mvcli.models.backbones.normalization`).
+            The values used are kept in ``hparams`` (so in checkpoints and export manifests).
+        std: per-channel normalisation std in [0, 1] units; None: the backbone's.
     """
 
     def __init__(
@@ -119,7 +120,6 @@ class MVFoulModule(LightningModule):
         effective_beta: float = 0.999,
         max_weight_ratio: float | None = None,
         allow_double_balancing: bool = False,
-        hflip_prob: float = 0.5,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         lr_scheduler: LRSchedulerCallable | None = None,
         lr_interval: Literal["auto", "epoch", "step"] = "auto",
@@ -129,8 +129,8 @@ class MVFoulModule(LightningModule):
         num_frames: int = ClipSpec.num_frames,
         img_height: int = ClipSpec.height,
         img_width: int = ClipSpec.width,
-        mean: tuple[float, float, float] = KINETICS_MEAN,
-        std: tuple[float, float, float] = KINETICS_STD,
+        mean: tuple[float, float, float] | None = None,
+        std: tuple[float, float, float] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
@@ -141,6 +141,10 @@ class MVFoulModule(LightningModule):
         weights = {h: 1.0 for h in self.heads} | dict(task_weights or {})
         if set(weights) != set(self.heads):
             raise ValueError(f"model.task_weights keys must be {self.heads}, got {sorted(weights)}")
+        # Resolved once, here: None means "what the backbone's weights expect".
+        default_mean, default_std = normalization(backbone)
+        self.hparams.mean = mean = tuple(mean) if mean is not None else default_mean
+        self.hparams.std = std = tuple(std) if std is not None else default_std
         spec = build_backbone(backbone, num_frames, img_height, img_width, pretrained)
         self.network = MultiViewNetwork(spec, pooling, num_classes, mean, std, head_dropout)
         self.backbone_stages = spec.stages
@@ -190,13 +194,6 @@ class MVFoulModule(LightningModule):
 
     def forward(self, video: torch.Tensor, view_mask: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.network(video, view_mask)
-
-    def _hflip(self, video: torch.Tensor) -> torch.Tensor:
-        flip = torch.rand(video.shape[0], device=video.device) < self.hparams.hflip_prob
-        if flip.any():
-            video = video.clone()
-            video[flip] = video[flip].flip(-1)
-        return video
 
     # -- steps ---------------------------------------------------------------------------
     def _shared_step(self, batch: dict, stage: str) -> torch.Tensor | None:
@@ -264,8 +261,7 @@ class MVFoulModule(LightningModule):
                 f"({[f['action_id'] for f in batch['failed']]}); the training dataset must "
                 "replace unreadable actions (MultiViewDataset(replace_unreadable=True))"
             )
-        if self.hparams.hflip_prob > 0:
-            batch["video"] = self._hflip(batch["video"])  # on the device, after the transfer
+        # Augmentation (the flip included) happened in the data module: mvcli.data.augment.
         return self._shared_step(batch, "train")
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:

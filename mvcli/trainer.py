@@ -113,6 +113,8 @@ class MVTrainer(Trainer):
         output_dir = Path(output_dir or ckpt_path.with_name(ckpt_path.stem + "_export"))
         hparams = getattr(datamodule, "hparams", {})
         preprocessing = {k: hparams[k] for k in PREPROCESSING_KEYS if k in hparams}
+        # The normalisation the model really applies (data.mean/std None: the backbone's).
+        preprocessing |= {k: list(model.hparams[k]) for k in ("mean", "std")}
         manifest = export_network(
             model.network,
             output_dir,

@@ -67,3 +67,33 @@ def tiny_args(root: Path, runs: Path, *extra: str) -> list[str]:
         "--trainer.enable_model_summary", "false",
         *extra,
     ]  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def torch_hub(tmp_path_factory):
+    """A torch hub cache ($TORCH_HOME) where any backbone's default torchvision weights
+    appear (random weights of the right shapes) the first time they are asked for; the
+    network is never touched: a download writes the file instead of fetching it."""
+    import torch
+
+    from mvcli.models.backbones import BACKBONES, build_backbone, default_weights
+
+    home = tmp_path_factory.mktemp("torch_home")
+    by_file = {}
+    for name in BACKBONES:
+        weights = default_weights(name)
+        if weights is not None:
+            by_file[weights.url.rsplit("/", 1)[-1]] = name
+
+    def fake_download(url, dst, hash_prefix=None, progress=True):
+        name = by_file[url.rsplit("/", 1)[-1]]
+        sizes = {"s3d": (8, 32, 32), "mvit_v1_b": (16, 224, 224), "mvit_v2_s": (16, 224, 224)}
+        torch.manual_seed(0)
+        backbone = build_backbone(name, *sizes.get(name, (2, 32, 32)))
+        torch.save(backbone.module.state_dict(), dst)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torch.hub, "_hub_dir", None)
+        patch.setenv("TORCH_HOME", str(home))
+        patch.setattr(torch.hub, "download_url_to_file", fake_download)
+        yield home / "hub"

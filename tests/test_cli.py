@@ -9,16 +9,22 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from mvcli import __version__
-from mvcli.cli import main
+from mvcli.cli import checkpoint_defaults, main
 from mvcli.data.annotations import read_split
 from mvcli.errors import UsageError
+from mvcli.models.backbones import KINETICS_MEAN, KINETICS_STD
 from mvcli.scoring import score
 from tests.conftest import CONFIGS, tiny_args
 from tests.evaluator import official_evaluate
 
-BASE_CONFIGS = {"demo.yaml", "mvfoul.yaml"}  # full recipes; every other file is an overlay
+# Full recipes; every other file is an overlay.
+BASE_CONFIGS = {"demo.yaml", "mvfoul.yaml", "vars_baseline.yaml", "sota.yaml"}
+# Recipes whose backbone needs its full-size input: smoke-run with the tiny one (their size
+# and weights are checked by test_published_recipes_build_at_full_size).
+FULL_SIZE_ONLY = {"vars_baseline.yaml", "sota.yaml"}
 EXTRAS = {"logger_mlflow.yaml": "mlflow", "logger_wandb.yaml": "wandb"}  # optional installs
 
 
@@ -48,12 +54,14 @@ def test_help_shows_argument_docstrings(capsys):
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.glob("*.yaml")))
-def test_every_config_smoke_runs(name, synthetic_root, tmp_path):
+def test_every_config_smoke_runs(name, synthetic_root, tmp_path, torch_hub):
     if name in EXTRAS:
         pytest.importorskip(EXTRAS[name])
     args = ["fit", *_config_stack(name), *tiny_args(synthetic_root, tmp_path)]
     # One process here: multi-process configs run under torchrun in test_distributed.py.
     args += ["--trainer.devices", "1", "--trainer.num_nodes", "1"]
+    if name in FULL_SIZE_ONLY:
+        args += ["--model.backbone", "tiny", "--model.pretrained", "null"]
     cli = main([*args, "--trainer.fast_dev_run", "true", "--trainer.accelerator", "cpu"])
     assert cli.trainer.state.finished
 
@@ -92,6 +100,90 @@ def test_env_vars_set_arguments(tmp_path, synthetic_root, monkeypatch):
     assert cli.datamodule.hparams.num_views == 3
     assert cli.config.fit.seed_everything == 42  # fixed default seed
     assert cli.trainer.current_epoch == 1
+
+
+# The weights are loaded for one recipe (the other costs another ~200 MB file to write).
+@pytest.mark.parametrize(
+    ("name", "backbone", "size", "mean", "std", "weights"),
+    [
+        # Before: configs/mvfoul.yaml trained r2plus1d_18 from random weights.
+        ("mvfoul.yaml", "r2plus1d_18", (16, 224, 398), KINETICS_MEAN, KINETICS_STD, True),
+        # Before: every backbone got the Kinetics statistics, MViT and Swin3D included.
+        ("vars_baseline.yaml", "mvit_v2_s", (16, 224, 224), (0.45,) * 3, (0.225,) * 3, True),
+        (
+            "sota.yaml",
+            "swin3d_s",
+            (32, 224, 398),
+            (0.485, 0.456, 0.406),
+            (0.229, 0.224, 0.225),
+            False,
+        ),
+    ],
+)
+def test_published_recipes_build_at_full_size(name, backbone, size, mean, std, weights, torch_hub):
+    """Each recipe builds its backbone at its size, with torchvision's weights (from the hub
+    cache), normalised with the mean/std those weights expect."""
+    extra = [] if weights else ["--model.pretrained", "null"]
+    cli = main(["--config", str(CONFIGS / name), "--data.cache_dir", "null", *extra], run=False)
+    hp = cli.model.hparams
+    assert (hp.backbone, hp.num_frames, hp.img_height, hp.img_width) == (backbone, *size)
+    assert hp.mean == pytest.approx(mean) and hp.std == pytest.approx(std)
+    assert cli.datamodule.hparams.mean is None  # unset: the backbone's, resolved once
+    net = cli.model.network
+    torch.testing.assert_close(net.shift.flatten(), -torch.tensor(mean) / torch.tensor(std))
+    if weights:
+        path = next((torch_hub / "checkpoints").glob(f"{backbone}-*"))
+        cached = torch.load(path, weights_only=True)
+        key = next(iter(cached))
+        torch.testing.assert_close(net.backbone.state_dict()[key], cached[key])
+
+
+def test_vars_baseline_recipe_values():
+    config = yaml.safe_load((CONFIGS / "vars_baseline.yaml").read_text())
+    model, data = config["model"], config["data"]
+    assert (model["backbone"], model["pretrained"], model["pooling"]) == (
+        "mvit_v2_s",
+        "torchvision",
+        "attention",
+    )
+    assert (data["center_frame"], data["target_fps"], data["frames_per_clip"]) == (75, 17.0, 16)
+    assert model["optimizer"]["init_args"]["lr"] == 1e-4
+    assert (config["trainer"]["max_epochs"], data["batch_size"]) == (60, 2)
+
+
+def test_explicit_mean_wins_over_the_backbones(tmp_path, synthetic_root):
+    args = [*_config_stack("demo.yaml"), *tiny_args(synthetic_root, tmp_path)]
+    cli = main([*args, "--model.backbone", "swin3d_t", "--data.std", "[0.5,0.5,0.5]"], run=False)
+    assert cli.model.hparams.std == (0.5, 0.5, 0.5)
+    assert cli.model.hparams.mean == pytest.approx((0.485, 0.456, 0.406))  # still the weights'
+
+
+def test_checkpoint_keeps_normalisation_and_drops_old_flip_key(trained, tmp_path):
+    _, fit = trained
+    ckpt = torch.load(fit.trainer.checkpoint_callback.best_model_path, weights_only=True)
+    assert ckpt["hyper_parameters"]["mean"] == pytest.approx((0.43216, 0.394666, 0.37645))
+    assert ckpt["datamodule_hyper_parameters"]["augmentation"]["preset"] == "mild"
+    # A checkpoint of an older mvcli (flip in the model) still restores.
+    ckpt["hyper_parameters"]["hflip_prob"] = 0.5
+    old = tmp_path / "old.ckpt"
+    torch.save(ckpt, old)
+    defaults = checkpoint_defaults(old)
+    assert "model.hflip_prob" not in defaults and defaults["model.backbone"] == "tiny"
+
+
+def test_fit_writes_the_augmented_batch_grid(trained):
+    _, fit = trained
+    path = _log_dir(fit) / "augmented_batch.png"
+    assert path.is_file()
+    from torchvision.io import read_image
+
+    image = read_image(str(path))
+    # One row per action of the first batch (4), 2 views x 3 frames per row, 32x56 tiles.
+    assert image.shape[1:] == (2 + 4 * (32 + 2), 2 + 6 * (56 + 2))
+    events = list(_log_dir(fit).glob("events.out.tfevents.*"))
+    accumulator = EventAccumulator(str(events[0]), size_guidance={"images": 0})
+    accumulator.Reload()
+    assert "augmentation/batch" in accumulator.Tags()["images"]
 
 
 def test_backbone_size_error_before_training(tmp_path, synthetic_root):

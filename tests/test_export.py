@@ -42,6 +42,9 @@ def test_manifest_records_parity_and_preprocessing(exported):
         assert set(errors) == {f"{v}_views" for v in PARITY_VIEWS}
         assert max(errors.values()) <= TOLERANCE
     assert manifest["preprocessing"]["frames_per_clip"] == 8
+    # data.mean/std unset: the normalisation really applied (the backbone's) is recorded.
+    assert manifest["preprocessing"]["mean"] == pytest.approx([0.43216, 0.394666, 0.37645])
+    assert manifest["preprocessing"]["std"] == pytest.approx([0.22803, 0.22145, 0.216989])
     assert manifest["outputs"]["action"][0] == "Tackling"
 
 

@@ -193,3 +193,44 @@ def test_double_balancing_is_warned_once_unless_asked(synthetic_root, tmp_path):
         warnings.simplefilter("always")
         _fit(synthetic_root, tmp_path, *both, "--model.allow_double_balancing", "true")
     assert not any("double balancing" in str(w.message) for w in record)
+
+
+# -- soft targets (mixup / cutmix) -----------------------------------------------------------
+@pytest.mark.parametrize("kind", ["plain", "weighted", "focal"])
+def test_one_hot_soft_targets_equal_class_indices(kind):
+    torch.manual_seed(0)
+    logits, target = torch.randn(6, 4), torch.tensor([0, 1, 2, 3, 1, 0])
+    loss = HeadLoss(
+        4, kind, label_smoothing=0.1, focal_alpha="class_weights" if kind == "focal" else None
+    )
+    loss.set_class_weights(torch.tensor([0.5, 1.0, 2.0, 4.0]))
+    soft = F.one_hot(target, 4).float()
+    torch.testing.assert_close(loss(logits, soft), loss(logits, target))
+
+
+def test_mixed_targets_mix_the_losses():
+    """Cross-entropy is linear in the target: lam*CE(y1) + (1-lam)*CE(y2)."""
+    torch.manual_seed(0)
+    logits = torch.randn(5, 8)
+    y1, y2, lam = torch.randint(0, 8, (5,)), torch.randint(0, 8, (5,)), 0.3
+    soft = lam * F.one_hot(y1, 8).float() + (1 - lam) * F.one_hot(y2, 8).float()
+    loss = HeadLoss(8)
+    expected = lam * loss(logits, y1) + (1 - lam) * loss(logits, y2)
+    torch.testing.assert_close(loss(logits, soft), expected)
+
+
+def test_multitask_loss_reads_soft_targets_of_both_heads():
+    torch.manual_seed(0)
+    logits = {"offence_severity": torch.randn(3, 4), "action": torch.randn(3, 8)}
+    batch = {"offence_severity": torch.tensor([0, 1, 2]), "action": torch.tensor([3, 4, 5])}
+    criterion = MultiTaskLoss({"offence_severity": 1.0, "action": 1.0})
+    hard, _ = criterion(logits, batch)
+    soft = {h: F.one_hot(batch[h], n).float() for h, n in (("offence_severity", 4), ("action", 8))}
+    same, _ = criterion(logits, batch | {"soft_targets": soft})
+    torch.testing.assert_close(same, hard)
+    soft["action"] = torch.full((3, 8), 1 / 8)
+    mixed, parts = criterion(logits, batch | {"soft_targets": soft})
+    assert not torch.isclose(mixed, hard)
+    torch.testing.assert_close(parts["action"], -logits["action"].log_softmax(-1).mean(-1).mean())
+    with pytest.raises(ValueError, match="soft targets need 8 classes"):
+        criterion(logits, batch | {"soft_targets": {"action": torch.ones(3, 4) / 4}})

@@ -241,7 +241,9 @@ def test_plateau_through_warmup_gets_the_metric(synthetic_root, tmp_path):
         ("high_performance.yaml", "torch.optim.SGD", "torch.optim.lr_scheduler.OneCycleLR"),
     ],
 )
-def test_recipes_optimizers_and_clipping(synthetic_root, tmp_path, overlay, optimizer, scheduler):
+def test_recipes_optimizers_and_clipping(
+    synthetic_root, tmp_path, overlay, optimizer, scheduler, torch_hub
+):  # torch_hub: mvfoul.yaml loads torchvision weights
     configs = ("mvfoul.yaml",) + ((overlay,) if overlay else ())
     cli = _cli(synthetic_root, tmp_path, configs=configs)
     config = cli.config

@@ -17,6 +17,12 @@ from mvcli.data.annotations import (
     discover_actions,
     read_split,
 )
+from mvcli.data.augment import (
+    Augmentation,
+    AugmentingCollate,
+    BatchAugmenter,
+    severity_strength,
+)
 from mvcli.data.cache import CacheReport, ClipCache, default_workers
 from mvcli.data.collate import collate_views
 from mvcli.data.dataset import MultiViewDataset
@@ -34,8 +40,6 @@ from mvcli.data.taxonomy import NUM_CLASSES
 from mvcli.data.video import ClipSpec
 from mvcli.errors import DataError, UsageError
 
-KINETICS_MEAN = (0.43216, 0.394666, 0.37645)
-KINETICS_STD = (0.22803, 0.22145, 0.216989)
 # The data options that decide what a model sees: restored from checkpoints, recorded in
 # exported models' manifests.
 PREPROCESSING_KEYS = (
@@ -74,8 +78,12 @@ class MVFoulDataModule(LightningDataModule):
             the same number of frames. Files of any frame rate are resampled to it.
         img_height: frame height after resizing.
         img_width: frame width after resizing.
-        mean: per-channel normalisation mean (RGB, [0, 1] units), applied on the device.
-        std: per-channel normalisation std (RGB, [0, 1] units), applied on the device.
+        mean: per-channel normalisation mean (RGB, [0, 1] units), applied inside the network
+            on the device. Default: the mean the backbone's pretrained weights expect (read
+            from torchvision's weights: 0.45 for MViT, ImageNet's for Swin3D, Kinetics' for
+            the ResNets and ``tiny``). The values used are saved in checkpoints and exports.
+        std: per-channel normalisation std (RGB, [0, 1] units); default: the backbone's,
+            as ``mean``.
         num_views: views drawn at random per action in training (fewer when an action has
             fewer). Evaluation and prediction use every view of an action.
         min_frames: a view decoding to fewer frames than this counts as damaged.
@@ -103,6 +111,10 @@ class MVFoulDataModule(LightningDataModule):
         allow_outside_root: read views that symlinks place outside ``root`` (or outside
             ``predict_root``). Off: they are left out and reported, so no annotation or
             link can make mvcli read files outside the dataset.
+        augmentation: training augmentation (``preset`` none/mild/moderate/aggressive, every
+            op's probability and magnitude overridable; see ``mvcli/data/augment.py``), run
+            on the device after the batch transfer (``gpu: true``) or in the loader workers.
+            Never applied in validate/test/predict.
     """
 
     def __init__(
@@ -117,8 +129,8 @@ class MVFoulDataModule(LightningDataModule):
         target_fps: float = ClipSpec.target_fps,
         img_height: int = ClipSpec.height,
         img_width: int = ClipSpec.width,
-        mean: tuple[float, float, float] = KINETICS_MEAN,
-        std: tuple[float, float, float] = KINETICS_STD,
+        mean: tuple[float, float, float] | None = None,
+        std: tuple[float, float, float] | None = None,
         num_views: int = 2,
         min_frames: int = ClipSpec.min_frames,
         cache_dir: Path | None = None,
@@ -131,9 +143,15 @@ class MVFoulDataModule(LightningDataModule):
         progressive_epochs: int = 10,
         progressive_target: BalanceTarget = "offence_severity",
         allow_outside_root: bool = False,
+        augmentation: Augmentation | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["augmentation"])
+        # Plain values in checkpoints (they load with weights_only=True).
+        self.augmentation = augmentation or Augmentation()
+        self.augmentation.resolved()  # bad values fail at start-up, not at the first batch
+        self.hparams["augmentation"] = self.augmentation.to_dict()
+        self.augmenter: BatchAugmenter | None = None
         _check_positive(
             frames_per_clip=frames_per_clip,
             img_height=img_height,
@@ -258,12 +276,44 @@ class MVFoulDataModule(LightningDataModule):
                 self.records("Train"), self.hparams.num_views, replace_unreadable=True
             )
             self.datasets["val"] = self._dataset(self.records("Valid"))
+            self.augmenter = self._augmenter()
         elif stage == "validate":
             self.datasets["val"] = self._dataset(self.records("Valid"))
         elif stage == "test":
             self.datasets["test"] = self._dataset(self.records("Test"))
         elif stage == "predict":
             self.datasets["predict"] = self._dataset(self.predict_records())
+
+    def _augmenter(self) -> BatchAugmenter | None:
+        """The training augmenter, its severity strengths from the training class counts."""
+        config = self.augmentation
+        strength = config.severity_strength
+        if strength is None:
+            counts = self.class_counts["offence_severity"]
+            strength = severity_strength(counts, config.severity_max_strength)
+        elif len(strength) != NUM_CLASSES["offence_severity"]:
+            raise ValueError(
+                "data.augmentation.severity_strength needs one value per offence-severity "
+                f"class ({NUM_CLASSES['offence_severity']}), got {strength}"
+            )
+        augmenter = BatchAugmenter(config, strength)
+        if augmenter.active:
+            rank_zero_info(
+                f"augmentation: preset {config.preset}, on the "
+                f"{'device' if config.gpu else 'loader workers'}, severity strength "
+                f"{[round(s, 2) for s in strength]}"
+            )
+            return augmenter
+        return None
+
+    def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+        """Training batches are augmented here, on the device (``augmentation.gpu``)."""
+        trainer = self.trainer
+        augmenter = self.augmenter
+        if augmenter is not None and augmenter.config.gpu and trainer is not None:
+            if trainer.training:
+                return augmenter(batch)
+        return batch
 
     def _dataset(
         self,
@@ -341,8 +391,15 @@ class MVFoulDataModule(LightningDataModule):
         dataset = self.datasets["train"]
         seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
         order = self.train_sampler() or EpochShuffleSampler(len(dataset), seed=seed)
+        augmenter = self.augmenter
+        collate = collate_views
+        if augmenter is not None and not augmenter.config.gpu:
+            collate = AugmentingCollate(collate_views, augmenter)
         return self._loader(
-            SeededItems(dataset), self.hparams.batch_size, sampler=SeededSampler(order, seed=seed)
+            SeededItems(dataset),
+            self.hparams.batch_size,
+            sampler=SeededSampler(order, seed=seed),
+            collate=collate,
         )
 
     def val_dataloader(self) -> DataLoader:
@@ -369,6 +426,7 @@ class MVFoulDataModule(LightningDataModule):
         batch_size: int,
         shuffle: bool = False,
         sampler=None,
+        collate=collate_views,
     ):
         workers = self.hparams.num_workers
         if workers is None:
@@ -382,7 +440,7 @@ class MVFoulDataModule(LightningDataModule):
             shuffle=shuffle,
             sampler=sampler,
             num_workers=workers,
-            collate_fn=collate_views,
+            collate_fn=collate,
             pin_memory=self.hparams.pin_memory and _has_accelerator(),
             # Workers' base seed from the loader's own generator, not the global RNG: how many
             # loaders were started (workers persist or not) must not move the training's RNG.

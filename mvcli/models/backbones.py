@@ -11,11 +11,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlparse
 
 import torch
 from torch import nn
-from torchvision.models import video as tvv
-from torchvision.models.video import mvit as tv_mvit
+from torchvision.models import WeightsEnum, get_model, get_model_weights
 
 BackboneName = Literal[
     "tiny",
@@ -29,6 +29,9 @@ BackboneName = Literal[
     "swin3d_s",
 ]
 BACKBONES: tuple[str, ...] = BackboneName.__args__
+# torchvision's video ResNets' statistics (Kinetics-400); ``tiny`` uses them too.
+KINETICS_MEAN = (0.43216, 0.394666, 0.37645)
+KINETICS_STD = (0.22803, 0.22145, 0.216989)
 
 
 @dataclass
@@ -45,7 +48,8 @@ class InputConstraints:
         problems = []
         if self.fixed is not None and (frames, height, width) != self.fixed:
             problems.append(
-                f"needs exactly {self.fixed[0]} frames of {self.fixed[1]}x{self.fixed[2]}"
+                f"needs exactly {self.fixed[0]} frames of {self.fixed[1]}x{self.fixed[2]} "
+                "(the input torchvision builds it for, and its pretrained weights fit)"
             )
         if frames < self.min_frames:
             problems.append(f"needs at least {self.min_frames} frames")
@@ -120,88 +124,78 @@ def _tiny(frames: int, height: int, width: int) -> Backbone:
     )
 
 
-def _video_resnet(name: str) -> Callable[[int, int, int], Backbone]:
-    def build(frames: int, height: int, width: int) -> Backbone:
-        net = getattr(tvv, name)()
-        net.fc = nn.Identity()
-        stages = [net.stem, net.layer1, net.layer2, net.layer3, net.layer4]
-        return Backbone(name, net, 512, stages, InputConstraints(min_frames=1, min_size=16))
-
-    return build
+def _video_resnet(name: str) -> Backbone:
+    net = get_model(name)
+    net.fc = nn.Identity()
+    stages = [net.stem, net.layer1, net.layer2, net.layer3, net.layer4]
+    return Backbone(name, net, 512, stages, InputConstraints(min_frames=1, min_size=16))
 
 
-def _s3d(frames: int, height: int, width: int) -> Backbone:
-    f = tvv.s3d().features
+def _s3d(name: str) -> Backbone:
+    f = get_model(name).features
     stages = [f[0:2], f[2:5], f[5:8], f[8:14], f[14:16]]
     # Strided stem and max-pools need at least 8 frames and 32 px to leave a non-empty map.
-    return Backbone("s3d", _FeaturesThenPool(f), 1024, stages, InputConstraints(8, 32, 1, 1))
+    return Backbone(name, _FeaturesThenPool(f), 1024, stages, InputConstraints(8, 32, 1, 1))
 
 
-def _mvit(name: str) -> Callable[[int, int, int], Backbone]:
-    def build(frames: int, height: int, width: int) -> Backbone:
-        # Positional embeddings are sized at construction: build for the configured input,
-        # once it is known to fit (too small a clip fails inside torchvision's constructor).
-        constraints = InputConstraints(2, 32, 2, 32, (frames, height, width))
-        constraints.check(name, frames, height, width)
-        # torchvision's mvit_* builders hard-code 16x224x224 (passing spatial_size or
-        # temporal_size raises TypeError), so override the size where they hand it on.
-        build_mvit = tv_mvit._mvit
-        size = {"spatial_size": (height, width), "temporal_size": frames}
-
-        def sized(**kwargs):
-            return build_mvit(**(kwargs | size))
-
-        tv_mvit._mvit = sized
-        try:
-            net = getattr(tvv, name)()
-        finally:
-            tv_mvit._mvit = build_mvit
-        net.head = nn.Identity()
-        blocks = net.blocks
-        stages = [
-            nn.ModuleList([net.conv_proj, net.pos_encoding]),
-            blocks[0:1],
-            blocks[1:3],
-            blocks[3:14],
-            nn.ModuleList([*blocks[14:], net.norm]),
-        ]
-        return Backbone(name, net, 768, stages, constraints)
-
-    return build
+def _mvit(name: str) -> Backbone:
+    # torchvision builds MViT's positional tables for 16 frames of 224x224 and its builders
+    # take no other size; the Kinetics weights fit only that size too. So MViT runs at its
+    # native input, and other sizes are refused before any training starts.
+    net = get_model(name)
+    net.head = nn.Identity()
+    blocks = net.blocks
+    stages = [
+        nn.ModuleList([net.conv_proj, net.pos_encoding]),
+        blocks[0:1],
+        blocks[1:3],
+        blocks[3:14],
+        nn.ModuleList([*blocks[14:], net.norm]),
+    ]
+    return Backbone(name, net, 768, stages, InputConstraints(fixed=MVIT_INPUT))
 
 
-def _swin3d(name: str) -> Callable[[int, int, int], Backbone]:
-    def build(frames: int, height: int, width: int) -> Backbone:
-        net = getattr(tvv, name)()
-        net.head = nn.Identity()
-        f = net.features
-        stages = [net.patch_embed, f[0], f[1:3], f[3:5], nn.ModuleList([*f[5:], net.norm])]
-        return Backbone(name, net, 768, stages, InputConstraints(2, 32, 1, 1))
-
-    return build
+def _swin3d(name: str) -> Backbone:
+    net = get_model(name)
+    net.head = nn.Identity()
+    f = net.features
+    stages = [net.patch_embed, f[0], f[1:3], f[3:5], nn.ModuleList([*f[5:], net.norm])]
+    return Backbone(name, net, 768, stages, InputConstraints(2, 32, 1, 1))
 
 
-_BUILDERS: dict[str, Callable[[int, int, int], Backbone]] = {
-    "tiny": _tiny,
-    "r3d_18": _video_resnet("r3d_18"),
-    "mc3_18": _video_resnet("mc3_18"),
-    "r2plus1d_18": _video_resnet("r2plus1d_18"),
+MVIT_INPUT = (16, 224, 224)
+_FAMILIES: dict[str, Callable[[str], Backbone]] = {
+    "r3d_18": _video_resnet,
+    "mc3_18": _video_resnet,
+    "r2plus1d_18": _video_resnet,
     "s3d": _s3d,
-    "mvit_v1_b": _mvit("mvit_v1_b"),
-    "mvit_v2_s": _mvit("mvit_v2_s"),
-    "swin3d_t": _swin3d("swin3d_t"),
-    "swin3d_s": _swin3d("swin3d_s"),
+    "mvit_v1_b": _mvit,
+    "mvit_v2_s": _mvit,
+    "swin3d_t": _swin3d,
+    "swin3d_s": _swin3d,
 }
-_WEIGHTS = {
-    "r3d_18": "R3D_18_Weights",
-    "mc3_18": "MC3_18_Weights",
-    "r2plus1d_18": "R2Plus1D_18_Weights",
-    "s3d": "S3D_Weights",
-    "mvit_v1_b": "MViT_V1_B_Weights",
-    "mvit_v2_s": "MViT_V2_S_Weights",
-    "swin3d_t": "Swin3D_T_Weights",
-    "swin3d_s": "Swin3D_S_Weights",
-}
+
+
+def default_weights(name: str) -> WeightsEnum | None:
+    """torchvision's default pretrained weights of a backbone (None for ``tiny``)."""
+    if name not in _FAMILIES:
+        return None
+    return get_model_weights(name).DEFAULT
+
+
+def normalization(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) in [0, 1] units the backbone's pretrained weights expect.
+
+    Read from torchvision's weights (their ``transforms()``), so MViT gets 0.45/0.225 and
+    Swin3D ImageNet's statistics; ``tiny`` (no weights) uses the Kinetics statistics of the
+    torchvision ResNets. Used whether or not the weights are loaded, so a run started from
+    random weights preprocesses like one fine-tuned from them.
+    """
+    weights = default_weights(name)
+    if weights is None:
+        return KINETICS_MEAN, KINETICS_STD
+    transform = weights.transforms()
+    return tuple(float(v) for v in transform.mean), tuple(float(v) for v in transform.std)
 
 
 def build_backbone(
@@ -215,52 +209,92 @@ def build_backbone(
         height: clip height in pixels.
         width: clip width in pixels.
         pretrained: None (random init), ``"torchvision"`` (torchvision's default weights,
-            read from the torch hub cache, never downloaded) or a path to a weights file.
+            through its weights API: downloaded once into the torch hub cache, checksum
+            verified) or a path to a weights file.
     """
-    if name not in _BUILDERS:
+    if name not in BACKBONES:
         raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
-    backbone = _BUILDERS[name](frames, height, width)
+    if name == "tiny":
+        backbone = _tiny(frames, height, width)
+    else:
+        # Checked before building: it is cheaper, and clearer than a constructor's error.
+        _CONSTRAINTS[name].check(name, frames, height, width)
+        backbone = _FAMILIES[name](name)
     backbone.constraints.check(name, frames, height, width)
-    if pretrained is not None:
-        if name.startswith("mvit") and (frames, height, width) != (16, 224, 224):
-            raise ValueError(
-                f"pretrained {name} has positional embeddings for 16 frames of 224x224, "
-                f"not {frames}x{height}x{width}: set data.frames_per_clip=16, "
-                "data.img_height=224, data.img_width=224"
-            )
-        load_weights(backbone, _weights_file(name, pretrained))
+    if pretrained == "torchvision":
+        load_state(backbone, torchvision_state_dict(name), f"torchvision weights of {name}")
+    elif pretrained is not None:
+        load_weights(backbone, _weights_path(pretrained))
     return backbone
 
 
-def _weights_file(name: str, pretrained: str) -> Path:
-    if pretrained != "torchvision":
-        path = Path(pretrained).expanduser()
-        if not path.is_file():
-            raise FileNotFoundError(f"pretrained weights file {path} not found (model.pretrained)")
-        return path
-    if name not in _WEIGHTS:
-        raise ValueError(f"backbone {name!r} has no torchvision weights; use a weights file path")
-    url = getattr(tvv, _WEIGHTS[name]).DEFAULT.url
-    path = Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
+# What each family accepts, known before construction.
+_CONSTRAINTS = {
+    "r3d_18": InputConstraints(1, 16),
+    "mc3_18": InputConstraints(1, 16),
+    "r2plus1d_18": InputConstraints(1, 16),
+    "s3d": InputConstraints(8, 32),
+    "mvit_v1_b": InputConstraints(fixed=MVIT_INPUT),
+    "mvit_v2_s": InputConstraints(fixed=MVIT_INPUT),
+    "swin3d_t": InputConstraints(2, 32),
+    "swin3d_s": InputConstraints(2, 32),
+}
+
+
+def _weights_path(pretrained: str) -> Path:
+    path = Path(pretrained).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(
-            f"torchvision weights for {name} are not in the torch hub cache: expected {path}. "
-            f"This tool never downloads; fetch {url} on a connected machine and copy it there "
-            "(or set TORCH_HOME), or pass model.pretrained=/path/to/weights.pth"
-        )
+        raise FileNotFoundError(f"pretrained weights file {path} not found (model.pretrained)")
     return path
 
 
+def cached_weights_path(name: str) -> Path:
+    """Where the torch hub cache keeps the backbone's default torchvision weights."""
+    url = default_weights(name).url
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(url).path).name
+
+
+def torchvision_state_dict(name: str) -> dict[str, torch.Tensor]:
+    """The default torchvision weights of ``name``, through torchvision's weights API.
+
+    From the torch hub cache when there; otherwise downloaded into it once, with its
+    checksum (the hash in the file name) verified. Offline, one error names the file and
+    where to put it.
+    """
+    weights = default_weights(name)
+    if weights is None:
+        raise ValueError(f"backbone {name!r} has no torchvision weights; use a weights file path")
+    path = cached_weights_path(name)
+    try:
+        return weights.get_state_dict(progress=False, check_hash=True)
+    except OSError as err:  # URLError, timeouts, DNS: offline or blocked
+        raise FileNotFoundError(
+            f"could not download the torchvision weights of {name} ({err}). Offline, fetch "
+            f"{weights.url} on a connected machine and put it at {path} (the torch hub cache; "
+            "set TORCH_HOME to move it), or pass model.pretrained=/path/to/weights.pth"
+        ) from None
+    except RuntimeError as err:  # torch.hub's checksum check, or an unreadable file
+        raise ValueError(
+            f"torchvision weights of {name} at {path} are damaged ({err}): delete the file "
+            "to download it again"
+        ) from None
+
+
 def load_weights(backbone: Backbone, path: Path) -> None:
-    """Load a state dict into the backbone, ignoring classifier heads; fail on anything else."""
+    """Load a weights file into the backbone (see :func:`load_state`), naming the file."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # pickle, zip and torch errors alike: name the file
         raise ValueError(f"weights file {path} is not a readable torch file: {err}") from None
+    load_state(backbone, state, f"weights file {path}")
+
+
+def load_state(backbone: Backbone, state, source: str) -> None:
+    """Load a state dict into the backbone, ignoring classifier heads; fail on anything else."""
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]  # a Lightning checkpoint (ours included) or a wrapper
     if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
-        raise ValueError(f"weights file {path} holds no state dict (name -> tensor)")
+        raise ValueError(f"{source} holds no state dict (name -> tensor)")
     if any(k.startswith("network.backbone.") for k in state):  # an mvcli checkpoint
         state = {k: v for k, v in state.items() if k.startswith("network.backbone.")}
     own = backbone.module.state_dict()
@@ -271,13 +305,13 @@ def load_weights(backbone: Backbone, path: Path) -> None:
     resized = sorted(k for k, v in state.items() if k in own and v.shape != own[k].shape)
     if resized:
         raise ValueError(
-            f"weights file {path} does not fit backbone {backbone.name!r}: other shapes for "
+            f"{source} does not fit backbone {backbone.name!r}: other shapes for "
             f"{resized[:5]}{'...' if len(resized) > 5 else ''}"
         )
     missing, unexpected = backbone.module.load_state_dict(state, strict=False)
     if unexpected or missing:
         raise ValueError(
-            f"weights file {path} does not fit backbone {backbone.name!r}: "
+            f"{source} does not fit backbone {backbone.name!r}: "
             f"missing {sorted(missing)[:5]}{'...' if len(missing) > 5 else ''}, "
             f"unexpected {sorted(unexpected)[:5]}{'...' if len(unexpected) > 5 else ''}"
         )

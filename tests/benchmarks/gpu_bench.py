@@ -6,7 +6,8 @@
 For each of fp32 / bf16-mixed / 16-mixed, contiguous / channels_last_3d, torch.compile off /
 on: training clips/s (forward, multi-task loss, backward, AdamW step; uint8 clips on the
 device, normalised inside the network as in mvcli), inference clips/s and the peak GPU memory
-of training. Then evaluation batching: masked batches of actions with 2-4 views vs one
+of training, and the moderate augmentation's time per batch on the device relative to the
+training step (goal < 5%). Then evaluation batching: masked batches of actions with 2-4 views vs one
 action at a time (bf16), with the same logits asserted. Prints Markdown tables and writes
 ``bench_results/gpu.json``. On a machine without CUDA it says so and exits with status 0.
 
@@ -29,6 +30,7 @@ import torch
 if __package__ in (None, ""):  # run as a script: make `mvcli` and `tests` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from mvcli.data.augment import Augmentation, BatchAugmenter  # noqa: E402
 from mvcli.module import MVFoulModule  # noqa: E402
 from tests.benchmarks.common import report, table  # noqa: E402
 
@@ -138,8 +140,18 @@ def run_config(args, precision: str, memory_format: str, compiled: bool) -> dict
     for _ in range(args.steps):
         loss = train_step()
     _sync(args)
-    out["train_clips_per_s"] = clips * args.steps / (time.perf_counter() - start)
+    step_s = (time.perf_counter() - start) / args.steps
+    out["train_clips_per_s"] = clips / step_s
     out["train_peak_gib"] = _peak_gib(args)
+    # Training augmentation (moderate preset, on the device) per batch, next to the step.
+    augmenter = BatchAugmenter(Augmentation(preset="moderate"), [1.0, 1.2, 1.5, 2.0])
+    augmenter(batch)  # warm-up
+    _sync(args)
+    start = time.perf_counter()
+    for _ in range(args.steps):
+        augmenter(batch)
+    _sync(args)
+    out["augment_vs_step"] = (time.perf_counter() - start) / args.steps / step_s
     out["finite_loss"] = bool(torch.isfinite(loss))
     module.eval()
     for _ in range(args.warmup):
@@ -212,18 +224,19 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for r in results:
         if "error" in r:
-            rows.append([r["precision"], r["memory_format"], r["compile"], r["error"], "", "", ""])
+            rows.append([r["precision"], r["memory_format"], r["compile"], r["error"], "", "", "",
+                         ""])  # fmt: skip
             continue
         speed = r["train_clips_per_s"] / base["train_clips_per_s"]
         rows.append([r["precision"], r["memory_format"], "on" if r["compile"] else "off",
                      r["train_clips_per_s"], speed, r["eval_clips_per_s"],
-                     r["train_peak_gib"]])  # fmt: skip
+                     r["train_peak_gib"], f"{100 * r['augment_vs_step']:.1f}%"])  # fmt: skip
     device = torch.cuda.get_device_name() if args.device == "cuda" else args.device
     size = f"{args.backbone}, {args.frames}x{args.height}x{args.width}"
     tables = {
         f"{size}, batch {args.batch} x {args.views} views, {device}:": table(
             ["precision", "memory format", "compile", "train clips/s", "x first",
-             "eval clips/s", "train peak GiB"], rows),
+             "eval clips/s", "train peak GiB", "augment / step"], rows),
     }  # fmt: skip
     batching = eval_batching(args)
     rates = batching["actions_per_s"]

@@ -76,6 +76,8 @@ def _cli(root, runs, size: tuple[int, int, int], steps: int, bare: bool):
         "--trainer.num_sanity_val_steps", "0",
         # No LR schedule: the plain loop then builds the very same optimizer (no Trainer).
         "--model.lr_scheduler", "null",
+        # Lightning's overhead only: augmentation has its own benchmark (test_augment_bench).
+        "--data.augmentation.preset", "none",
     ]  # fmt: skip
     if bare:
         args += ["--trainer.logger", "false", "--trainer.enable_progress_bar", "false"]
