@@ -15,6 +15,7 @@ from jsonargparse import CLI
 
 from mvcli.cli import main
 from mvcli.data.synthetic import write_synthetic_dataset
+from mvcli.quiet import quiet_third_party
 from mvcli.scoring import score
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
@@ -131,4 +132,5 @@ def _print_summary(summary: dict, data_root: Path) -> None:
 
 
 if __name__ == "__main__":
+    quiet_third_party()  # the same quiet start as the `mvcli` command
     CLI(run_demo)
