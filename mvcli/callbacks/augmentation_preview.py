@@ -34,12 +34,15 @@ class AugmentationPreview(Callback):
             return
         self.done = True
         if batch.get("video") is not None:
-            self._write(trainer, batch["video"])
+            # trainer.log_dir is a broadcast under DDP: asked here, on every rank, never in
+            # the rank-zero-only writer (rank 0 alone in a collective hangs the run).
+            folder = Path(trainer.log_dir or trainer.default_root_dir)
+            self._write(trainer, batch["video"], folder)
 
     @rank_zero_only
-    def _write(self, trainer: Trainer, video: torch.Tensor) -> None:
+    def _write(self, trainer: Trainer, video: torch.Tensor, folder: Path) -> None:
         grid = preview_grid(video[: self.max_actions])
-        path = Path(trainer.log_dir or trainer.default_root_dir) / PREVIEW_FILE
+        path = folder / PREVIEW_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
         save_image(grid.float() / 255, path)
         for logger in trainer.loggers:

@@ -39,7 +39,14 @@ class TrainingHistory(Callback):
     def __init__(self) -> None:
         self.records: list[dict[str, Any]] = []
         self._pending: dict[str, Any] | None = None  # measured, metrics not added yet
+        self._folder: Path | None = None  # the run's log folder, known from setup
         self._reset_epoch()
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        # trainer.log_dir is a broadcast under DDP: every rank asks once here, together, so
+        # the rank-zero-only writer (also called from on_exception) never joins a collective
+        # alone (rank 0 alone in a broadcast hangs the run until the DDP timeout).
+        self._folder = Path(trainer.log_dir or trainer.default_root_dir)
 
     def _reset_epoch(self) -> None:
         self._epoch_start = time.perf_counter()
@@ -126,7 +133,7 @@ class TrainingHistory(Callback):
 
     @rank_zero_only
     def _write(self, trainer: Trainer) -> None:
-        folder = Path(trainer.log_dir or trainer.default_root_dir)
+        folder = self._folder or Path(trainer.log_dir or trainer.default_root_dir)
         atomic_write_text(folder / FILENAME, json.dumps(self.records, indent=2) + "\n")
 
     def state_dict(self) -> dict[str, Any]:
