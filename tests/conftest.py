@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+from lightning_utilities.core.rank_zero import rank_zero_only
 
 from mvcli.data.synthetic import write_synthetic_dataset
 
@@ -22,6 +23,20 @@ def sample_dir() -> Path | None:
         if candidate and (Path(candidate) / "Test/annotations.json").is_file():
             return Path(candidate)
     return None
+
+
+@pytest.fixture(autouse=True)
+def _process_rank_restored():
+    """A test that runs mvcli in-process as a simulated torchrun worker (RANK=1) leaves
+    Lightning's process-wide ``rank_zero_only.rank`` at 1 (its DDP strategy sets it; the
+    environment variables are restored, that attribute is not): every later test would then
+    run as a non-zero rank and lose its rank-zero output (printed paths, loggers' files)."""
+    rank = getattr(rank_zero_only, "rank", None)
+    yield
+    if rank is None:
+        vars(rank_zero_only).pop("rank", None)
+    else:
+        rank_zero_only.rank = rank
 
 
 @pytest.fixture(scope="session")

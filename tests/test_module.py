@@ -59,12 +59,13 @@ def test_test_metrics_equal_predict_plus_official_evaluator(
     common, fit = trained
     split = _split_with_dives_fixed(synthetic_root, tmp_path)
     expected = _damage(split) if damaged else {"views": 0, "actions": 0}
-    args = [*common, "--data.root", str(tmp_path)]
+    outputs = tmp_path / "outputs"  # not the shared fit's run folder, their default
+    args = [*common, "--data.root", str(tmp_path), "--output_dir", str(outputs)]
     args += ["--ckpt_path", fit.trainer.checkpoint_callback.best_model_path]
-    tested = main(["test", *args])
-    ours = json.loads((Path(tested.trainer.log_dir) / "test_metrics.json").read_text())
-    out = tmp_path / "predictions.json"
-    main(["predict", *args, "--prediction_writer.output_path", str(out)])
+    main(["test", *args])
+    ours = json.loads((outputs / "test_metrics.json").read_text())
+    main(["predict", *args])
+    out = outputs / "predictions.json"
     official = official_evaluate(split / "annotations.json", out)
     scored = score(out, split / "annotations.json")
     for mine, theirs in PAIRS.items():

@@ -66,9 +66,8 @@ def _table_snippets() -> list[str]:
     snippets = []
     for row in rows:
         mvcli_cell = row.split(" | ", 1)[1]
-        snippets += [
-            s for s in re.findall(r"`([^`]+)`", mvcli_cell) if s.startswith(("--", "mvcli fit "))
-        ]
+        code = re.findall(r"`([^`]+)`", mvcli_cell)
+        snippets += [s for s in code if s.startswith(("--", "mvcli "))]
     return snippets
 
 
@@ -85,24 +84,45 @@ def test_seed_flag_table_names_every_flag_of_the_guide():
 
 
 def test_every_mvcli_key_of_the_seed_flag_table_parses(synthetic_root, tmp_path, capsys):
-    base = ["fit", *tiny_args(synthetic_root, tmp_path)]
     (tmp_path / "last.ckpt").write_bytes(b"")
-    batches: list[list[list[str]]] = []  # snippets with distinct keys share one parse
+    # snippets of one subcommand with distinct keys share one parse
+    batches: list[tuple[str, list[list[str]]]] = []
     for snippet in _table_snippets():
         argv = shlex.split(snippet.replace("run/last.ckpt", str(tmp_path / "last.ckpt")))
-        argv = argv[2:] if argv[0] == "mvcli" else argv  # the subcommand is fit's
-        batch = next((b for b in batches if not any(_overlap(argv[0], o[0]) for o in b)), None)
+        subcommand, argv = (argv[1], argv[2:]) if argv[0] == "mvcli" else ("fit", argv)
+        assert argv and len(argv) % 2 == 0 and all(a.startswith("--") for a in argv[::2]), snippet
+        batch = next(
+            (
+                b
+                for sub, b in batches
+                if sub == subcommand and not any(_overlap(argv[0], o[0]) for o in b)
+            ),
+            None,
+        )
         if batch is None:
-            batches.append(batch := [])
+            batches.append((subcommand, batch := []))
         batch.append(argv)
-    assert len(batches) <= 4
-    for batch in batches:
+    assert len(batches) <= 5
+    for subcommand, batch in batches:
+        base = [subcommand, *tiny_args(synthetic_root, tmp_path)]
         config = _printed_config([*base, *(arg for argv in batch for arg in argv)], capsys)
-        for argv in batch:
-            value = config
-            for part in argv[0].lstrip("-").rstrip("+").split("."):
-                value = value[part]
-            assert _same(argv[1], value), (argv, value)
+        for argv in batch:  # every key of the snippet holds the value it gave
+            for key, given in zip(argv[::2], argv[1::2], strict=True):
+                value = _lookup(config, key)
+                assert _same(given, value), (argv, key, value)
+
+
+def _lookup(config: dict, key: str):
+    """The value of a command-line key in a printed config (lists: their last item, as
+    ``callbacks+`` appends; a class's arguments: under its ``init_args``)."""
+    value = config
+    for part in key.lstrip("-").rstrip("+").split("."):
+        if isinstance(value, list):
+            value = value[-1]
+        if isinstance(value, dict) and part not in value and "init_args" in value:
+            value = value["init_args"]
+        value = value[part]
+    return value
 
 
 def _overlap(key: str, other: str) -> bool:

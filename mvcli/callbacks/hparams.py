@@ -11,6 +11,9 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_only
 
+from mvcli.callbacks.freezing import StageFreezing
+from mvcli.schedulers import GroupFactorLR, inner_scheduler
+
 MONITOR = "val/leaderboard"
 METRICS = ("hp_metric", "hp/best_val_leaderboard", "hp/best_epoch")
 
@@ -83,8 +86,7 @@ def run_settings(trainer: Trainer, pl_module: LightningModule) -> dict[str, Any]
             name = group.get("name", "group")
             params[f"lr/{name}"] = group.get("initial_lr", group["lr"])
         params["weight_decay"] = optimizer.param_groups[0].get("weight_decay")
-    schedulers = [type(c.scheduler).__name__ for c in trainer.lr_scheduler_configs]
-    params["lr_scheduler"] = "+".join(schedulers) or "none"
+    params["lr_scheduler"] = _scheduler(trainer)
     params["batch_size"] = data.get("batch_size")
     params["accumulate_grad_batches"] = trainer.accumulate_grad_batches
     params["effective_batch_size"] = (
@@ -99,9 +101,17 @@ def run_settings(trainer: Trainer, pl_module: LightningModule) -> dict[str, Any]
     return params
 
 
+def _scheduler(trainer: Trainer) -> str:
+    """The configured scheduler(s), not mvcli's per-group LR factor wrapper around them."""
+    names = []
+    for config in trainer.lr_scheduler_configs:
+        scheduler = inner_scheduler(config.scheduler)
+        if not isinstance(scheduler, GroupFactorLR):  # a bare GroupFactorLR: no schedule set
+            names.append(type(scheduler).__name__)
+    return "+".join(names) or "none"
+
+
 def _freezing(trainer: Trainer) -> str:
-    for callback in trainer.callbacks:
-        if type(callback).__module__.endswith("callbacks.freezing"):
-            strategy = getattr(callback, "strategy", None)
-            return strategy if isinstance(strategy, str) else type(strategy or callback).__name__
-    return "none"
+    """The freezing strategy's class (``NoFreezing``, ``GradualFreezing``, ...)."""
+    strategies = [type(c).__name__ for c in trainer.callbacks if isinstance(c, StageFreezing)]
+    return "+".join(strategies) or "none"

@@ -36,7 +36,7 @@ FAULT_ENV = "MVCLI_FAULT_OOM_ABOVE"
 SETTINGS_HINT = (
     "data.frames_per_clip, data.img_height/data.img_width, data.num_views, "
     "trainer.precision (16-mixed or bf16-mixed), a smaller model.backbone, or "
-    "freezing.strategy (frozen stages keep no gradients)"
+    "a freezing strategy, e.g. --freezing FixedFreezing (frozen stages keep no gradients)"
 )
 
 

@@ -25,7 +25,7 @@ def test_hparams_hold_key_settings_and_best_score(events, trained):
         "precision": "32-true",
         "data/frames_per_clip": 8,
         "data/img_height": 32,
-        "freezing": "none",
+        "freezing": "NoFreezing",
         "data/sampler": "natural",
         "model/loss": "plain",
         "seed": "42",
