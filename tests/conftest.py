@@ -24,6 +24,19 @@ def sample_dir() -> Path | None:
     return None
 
 
+@pytest.fixture(autouse=True)
+def _rank_zero_restored():
+    """A Trainer built in-process as a DDP worker (the rank-1 tests) sets Lightning's
+    process-wide ``rank_zero_only.rank``; restored after each test, so the following tests'
+    rank-zero messages and files are not silenced."""
+    # imported here, not at the top: importing Lightning decides whether its logger propagates
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    rank = rank_zero_only.rank
+    yield
+    rank_zero_only.rank = rank
+
+
 @pytest.fixture(scope="session")
 def synthetic_root(tmp_path_factory) -> Path:
     """Tiny synthetic set: every class present in each split, plus the skip-rule quirks."""
