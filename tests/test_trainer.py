@@ -49,4 +49,7 @@ def test_tuner_callbacks_update_the_optimizer_lr_and_the_batch_size(synthetic_ro
     suggestion = finder.optimal_lr.suggestion()
     assert suggestion is not None and cli.model.lr == suggestion
     groups = {g["name"]: g["initial_lr"] for g in cli.trainer.optimizers[0].param_groups}
-    assert groups == {"heads": suggestion, "backbone": suggestion * 0.5}
+    # heads at the suggestion, each backbone stage's group (one per stage) at half of it
+    stages = {cli.model.stage_group(s) for s in cli.model.backbone_stage_parameters()}
+    assert stages == {"backbone.stem", "backbone.layer1", "backbone.layer2"}
+    assert groups == {"heads": suggestion} | dict.fromkeys(stages, suggestion * 0.5)

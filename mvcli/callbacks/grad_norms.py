@@ -10,7 +10,7 @@ from torch.optim import Optimizer
 
 class GradientNorms(Callback):
     """Logs ``train/grad_norm/total`` and ``train/grad_norm/<group>`` (the optimizer's
-    parameter groups: ``heads``, ``backbone``, unfrozen stages) before optimizer steps.
+    parameter groups: ``heads`` and one ``backbone.<stage>`` per stage) before optimizer steps.
 
     Computed after gradient unscaling (16-mixed) and before clipping, so the values show what
     clipping acts on.

@@ -41,14 +41,24 @@ def long_run(long_run_args, tmp_path_factory):
     return main(["fit", *long_run_args(tmp_path_factory.mktemp("runs"))])
 
 
+def _groups(cli) -> set[str]:
+    """The optimizer's parameter groups: ``heads`` and one ``backbone.<stage>`` per stage."""
+    model = cli.model
+    return {"heads"} | {model.stage_group(s) for s in model.backbone_stage_parameters()}
+
+
 def test_history_has_one_full_record_per_epoch(long_run):
     records = json.loads((Path(long_run.trainer.log_dir) / "history.json").read_text())
+    groups = _groups(long_run)
+    assert groups == {"heads", "backbone.stem", "backbone.layer1", "backbone.layer2"}
     assert [r["epoch"] for r in records] == [0, 1]  # EarlyStopping: patience 1
     for record in records:
         assert {"train/loss", "train/leaderboard", "val/leaderboard", "val/acc_action"} <= set(
             record
         )
-        assert set(record["lr"]) == {"heads", "backbone"}
+        assert set(record["lr"]) == groups
+        # discriminative LR: every stage (all unfrozen here) at the same backbone LR
+        assert len({record["lr"][g] for g in groups - {"heads"}}) == 1
         assert record["trainable_fraction"] == 1.0
         assert record["actions_per_s"] > 0 and record["views_per_s"] >= record["actions_per_s"]
         assert 0.0 <= record["data_wait_fraction"] <= 1.0
@@ -62,8 +72,10 @@ def test_monitors_log_and_act(long_run):
     trainer = long_run.trainer
     assert trainer.early_stopping_callback.stopped_epoch == 1
     metrics = trainer.callback_metrics
-    for key in ("train/grad_norm/total", "train/grad_norm/heads", "train/grad_norm/backbone"):
-        assert float(metrics[key]) > 0
+    logged = {k.removeprefix("train/grad_norm/") for k in metrics if "grad_norm" in k}
+    assert logged == {"total"} | _groups(long_run)
+    for key in logged:
+        assert float(metrics[f"train/grad_norm/{key}"]) > 0
     cleanup = next(c for c in trainer.callbacks if isinstance(c, MemoryCleanup))
     assert cleanup.cleanups == 4 + 2  # every training batch, and after each validation
 
