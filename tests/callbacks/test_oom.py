@@ -23,7 +23,7 @@ def _fit(root, runs, monkeypatch, fault: int | None, *extra: str, batch_norm: bo
             "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "3",
             "--trainer.limit_val_batches", "1", "--trainer.enable_progress_bar", "false",
             "--trainer.num_sanity_val_steps", "0", "--model.head_dropout", "0",
-            "--model.hflip_prob", "0", "--oom_recovery.enabled", "true",
+            "--data.augmentation.preset", "none", "--oom_recovery.enabled", "true",
             # SGD: Adam divides by the gradients' running RMS, which turns last-bit rounding
             # differences of near-zero gradients into full-size steps.
             "--model.optimizer", "torch.optim.SGD", "--model.optimizer.lr", "0.05",
