@@ -442,3 +442,18 @@ def run(argv: list[str] | None = None) -> None:
         raise
     except Exception as err:  # noqa: BLE001 - the one place every error is reported
         sys.exit(report(err))
+    finally:
+        _close_process_group()
+
+
+def _close_process_group() -> None:
+    """Destroy the DDP process group before the interpreter exits.
+
+    Lightning leaves it to the process; left to interpreter shutdown, gloo's threads were
+    torn down while still joinable, so a rank whose work had finished could abort (SIGABRT)
+    and make torchrun report the whole run as failed.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
