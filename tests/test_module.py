@@ -11,6 +11,7 @@ import torch
 from lightning.pytorch import Callback
 
 from mvcli.cli import main
+from mvcli.data.annotations import read_split
 from mvcli.module import MVFoulModule
 from mvcli.scoring import score
 from tests.conftest import CONFIGS, tiny_args
@@ -34,6 +35,9 @@ def _split_with_dives_fixed(synthetic_root: Path, root: Path) -> Path:
         if entry.get("Action class") == "Dive" and entry.get("Severity") in ("3.0", "5.0"):
             entry["Severity"] = "1.0"
     (split / "annotations.json").write_text(json.dumps(annotations))
+    records, _ = read_split(split)  # parity is only meaningful with every class present
+    assert {r.labels.offence_severity for r in records} == set(range(4))
+    assert {r.labels.action for r in records} == set(range(8))
     return split
 
 
