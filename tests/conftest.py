@@ -12,6 +12,7 @@ from mvcli.data.synthetic import write_synthetic_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
+CONF = REPO / "tests/conf"  # small overlays stacked on a config by the tests
 # Clip geometry of the tiny dataset and of every CLI run in the tests.
 TINY = {"num_frames": 24, "event_frame": 12, "height": 32, "width": 56}
 

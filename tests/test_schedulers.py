@@ -25,7 +25,7 @@ from mvcli.schedulers import (
     inner_scheduler,
     scheduler_kwargs,
 )
-from tests.conftest import CONFIGS, tiny_args
+from tests.conftest import CONF, CONFIGS, tiny_args
 
 
 def _optimizer(groups: int = 2, lr: float = 1.0) -> torch.optim.Optimizer:
@@ -168,9 +168,8 @@ def test_scheduler_kwargs_fill_total_steps_and_per_group_peaks():
 
 def _cli(root, runs, *extra, configs=("demo.yaml",)):
     stack = [a for c in configs for a in ("--config", str(CONFIGS / c))]
-    fast = ["--trainer.num_sanity_val_steps", "0", "--trainer.enable_progress_bar", "false",
-            "--trainer.limit_val_batches", "1"]  # fmt: skip
-    return main([*stack, *tiny_args(root, runs), *fast, *extra], run=False)
+    return main([*stack, "--config", str(CONF / "quick_val.yaml"), *tiny_args(root, runs), *extra],
+                run=False)  # fmt: skip
 
 
 def test_onecycle_total_steps_under_accumulation(synthetic_root, tmp_path):
