@@ -9,29 +9,15 @@ import pytest
 
 from mvcli.callbacks.memory import MemoryCleanup
 from mvcli.cli import main
-from tests.conftest import CONFIGS, tiny_args
+from tests.conftest import CONF, CONFIGS, tiny_args
 
 
 @pytest.fixture(scope="module")
-def long_run_args(synthetic_root, tmp_path_factory):
-    overlay = tmp_path_factory.mktemp("conf") / "long_run.yaml"
-    overlay.write_text(
-        "trainer:\n  deterministic: true\n  callbacks+:\n"
-        "    - class_path: mvcli.callbacks.grad_norms.GradientNorms\n"
-        "      init_args: {every_n_steps: 1, norm_type: 2.0}\n"
-        "    - class_path: mvcli.callbacks.memory.MemoryCleanup\n"
-        "      init_args: {every_n_steps: 1}\n"
-        # min_delta 1: no epoch can improve enough, so it stops after patience + 1 epochs
-        "    - class_path: lightning.pytorch.callbacks.EarlyStopping\n"
-        "      init_args: {monitor: val/leaderboard, mode: max, patience: 1, min_delta: 1.0}\n"
-    )
-
+def long_run_args(synthetic_root):
     def args(runs: Path) -> list[str]:
-        return ["--config", str(CONFIGS / "demo.yaml"), "--config", str(overlay),
-                *tiny_args(synthetic_root, runs), "--trainer.max_epochs", "5",
-                "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1",
-                "--trainer.num_sanity_val_steps", "0",
-                "--trainer.enable_progress_bar", "false"]  # fmt: skip
+        return ["--config", str(CONFIGS / "demo.yaml"), "--config", str(CONF / "long_run.yaml"),
+                "--config", str(CONF / "quick_val.yaml"), *tiny_args(synthetic_root, runs),
+                "--trainer.max_epochs", "5", "--trainer.limit_train_batches", "2"]  # fmt: skip
 
     return args
 
@@ -91,10 +77,9 @@ def test_two_seeded_deterministic_runs_are_bit_identical(long_run, long_run_args
 
 
 def test_max_time_stops_the_run(synthetic_root, tmp_path):
-    args = ["--config", str(CONFIGS / "demo.yaml"), *tiny_args(synthetic_root, tmp_path),
-            "--trainer.max_epochs", "50", "--trainer.max_time", "00:00:00:01",
-            "--trainer.limit_val_batches", "1",
-            "--trainer.enable_progress_bar", "false"]  # fmt: skip
+    args = ["--config", str(CONFIGS / "demo.yaml"), "--config", str(CONF / "quick_val.yaml"),
+            *tiny_args(synthetic_root, tmp_path),
+            "--trainer.max_epochs", "50", "--trainer.max_time", "00:00:00:01"]  # fmt: skip
     cli = main(["fit", *args])
     assert cli.trainer.current_epoch < 49 and cli.trainer.should_stop
     assert (Path(cli.trainer.log_dir) / "checkpoints/last.ckpt").is_file()
