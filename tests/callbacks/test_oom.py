@@ -8,7 +8,7 @@ from torch import nn
 
 from mvcli.callbacks.oom import FAULT_ENV, OOMRecovery, OutOfMemoryStop, _slice
 from mvcli.cli import main
-from tests.conftest import CONFIGS, tiny_args
+from tests.conftest import CONF, CONFIGS, tiny_args
 
 
 def _fit(root, runs, monkeypatch, fault: int | None, *extra: str, batch_norm: bool = False):
@@ -19,15 +19,8 @@ def _fit(root, runs, monkeypatch, fault: int | None, *extra: str, batch_norm: bo
         monkeypatch.delenv(FAULT_ENV, raising=False)
     else:
         monkeypatch.setenv(FAULT_ENV, str(fault))
-    args = ["--config", str(CONFIGS / "demo.yaml"), *tiny_args(root, runs),
-            "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "3",
-            "--trainer.limit_val_batches", "1", "--trainer.enable_progress_bar", "false",
-            "--trainer.num_sanity_val_steps", "0", "--model.head_dropout", "0",
-            "--data.augmentation.preset", "none", "--oom_recovery.enabled", "true",
-            # SGD: Adam divides by the gradients' running RMS, which turns last-bit rounding
-            # differences of near-zero gradients into full-size steps.
-            "--model.optimizer", "torch.optim.SGD", "--model.optimizer.lr", "0.05",
-            *extra]  # fmt: skip
+    args = ["--config", str(CONFIGS / "demo.yaml"), "--config", str(CONF / "oom_split.yaml"),
+            *tiny_args(root, runs), *extra]  # fmt: skip
     cli = main(args, run=False)
     if not batch_norm:
         backbone = cli.model.network.backbone
