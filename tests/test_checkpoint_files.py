@@ -12,14 +12,12 @@ import torch
 
 from mvcli.checkpoints import AtomicCheckpointIO
 from mvcli.cli import main
-from tests.conftest import CONFIGS, tiny_args
+from tests.conftest import CONF, CONFIGS, tiny_args
 
 
 def _args(root, runs, *extra) -> list[str]:
-    return ["--config", str(CONFIGS / "demo.yaml"), *tiny_args(root, runs),
-            "--trainer.enable_progress_bar", "false", "--trainer.limit_train_batches", "2",
-            "--trainer.limit_val_batches", "1", "--trainer.num_sanity_val_steps", "0",
-            *extra]  # fmt: skip
+    return ["--config", str(CONFIGS / "demo.yaml"), "--config", str(CONF / "quick_val.yaml"),
+            *tiny_args(root, runs), "--trainer.limit_train_batches", "2", *extra]  # fmt: skip
 
 
 def test_periodic_best_and_last_are_written_and_printed_as_they_are(
