@@ -161,9 +161,8 @@ def test_multitask_loss_only_weighted_heads_and_float32():
 
 
 def _fit(root, runs, *extra):
-    args = ["fit", "--config", str(CONFIGS / "demo.yaml"), *tiny_args(root, runs),
-            "--trainer.fast_dev_run", "true", "--trainer.enable_progress_bar", "false",
-            *extra]  # fmt: skip
+    args = ["fit", "--config", str(CONFIGS / "demo.yaml"), "--config", str(CONFIGS / "debug.yaml"),
+            *tiny_args(root, runs), "--trainer.enable_progress_bar", "false", *extra]  # fmt: skip
     return main(args)
 
 
