@@ -20,7 +20,7 @@ import torch
 
 from mvcli.callbacks.history import TrainingHistory
 from mvcli.cli import main
-from tests.conftest import CONFIGS, REPO, tiny_args
+from tests.conftest import CONF, CONFIGS, REPO, tiny_args
 
 # Wall-clock measures differ between any two runs: history.json's own and the Throughput
 # callback's logged epoch values (mvcli.callbacks.throughput); every other value must match.
@@ -29,10 +29,9 @@ TIMING = {"epoch_time_s", "train_time_s", "actions_per_s", "views_per_s", "data_
 
 
 def _args(runs: Path, root: Path, *extra: str, batches: int = 3) -> list[str]:
-    return ["--config", str(CONFIGS / "demo.yaml"), *tiny_args(root, runs),
-            "--trainer.max_epochs", "2", "--trainer.limit_train_batches", str(batches),
-            "--trainer.limit_val_batches", "2", "--trainer.enable_progress_bar", "false",
-            "--trainer.callbacks+=tests.callbacks.signal_at.SignalAt", *extra]  # fmt: skip
+    return ["--config", str(CONFIGS / "demo.yaml"), "--config", str(CONF / "signal_run.yaml"),
+            *tiny_args(root, runs), "--trainer.limit_train_batches", str(batches),
+            *extra]  # fmt: skip
 
 
 def _fit(runs: Path, root: Path, *extra: str, signal_at: str | None = None):
@@ -94,7 +93,7 @@ def test_signals_save_progress_and_resume_exactly(synthetic_root, tmp_path, monk
     last batch (exit 130 after the epoch-end checkpoint), each resumed with ``--ckpt_path
     last`` from the run's config.yaml, end bit-identical to the uninterrupted run."""
     monkeypatch.delenv("MVCLI_TEST_SIGNAL_AT", raising=False)
-    fast = ("--trainer.limit_val_batches", "1", "--trainer.num_sanity_val_steps", "0")
+    fast = ("--config", str(CONF / "quick_val.yaml"))
     reference = main(["fit", *_args(tmp_path / "ref", synthetic_root, *fast, batches=2)])
     for name, at, status in (("SIGTERM", "0:0", 143), ("SIGINT", "0:1", 130)):
         runs = tmp_path / name
