@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 from mvcli.cli import main
 from mvcli.data.datamodule import MVFoulDataModule
 from mvcli.data.sampler import ClassBalancedSampler, group_ids
-from tests.conftest import CONFIGS, tiny_args
+from tests.conftest import CONF, CONFIGS, tiny_args
 
 # An imbalanced head: 600 / 300 / 90 / 10 samples.
 COUNTS = [600, 300, 90, 10]
@@ -164,12 +164,10 @@ class _DrawnIds(Callback):
 
 def test_fit_loop_sets_the_epoch(synthetic_root, tmp_path):
     """In a real fit, each epoch's batches are exactly the sampler's draw for that epoch."""
-    args = ["--config", str(CONFIGS / "demo.yaml"), *tiny_args(synthetic_root, tmp_path),
+    args = ["--config", str(CONFIGS / "demo.yaml"), "--config", str(CONF / "quick_val.yaml"),
+            *tiny_args(synthetic_root, tmp_path), "--trainer.logger", "false",
             "--data.sampler", "progressive", "--data.progressive_epochs", "2",
-            "--trainer.max_epochs", "3", "--trainer.limit_train_batches", "2",
-            "--trainer.limit_val_batches", "1",
-            "--trainer.num_sanity_val_steps", "0", "--trainer.enable_progress_bar", "false",
-            "--trainer.logger", "false"]  # fmt: skip
+            "--trainer.max_epochs", "3", "--trainer.limit_train_batches", "2"]  # fmt: skip
     cli = main(args, run=False)
     drawn = _DrawnIds()
     cli.trainer.callbacks.append(drawn)
