@@ -8,7 +8,7 @@ from lightning.pytorch.callbacks import BatchSizeFinder
 
 from mvcli.callbacks.tuning import LearningRateFinder
 from mvcli.cli import main
-from tests.conftest import CONFIGS, tiny_args
+from tests.conftest import CONF, CONFIGS, tiny_args
 
 
 def _common(root, runs) -> list[str]:
@@ -29,16 +29,7 @@ def test_lr_find_saves_plot_and_prints_the_yaml_line(synthetic_root, tmp_path, c
 
 
 def test_tuner_callbacks_update_the_optimizer_lr_and_the_batch_size(synthetic_root, tmp_path):
-    overlay = tmp_path / "tuners.yaml"
-    overlay.write_text(
-        "trainer:\n  callbacks+:\n"
-        "    - class_path: lightning.pytorch.callbacks.BatchSizeFinder\n"
-        "      init_args: {init_val: 2, max_trials: 1, steps_per_trial: 1}\n"
-        # 14 LR steps over the epochs of 9 batches of 2 (the LR finder needs more than 11)
-        "    - class_path: mvcli.callbacks.tuning.LearningRateFinder\n"
-        "      init_args: {num_training_steps: 14, update_attr: true, early_stop_threshold: null}\n"
-    )
-    args = [*_common(synthetic_root, tmp_path), "--config", str(overlay),
+    args = [*_common(synthetic_root, tmp_path), "--config", str(CONF / "tuners.yaml"),
             "--trainer.max_epochs", "2", "--trainer.limit_val_batches", "1",
             "--model.backbone_lr_ratio", "0.5"]  # fmt: skip
     cli = main(["fit", *args])
