@@ -15,7 +15,7 @@ from pathlib import Path
 from lightning.pytorch.callbacks import Callback
 
 from mvcli.cli import main
-from tests.conftest import CONFIGS, tiny_args
+from tests.conftest import CONF, CONFIGS, tiny_args
 
 
 class Probe(Callback):
@@ -49,10 +49,8 @@ class Probe(Callback):
 
 def run(root: Path, out: Path) -> None:
     args = [
-        "--config", str(CONFIGS / "demo.yaml"), *tiny_args(root, out / "runs"),
-        "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp",
-        "--trainer.max_epochs", "3", "--trainer.num_sanity_val_steps", "0",
-        "--trainer.limit_val_batches", "1", "--trainer.enable_progress_bar", "false",
+        "--config", str(CONFIGS / "demo.yaml"), "--config", str(CONF / "ddp_two_processes.yaml"),
+        "--config", str(CONF / "quick_val.yaml"), *tiny_args(root, out / "runs"),
         "--data.batch_size", "2", "--data.sampler", "progressive",
         "--data.progressive_target", "joint", "--data.progressive_epochs", "2",
         # Advanced with no patience: probes, a cross-process importance vote, an unfreeze
