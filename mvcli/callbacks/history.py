@@ -24,9 +24,8 @@ class TrainingHistory(Callback):
 
     Each record holds every epoch-level metric logged (train and val), the learning rate of
     each optimizer parameter group at the epoch's start, the trainable fraction of the
-    parameters, the epoch's wall time (validation included), the training throughput
-    (actions/s, views/s), the fraction of the training time spent waiting for the data
-    loader, and the peak memory of the epoch (CUDA: peak allocated by torch on the device;
+    parameters, the epoch's wall time (validation included) and training time, and the peak
+    memory of the epoch (CUDA: peak allocated by torch on the device;
     CPU: the process's peak RSS).
 
     The file is rewritten atomically at each epoch end, so a killed run keeps every finished
@@ -50,11 +49,7 @@ class TrainingHistory(Callback):
 
     def _reset_epoch(self) -> None:
         self._epoch_start = time.perf_counter()
-        self._last_batch_end = self._epoch_start
         self._train_end = self._epoch_start
-        self._wait = 0.0
-        self._actions = 0
-        self._views = 0
         self._lrs: dict[str, float] | None = None
 
     # -- measuring ---------------------------------------------------------------------------
@@ -68,19 +63,13 @@ class TrainingHistory(Callback):
     def on_train_batch_start(
         self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        # Time since the previous step ended: fetching the batch (and moving it to the device).
-        self._wait += time.perf_counter() - self._last_batch_end
         if self._lrs is None:  # an epoch resumed mid-way has no epoch start
             self._lrs = _learning_rates(trainer)
 
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs, batch: Any, batch_idx: int
     ) -> None:
-        self._last_batch_end = self._train_end = time.perf_counter()
-        if isinstance(batch, dict):
-            self._actions += len(batch.get("action_id", ()))
-            mask = batch.get("view_mask")
-            self._views += int(mask.sum()) if mask is not None else 0
+        self._train_end = time.perf_counter()
 
     # -- recording ---------------------------------------------------------------------------
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -98,9 +87,6 @@ class TrainingHistory(Callback):
         record["trainable_fraction"] = trainable / total if total else 0.0
         record["epoch_time_s"] = now - self._epoch_start
         record["train_time_s"] = train_time
-        record["actions_per_s"] = self._actions / train_time
-        record["views_per_s"] = self._views / train_time
-        record["data_wait_fraction"] = min(1.0, self._wait / train_time)
         record |= _peak_memory(pl_module.device)
         self._pending = record
 

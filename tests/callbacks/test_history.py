@@ -46,8 +46,9 @@ def test_history_has_one_full_record_per_epoch(long_run):
         # discriminative LR: every stage (all unfrozen here) at the same backbone LR
         assert len({record["lr"][g] for g in groups - {"heads"}}) == 1
         assert record["trainable_fraction"] == 1.0
-        assert record["actions_per_s"] > 0 and record["views_per_s"] >= record["actions_per_s"]
-        assert 0.0 <= record["data_wait_fraction"] <= 1.0
+        speed, views = record["train/actions_per_s"], record["train/views_per_s"]
+        assert speed > 0 and views >= speed
+        assert 0.0 <= record["train/data_wait_fraction"] <= 1.0
         assert record["epoch_time_s"] >= record["train_time_s"] > 0
         assert record["peak_memory_mb"] > 0 and record["peak_memory_of"].startswith("cpu")
     assert records[0]["lr"]["heads"] == 0.006  # as trained with: the epoch's start
