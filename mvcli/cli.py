@@ -287,6 +287,7 @@ class MVCLI(LightningCLI):
         """
         self._output_dir = None
         subcommand = self.subcommand
+        plain_numbers(self.config[subcommand] if subcommand else self.config)
         if subcommand not in EVAL_SUBCOMMANDS:
             return
         config = self.config[subcommand]
@@ -361,6 +362,33 @@ class MVCLI(LightningCLI):
         if not written:
             why = " (fast_dev_run writes none)" if trainer.fast_dev_run else ""
             rank_zero_info(f"no checkpoint written{why}")
+
+
+def plain_numbers(config: Namespace) -> None:
+    """Make jsonargparse's limit-checked numbers (``PositiveInt(8)``) plain ``int``/``float``.
+
+    The limits are checked at parse time; past it, the subclasses would travel into
+    hparams.yaml (YAML cannot write them) and checkpoints (``weights_only`` loading refuses
+    them).
+    """
+    for key, value in config.items():
+        if isinstance(value, bool):
+            continue
+        if isinstance(value, int) and type(value) is not int:
+            config[key] = int(value)
+        elif isinstance(value, float) and type(value) is not float:
+            config[key] = float(value)
+        elif isinstance(value, list):
+            config[key] = [_plain(v) for v in value]
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Namespace):
+        plain_numbers(value)
+        return value
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return value
+    return int(value) if isinstance(value, int) else float(value)
 
 
 def checkpoint_defaults(ckpt_path: Path) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from torch import nn
 
 from mvcli.data.taxonomy import HEADS
 from mvcli.export import example_inputs
-from mvcli.metrics import head_metrics, leaderboard
+from mvcli.metrics import flat_compute, head_metrics, leaderboard, stage_metrics
 
 Quantization = Literal["int8"]
 LATENCY_BATCHES = (1, 8)
@@ -203,7 +203,7 @@ def _latency(session, size: dict[str, int], views: int, batch: int, repeats: int
 
 
 def _evaluate(session, batches: Iterable[tuple[Feeds, dict]]) -> tuple[dict, dict]:
-    metrics = {h: head_metrics(n) for h, n in ((h, len(names)) for h, names in HEADS.items())}
+    metrics = stage_metrics({h: head_metrics(len(names)) for h, names in HEADS.items()}, "eval")
     predictions: dict[str, list[np.ndarray]] = {h: [] for h in HEADS}
     actions = 0
     for feeds, labels in batches:
@@ -212,12 +212,8 @@ def _evaluate(session, batches: Iterable[tuple[Feeds, dict]]) -> tuple[dict, dic
         for head, logits in outputs.items():
             predictions[head].append(logits.argmax(-1))
             if head in labels:
-                metrics[head].update(torch.from_numpy(logits), labels[head])
-    values = {
-        f"eval/{metric}_{head}": value
-        for head, collection in metrics.items()
-        for metric, value in collection.compute().items()
-    }
+                metrics.task_metrics[head].update(torch.from_numpy(logits), labels[head])
+    values = flat_compute(metrics)
     scores = {"actions": actions, "leaderboard": float(leaderboard(values, list(HEADS), "eval"))}
     scores |= {k.removeprefix("eval/"): float(v) for k, v in values.items()}
     return scores, {h: np.concatenate(p) if p else np.array([]) for h, p in predictions.items()}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torchmetrics import Metric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
+from torchmetrics.wrappers import MultitaskWrapper
 
 
 class BalancedAccuracy(Metric):
@@ -45,6 +46,21 @@ def head_metrics(num_classes: int) -> MetricCollection:
             "bacc": BalancedAccuracy(num_classes),
         }
     )
+
+
+def stage_metrics(heads: dict[str, MetricCollection], stage: str) -> MultitaskWrapper:
+    """One stage's copy of the heads' metrics, named ``{stage}/acc_{head}`` etc.
+
+    Updated with ``{head: logits}, {head: targets}``; :func:`flat_compute` gives the names.
+    """
+    return MultitaskWrapper(
+        {h: c.clone(prefix=f"{stage}/", postfix=f"_{h}") for h, c in heads.items()}
+    )
+
+
+def flat_compute(metrics: MultitaskWrapper) -> dict[str, torch.Tensor]:
+    """``{stage}/{metric}_{head}`` -> value (MultitaskWrapper nests the values per head)."""
+    return {name: value for head in metrics.compute().values() for name, value in head.items()}
 
 
 def leaderboard(values: dict[str, torch.Tensor], heads: list[str], prefix: str) -> torch.Tensor:

@@ -23,6 +23,7 @@ from mvcli.data.taxonomy import HEADS, NUM_CLASSES
 from mvcli.data.video import ClipSpec
 from mvcli.errors import DataError
 from mvcli.io import atomic_write_text
+from mvcli.limits import AtLeastOne, UnitIntervalClosedOpen
 from mvcli.losses import (
     ClassWeighting,
     LossName,
@@ -30,7 +31,7 @@ from mvcli.losses import (
     class_weights,
     format_class_weights,
 )
-from mvcli.metrics import head_metrics, leaderboard
+from mvcli.metrics import flat_compute, head_metrics, leaderboard, stage_metrics
 from mvcli.models.backbones import BackboneName, build_backbone, normalization
 from mvcli.models.network import MultiViewNetwork
 from mvcli.models.pooling import PoolingName
@@ -110,15 +111,15 @@ class MVFoulModule(LightningModule):
         backbone: BackboneName = "r2plus1d_18",
         pretrained: str | None = None,
         pooling: PoolingName = "max",
-        head_dropout: float = 0.2,
+        head_dropout: UnitIntervalClosedOpen = 0.2,
         task_weights: dict[str, float] | None = None,
         loss: LossName | dict[str, LossName] = "plain",
         label_smoothing: float | dict[str, float] = 0.0,
         focal_gamma: float | dict[str, float] = 2.0,
         focal_alpha: dict[str, Literal["class_weights"] | list[float]] | None = None,
         class_weighting: ClassWeighting = "inverse",
-        effective_beta: float = 0.999,
-        max_weight_ratio: float | None = None,
+        effective_beta: UnitIntervalClosedOpen = 0.999,
+        max_weight_ratio: AtLeastOne | None = None,
         allow_double_balancing: bool = False,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         lr_scheduler: LRSchedulerCallable | None = None,
@@ -159,14 +160,10 @@ class MVFoulModule(LightningModule):
             focal_alpha=focal_alpha,
             num_classes=num_classes,
         )
+        heads = {h: head_metrics(n) for h, n in num_classes.items()}
+        # "train" would clash with nn.Module.train as a ModuleDict key.
         self.metrics = nn.ModuleDict(
-            {
-                # "train" would clash with nn.Module.train as a ModuleDict key.
-                f"{stage}_metrics": nn.ModuleDict(
-                    {h: head_metrics(n) for h, n in num_classes.items()}
-                )
-                for stage in ("train", *_EVAL_STAGES)
-            }
+            {f"{stage}_metrics": stage_metrics(heads, stage) for stage in ("train", *_EVAL_STAGES)}
         )
         # Damage counts as torchmetrics, so they are summed across processes with the metrics.
         self.damage = nn.ModuleDict(
@@ -208,10 +205,11 @@ class MVFoulModule(LightningModule):
         self._log_loss(stage, "loss", loss, size, prog_bar=True)
         for head, part in parts.items():
             self._log_loss(stage, f"loss_{head}", part, size)
+        preds = {h: logits[h].detach() for h in self.heads}
+        self.metrics[f"{stage}_metrics"].update(preds, {h: batch[h] for h in self.heads})
         for head in self.heads:
-            self.metrics[f"{stage}_metrics"][head].update(logits[head].detach(), batch[head])
             if stage in self.confusion:
-                self.confusion[stage][head].update(logits[head].detach(), batch[head])
+                self.confusion[stage][head].update(preds[head], batch[head])
         return loss
 
     def _count_damage(self, batch: dict, stage: str) -> None:
@@ -234,11 +232,13 @@ class MVFoulModule(LightningModule):
         labelled = [f for f in failed if all(h in f for h in self.heads)]
         if not labelled:
             return
+        targets = {
+            h: torch.tensor([f[h] for f in labelled], device=self.device) for h in self.heads
+        }
+        wrong = {h: (t + 1) % self.confusion[stage][h].num_classes for h, t in targets.items()}
+        self.metrics[f"{stage}_metrics"].update(wrong, targets)
         for head in self.heads:
-            target = torch.tensor([f[head] for f in labelled], device=self.device)
-            wrong = (target + 1) % self.metrics[f"{stage}_metrics"][head]["bacc"].num_classes
-            self.metrics[f"{stage}_metrics"][head].update(wrong, target)
-            self.confusion[stage][head].update(wrong, target)
+            self.confusion[stage][head].update(wrong[head], targets[head])
 
     def _log_loss(
         self, stage: str, name: str, value: torch.Tensor, size: int, prog_bar: bool = False
@@ -297,18 +297,15 @@ class MVFoulModule(LightningModule):
 
     def _log_epoch(self, stage: str) -> None:
         counts = self.damage[f"{stage}_damage"]
-        collections = self.metrics[f"{stage}_metrics"]
+        metrics = self.metrics[f"{stage}_metrics"]
         # Decided on the counts of all ranks: compute() is a collective every rank must join.
-        updates = sum(c["acc"].update_count for c in collections.values())
+        updates = sum(c.update_count for c in metrics.values())
         if self.all_gather(torch.tensor(updates, device=self.device)).sum() == 0:
             for count in counts.values():
                 count.reset()
             return
-        values = {}
-        for head, collection in collections.items():
-            for name, value in collection.compute().items():
-                values[f"{stage}/{name}_{head}"] = value
-            collection.reset()
+        values = flat_compute(metrics)
+        metrics.reset()
         for name, count in counts.items():
             values[f"{stage}/{name}"] = count.compute().float()
             count.reset()

@@ -10,14 +10,13 @@ import inspect
 from collections.abc import Mapping
 from typing import Any
 
-from jsonargparse.typing import NonNegativeInt, restricted_number_type
+from jsonargparse.typing import NonNegativeInt
 from lightning.pytorch.cli import LRSchedulerCallable
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import CyclicLR, LRScheduler, OneCycleLR, ReduceLROnPlateau
 
-UnitIntervalOpenLeft = restricted_number_type(
-    "UnitIntervalOpenLeft", float, [(">", 0.0), ("<=", 1.0)], docstring="in (0, 1]"
-)
+from mvcli.limits import UnitIntervalOpenLeft
+
 # Schedulers stepped per optimizer step by default (lr_interval: auto); others per epoch.
 STEP_SCHEDULERS: tuple[type, ...] = (OneCycleLR, CyclicLR)
 

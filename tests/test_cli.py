@@ -234,6 +234,18 @@ def test_fit_saves_config_and_checkpoints(trained):
     assert best.name.startswith("epoch00") and f"leaderboard{float(score):.4f}" in best.name
 
 
+def test_limit_checked_values_are_plain_numbers_where_saved(trained):
+    # --data.batch_size/frames_per_clip/img_height... are jsonargparse PositiveInt: their
+    # values (linked into the model's too) must reach hparams and checkpoints as plain int.
+    _, fit = trained
+    last = torch.load(_log_dir(fit) / "checkpoints/last.ckpt", weights_only=True)
+    data, model = last["datamodule_hyper_parameters"], last["hyper_parameters"]
+    assert (data["batch_size"], data["frames_per_clip"], model["num_frames"]) == (4, 8, 8)
+    for value in (data["batch_size"], data["img_height"], model["num_frames"], model["img_width"]):
+        assert type(value) is int
+    assert type(fit.datamodule.hparams.batch_size) is int
+
+
 @pytest.mark.parametrize(("stage", "prefix"), [("validate", "val"), ("test", "test")])
 def test_validate_and_test_write_metrics(trained, stage, prefix):
     common, fit = trained

@@ -52,10 +52,15 @@ def test_wrong_dataset_folder_is_a_data_error(base, ckpt, tmp_path, capsys):
     _assert_one_paragraph(err)
 
 
-def test_invalid_value_is_a_usage_error(base, capsys):
-    code, err = _fail(["fit", *base, "--data.batch_size", "0"], capsys)
-    assert code == 2 and "data.batch_size must be > 0" in err
-    _assert_one_paragraph(err)
+@pytest.mark.parametrize(
+    ("option", "value", "limit"),
+    [("data.batch_size", "0", "v>0"), ("data.progressive_epochs", "-1", "v>=0")],
+)
+def test_out_of_limit_value_is_refused_at_parse_time(option, value, limit, base, capsys):
+    # jsonargparse's limit types: checked while parsing, before any data is read.
+    code, err = _fail(["fit", *base, f"--{option}", value], capsys)
+    assert code == 2 and "Traceback" not in err
+    assert f'key "{option}"' in err and limit in err, err
 
 
 @pytest.mark.parametrize("subcommand", ["predict", "validate", "test"])

@@ -89,13 +89,12 @@ def test_unreadable_actions_are_wrong_on_both_heads():
     failed[1] |= {"offence_severity": 0, "action": 2}
     batch = {"failed": failed, "skipped_views": [], "video": None, "action_id": []}
     model._count_damage(batch, "val")
-    for head in model.heads:
-        metrics = model.metrics["val_metrics"][head].compute()
-        assert metrics["acc"] == 0 and metrics["bacc"] == 0
+    for head, metrics in model.metrics["val_metrics"].compute().items():
+        assert metrics[f"val/acc_{head}"] == 0 and metrics[f"val/bacc_{head}"] == 0
     damage = model.damage["val_damage"]
     assert damage["unreadable_actions"].compute() == 2
     assert damage["skipped_views"].compute() == 2  # views, not actions
-    assert torch.equal(model.metrics["val_metrics"]["action"]["bacc"].support[[2, 7]],
+    assert torch.equal(model.metrics["val_metrics"].task_metrics["action"]["bacc"].support[[2, 7]],
                        torch.tensor([1, 1]))  # fmt: skip
 
 

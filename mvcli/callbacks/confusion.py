@@ -13,6 +13,7 @@ import warnings
 from pathlib import Path
 
 import torch
+from jsonargparse.typing import NonNegativeInt
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info
@@ -39,9 +40,9 @@ class ConfusionMatrices(Callback):
         top_pairs: how many most-confused (true, predicted) pairs to list per head.
     """
 
-    def __init__(self, log_every_n_epochs: int = 1, top_pairs: int = 5) -> None:
-        if log_every_n_epochs < 0 or top_pairs < 0:
-            raise ValueError("confusion.log_every_n_epochs and confusion.top_pairs must be >= 0")
+    def __init__(
+        self, log_every_n_epochs: NonNegativeInt = 1, top_pairs: NonNegativeInt = 5
+    ) -> None:
         self.log_every_n_epochs = log_every_n_epochs
         self.top_pairs = top_pairs
 

@@ -18,12 +18,7 @@ from abc import ABC, abstractmethod
 from typing import Any, Literal
 
 import torch
-from jsonargparse.typing import (
-    NonNegativeFloat,
-    NonNegativeInt,
-    PositiveInt,
-    restricted_number_type,
-)
+from jsonargparse.typing import NonNegativeFloat, NonNegativeInt, PositiveInt
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
@@ -31,11 +26,8 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from mvcli.compat import rewrap_ddp
+from mvcli.limits import UnitIntervalClosedOpen
 from mvcli.schedulers import GroupFactorLR
-
-MomentumFactor = restricted_number_type(
-    "MomentumFactor", float, [(">=", 0.0), ("<", 1.0)], docstring="in [0, 1)"
-)
 
 
 class StageFreezing(Callback, ABC):
@@ -376,7 +368,7 @@ class AdvancedFreezing(AdaptiveFreezing):
 
     def __init__(
         self,
-        gradient_momentum: MomentumFactor = 0.9,
+        gradient_momentum: UnitIntervalClosedOpen = 0.9,
         probe_batches: NonNegativeInt = 2,
         rollback_patience: PositiveInt = 3,
         **kwargs,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from jsonargparse.typing import PositiveInt
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import grad_norm
 from torch.optim import Optimizer
@@ -22,10 +23,8 @@ class GradientNorms(Callback):
     """
 
     def __init__(
-        self, norm_type: float = 2.0, every_n_steps: int = 50, per_parameter: bool = False
+        self, norm_type: float = 2.0, every_n_steps: PositiveInt = 50, per_parameter: bool = False
     ) -> None:
-        if every_n_steps < 1:
-            raise ValueError(f"GradientNorms.every_n_steps must be >= 1, got {every_n_steps}")
         self.norm_type = float(norm_type)
         self.every_n_steps = every_n_steps
         self.per_parameter = per_parameter

@@ -90,12 +90,13 @@ class TrainingHistory(Callback):
         record |= _peak_memory(pl_module.device)
         self._pending = record
 
-    def _complete(self, trainer: Trainer) -> None:
+    def _complete(self, trainer: Trainer, with_metrics: bool = True) -> None:
         if self._pending is None:
             return
         record, self._pending = self._pending, None
         # LearningRateMonitor's step values are left out: the "lr" entry has each group's.
-        metrics = sorted(trainer.callback_metrics.items())
+        # Reading callback_metrics computes logged torchmetrics objects: a collective.
+        metrics = sorted(trainer.callback_metrics.items()) if with_metrics else []
         record = (
             {"epoch": record["epoch"], "step": record["step"]}
             | {k: _number(v) for k, v in metrics if not k.startswith("lr-")}
@@ -115,7 +116,9 @@ class TrainingHistory(Callback):
         self._complete(trainer)
 
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception) -> None:
-        self._complete(trainer)
+        # Under DDP another process may be gone (the reason for the exception): a collective
+        # would then hang until the timeout, so the record keeps its measurements only.
+        self._complete(trainer, with_metrics=trainer.world_size == 1)
 
     @rank_zero_only
     def _write(self, trainer: Trainer) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 
 import torch
+from jsonargparse.typing import PositiveInt
 from lightning.pytorch import Callback, LightningModule, Trainer
 
 
@@ -19,9 +20,7 @@ class MemoryCleanup(Callback):
         every_n_steps: training batches between two cleanups.
     """
 
-    def __init__(self, every_n_steps: int = 100) -> None:
-        if every_n_steps < 1:
-            raise ValueError(f"MemoryCleanup.every_n_steps must be >= 1, got {every_n_steps}")
+    def __init__(self, every_n_steps: PositiveInt = 100) -> None:
         self.every_n_steps = every_n_steps
         self.cleanups = 0
 

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import torch
+from jsonargparse.typing import NonNegativeInt, PositiveFloat, PositiveInt
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader
@@ -123,24 +124,24 @@ class MVFoulDataModule(LightningDataModule):
         predict_root: Path | None = None,
         predict_split: Split = "Test",
         # Defaults: ClipSpec's, defined once.
-        frames_per_clip: int = ClipSpec.num_frames,
-        center_frame: int = ClipSpec.center_frame,
-        source_fps: float = ClipSpec.source_fps,
-        target_fps: float = ClipSpec.target_fps,
-        img_height: int = ClipSpec.height,
-        img_width: int = ClipSpec.width,
+        frames_per_clip: PositiveInt = ClipSpec.num_frames,
+        center_frame: NonNegativeInt = ClipSpec.center_frame,
+        source_fps: PositiveFloat = ClipSpec.source_fps,
+        target_fps: PositiveFloat = ClipSpec.target_fps,
+        img_height: PositiveInt = ClipSpec.height,
+        img_width: PositiveInt = ClipSpec.width,
         mean: tuple[float, float, float] | None = None,
         std: tuple[float, float, float] | None = None,
-        num_views: int = 2,
-        min_frames: int = ClipSpec.min_frames,
+        num_views: PositiveInt = 2,
+        min_frames: PositiveInt = ClipSpec.min_frames,
         cache_dir: Path | None = None,
-        cache_workers: int | None = None,
-        batch_size: int = 8,
-        eval_batch_size: int | None = None,
-        num_workers: int | None = None,
+        cache_workers: PositiveInt | None = None,
+        batch_size: PositiveInt = 8,
+        eval_batch_size: PositiveInt | None = None,
+        num_workers: NonNegativeInt | None = None,
         pin_memory: bool = True,
         sampler: SamplerName = "natural",
-        progressive_epochs: int = 10,
+        progressive_epochs: NonNegativeInt = 10,
         progressive_target: BalanceTarget = "offence_severity",
         allow_outside_root: bool = False,
         augmentation: Augmentation | None = None,
@@ -152,17 +153,6 @@ class MVFoulDataModule(LightningDataModule):
         self.augmentation.resolved()  # bad values fail at start-up, not at the first batch
         self.hparams["augmentation"] = self.augmentation.to_dict()
         self.augmenter: BatchAugmenter | None = None
-        _check_positive(
-            frames_per_clip=frames_per_clip,
-            img_height=img_height,
-            img_width=img_width,
-            num_views=num_views,
-            batch_size=batch_size,
-            target_fps=target_fps,
-            source_fps=source_fps,
-        )
-        if progressive_epochs < 0:
-            raise ValueError(f"data.progressive_epochs must be >= 0, got {progressive_epochs}")
         self.root = Path(root) if root is not None else None
         self.predict_root = Path(predict_root) if predict_root is not None else None
         self.spec = ClipSpec(
@@ -451,9 +441,3 @@ class MVFoulDataModule(LightningDataModule):
 
 def _has_accelerator() -> bool:
     return torch.cuda.is_available()
-
-
-def _check_positive(**values: float) -> None:
-    for name, value in values.items():
-        if value <= 0:
-            raise ValueError(f"data.{name} must be > 0, got {value}")
