@@ -367,9 +367,11 @@ class MVCLI(LightningCLI):
 def plain_numbers(config: Namespace) -> None:
     """Make jsonargparse's limit-checked numbers (``PositiveInt(8)``) plain ``int``/``float``.
 
-    The limits are checked at parse time; past it, the subclasses would travel into
-    hparams.yaml (YAML cannot write them) and checkpoints (``weights_only`` loading refuses
-    them).
+    The limits are checked at parse time; past it, the subclasses would travel into the
+    model's and data module's hparams: hparams.yaml (YAML cannot write them) and checkpoints
+    (``weights_only`` loading refuses them). Components given by ``class_path`` (callbacks)
+    are validated again as they are built, so they get the subclasses: they keep no argument
+    in their checkpoint state.
     """
     for key, value in config.items():
         if isinstance(value, bool):
