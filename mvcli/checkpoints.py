@@ -16,9 +16,9 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+import fsspec
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
-from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 
@@ -113,7 +113,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     """
 
     def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
-        if storage_options is not None or not _is_local_file_protocol(str(path)):
+        if storage_options is not None or fsspec.utils.get_protocol(str(path)) != "file":
             return super().save_checkpoint(checkpoint, path, storage_options)
         atomic_write(path, lambda f: torch.save(checkpoint, f))
 

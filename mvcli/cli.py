@@ -17,7 +17,7 @@ from lightning.pytorch.callbacks import (
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_info
 
-from mvcli import __version__
+from mvcli import __version__, compat
 from mvcli.callbacks.augmentation_preview import AugmentationPreview
 from mvcli.callbacks.confusion import ConfusionMatrices
 from mvcli.callbacks.console import ModelSummary as MVModelSummary
@@ -135,17 +135,13 @@ class MVCLI(LightningCLI):
         parser.add_argument("--version", action="version", version=f"mvcli {__version__}")
         return parser
 
+    # Overrides of LightningCLI's private hooks: _add_subcommands, _prepare_subcommand_parser,
+    # _parse_ckpt_path (why: mvcli/compat.py's docstring).
     def _add_subcommands(self, parser: LightningArgumentParser, **kwargs: Any) -> None:
         super()._add_subcommands(parser, **kwargs)
         # One line each, ours; `score` and `search` run outside LightningCLI (see run()) but
         # are listed too.
-        action = parser._subcommands_action
-        for choice in action._choices_actions:
-            choice.help = SUBCOMMAND_HELP.get(choice.dest, choice.help)
-        for name in STANDALONE_SUBCOMMANDS:
-            action._choices_actions.append(
-                action._ChoicesPseudoAction(name, (), SUBCOMMAND_HELP[name])
-            )
+        compat.rewrite_subcommand_help(parser, SUBCOMMAND_HELP, list(STANDALONE_SUBCOMMANDS))
 
     def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs: Any):
         parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
@@ -202,7 +198,7 @@ class MVCLI(LightningCLI):
         # Checked first: a bad checkpoint stops the run before any data is scanned.
         defaults = checkpoint_defaults(Path(ckpt_path))
         if defaults:
-            self._subcommand_parsers[subcommand].set_defaults(defaults)
+            compat.subcommand_parser(self, subcommand).set_defaults(defaults)
             super().parse_arguments(self.parser, self._args)
             for key, value in last.items():  # the new parse said "last" again
                 self.config[subcommand][key] = value
@@ -307,7 +303,7 @@ class MVCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs: Any):
         # Callbacks every run needs, unless the config turns off what they depend on; fresh
         # instances per run since callbacks hold state.
-        config = self._get(self.config_init, "trainer", default={})
+        config = self.config_init.get(str(self.subcommand), self.config_init).get("trainer", {})
         callbacks = list(config.get("callbacks") or [])
         # RunHParams holds state saved in checkpoints: present in every run, so loading one
         # never warns about a missing callback; without a logger it (and Throughput) log nothing.
@@ -345,7 +341,7 @@ class MVCLI(LightningCLI):
                 continue
             if isinstance(callback, PeriodicCheckpoint):
                 kept = sorted(Path(callback.dirpath or ".").glob("periodic-*.ckpt"))
-                if callback._every_n_epochs > 0 and kept:
+                if callback.every_n_epochs > 0 and kept:
                     rank_zero_info(f"periodic checkpoints: {len(kept)} in {callback.dirpath}")
                     written = True
                 continue

@@ -267,18 +267,13 @@ def compress_export(
     if eval_split is None and root is not None and (root / "Test/annotations.json").is_file():
         eval_split = "Test"
 
-    def loader(split: str):
-        return datamodule._loader(
-            datamodule._dataset(datamodule.records(split)), datamodule._eval_batch_size
-        )
-
     calibration = None
     if quantize == "int8" and calibration_split is not None and root is not None:
-        calibration_loader = loader(calibration_split)
+        calibration_loader = datamodule.split_loader(calibration_split)
         calibration = [f for f, _ in batch_feeds(calibration_loader, calibration_batches)]
     variants = onnx_variants(onnx_path, quantize, half, calibration)
     if eval_split is not None:
-        eval_loader = loader(eval_split)
+        eval_loader = datamodule.split_loader(eval_split)
 
         def eval_batches():
             return batch_feeds(eval_loader)

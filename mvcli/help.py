@@ -13,8 +13,9 @@ import re
 from collections.abc import Iterable
 
 from jsonargparse import ActionSubCommands, DefaultHelpFormatter
-from jsonargparse._common import parent_parser  # the parser being formatted
 from lightning.pytorch.cli import LightningArgumentParser
+
+from mvcli import compat
 
 # One line per subcommand, shown by ``mvcli --help``; others fall back to their docstring.
 SUBCOMMAND_HELP = {
@@ -91,7 +92,7 @@ class HelpFormatter(DefaultHelpFormatter):
         return "".join(indent + line for line in plain(text).splitlines(keepends=True))
 
     def _format_action_invocation(self, action: argparse.Action) -> str:
-        parser = parent_parser.get()
+        parser = compat.formatting_parser()
         if getattr(parser, "full_help", True) or isinstance(action, ActionSubCommands):
             return super()._format_action_invocation(action)
         # Short help: no ARG:/ENV: lines (the README and --help-all give the variables).

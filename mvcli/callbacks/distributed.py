@@ -12,6 +12,8 @@ from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
+from mvcli import compat
+
 LRScaling = Literal["none", "linear"]
 # What torch.distributed raises when a peer process vanished or stalled past the timeout.
 _LOST_PEER_MARKERS = ("connection closed by peer", "connection reset", "timed out", "timeout")
@@ -51,23 +53,21 @@ class DistributedRun(Callback):
         self._original_optimizer = None
 
     def configure_strategy(self, trainer: Trainer) -> None:
-        """Apply the options to the trainer's DDP strategy, before its process group exists.
-
-        DDPStrategy keeps them as ``_timeout`` and ``_ddp_kwargs`` until ``setup_environment``
-        (the only way to set them on a strategy chosen by name, e.g. ``strategy: ddp``), and
-        sync BN as ``_layer_sync``.
-        """
+        """Apply the options to the trainer's DDP strategy, before its process group exists
+        (through :mod:`mvcli.compat`: a strategy chosen by name, e.g. ``strategy: ddp``, has
+        no public setters)."""
         strategy = trainer.strategy
         if not isinstance(strategy, DDPStrategy):
             return
-        if strategy._layer_sync is not None and isinstance(trainer.accelerator, CPUAccelerator):
-            # torch's SyncBatchNorm refuses CPU modules; the same config still runs on CPU.
+        # torch's SyncBatchNorm refuses CPU modules; the same config still runs on CPU.
+        if isinstance(trainer.accelerator, CPUAccelerator) and compat.disable_sync_batchnorm(
+            strategy
+        ):
             rank_zero_warn("trainer.sync_batchnorm needs GPUs: off on CPU (per-process BN)")
-            strategy._layer_sync = None
         if self.timeout is not None:
-            strategy._timeout = timedelta(seconds=self.timeout)
+            compat.set_process_group_timeout(strategy, timedelta(seconds=self.timeout))
         if self.find_unused_parameters is not None:
-            strategy._ddp_kwargs["find_unused_parameters"] = self.find_unused_parameters
+            compat.set_ddp_option(strategy, "find_unused_parameters", self.find_unused_parameters)
 
     # -- start of fit: effective batch and LR scaling ------------------------------------------
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
@@ -102,7 +102,7 @@ class DistributedRun(Callback):
         self, trainer: Trainer, pl_module: LightningModule, exception: BaseException
     ) -> None:
         if trainer.world_size > 1 and lost_peer(exception):
-            timeout = getattr(trainer.strategy, "_timeout", None)
+            timeout = compat.process_group_timeout(trainer.strategy)
             sys.stderr.write(
                 f"mvcli: process {trainer.global_rank} of {trainer.world_size} lost contact "
                 "with the other processes (one died or stalled past the timeout of "

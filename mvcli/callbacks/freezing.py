@@ -23,9 +23,8 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
 
-from mvcli.compat import rewrap_ddp
+from mvcli.compat import BatchNormBase, rewrap_ddp
 from mvcli.limits import UnitIntervalClosedOpen
 from mvcli.schedulers import GroupFactorLR
 
@@ -66,11 +65,11 @@ class StageFreezing(Callback, ABC):
     def frozen_stages(self) -> list[int]:
         return [i for i in range(len(self._names)) if i not in self.unfrozen]
 
-    def batch_norms(self, i: int) -> list[_BatchNorm]:
+    def batch_norms(self, i: int) -> list[BatchNormBase]:
         """Stage ``i``'s batch norm layers, looked up now: a strategy may have replaced them
         (DDP's ``sync_batchnorm`` swaps them for SyncBatchNorm layers after ``setup``)."""
         stage = self._module.backbone_stages[i]
-        return [m for m in stage.modules() if isinstance(m, _BatchNorm)]
+        return [m for m in stage.modules() if isinstance(m, BatchNormBase)]
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if not getattr(pl_module, "backbone_stages", None):

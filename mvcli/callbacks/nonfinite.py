@@ -97,8 +97,8 @@ class NonFiniteGuard(Callback):
         grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
         if not grads:
             return False
-        norms = torch._foreach_norm(grads)  # one kernel per device, not one per parameter
-        return not bool(torch.isfinite(torch.stack([n.float() for n in norms])).all())
+        # A NaN/inf anywhere makes the total norm non-finite; foreach kernels, not one per tensor.
+        return not bool(torch.isfinite(torch.nn.utils.get_total_norm(grads)))
 
 
 def _gather_ids(ids: list[str], world_size: int) -> list[str]:

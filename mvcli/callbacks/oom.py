@@ -29,6 +29,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_warn
 from torchmetrics import Metric
 
+from mvcli import compat
 from mvcli.callbacks.resume import _load_metric_state, _metric_state
 from mvcli.checkpoints import save_last_checkpoint
 
@@ -203,12 +204,9 @@ class _Snapshot:
             if isinstance(m, Metric) and "train" in name
         }
         self.results = {}
-        for key, metric in trainer.fit_loop.epoch_loop._results.items():
+        for key, metric in compat.logged_results(trainer).items():
             if getattr(metric, "is_tensor", False):
-                self.results[key] = (
-                    metric,
-                    {k: _copy(getattr(metric, k)) for k in metric._defaults},
-                )
+                self.results[key] = (metric, {k: _copy(v) for k, v in metric.metric_state.items()})
 
     def restore(self) -> None:
         for metric, state in self.metrics.values():

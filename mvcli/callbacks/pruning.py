@@ -75,6 +75,7 @@ class ScheduledPruning(ModelPruning):
         self.start_epoch = start_epoch
         self.end_epoch = end_epoch
         self.layers = tuple(layers or ("conv", "linear"))
+        self.pruned_parameters: list = []  # (module, name) pairs, set in setup
         self._log_sparsity = verbose
 
     def _amount_at(self, epoch: int) -> float:
@@ -87,15 +88,17 @@ class ScheduledPruning(ModelPruning):
 
     def filter_parameters_to_prune(self, parameters_to_prune=()):
         types = tuple(t for name in self.layers for t in _LAYER_TYPES[name])
-        return [(m, p) for m, p in parameters_to_prune if isinstance(m, types)]
+        # Kept for the sparsity log: ModelPruning keeps this list private.
+        self.pruned_parameters = [(m, p) for m, p in parameters_to_prune if isinstance(m, types)]
+        return self.pruned_parameters
 
     def apply_pruning(self, amount) -> None:
         super().apply_pruning(amount)
         if self._log_sparsity:
-            modules = [m for m, _ in self._parameters_to_prune]
+            modules = [m for m, _ in self.pruned_parameters]
             rank_zero_info(f"pruning: {pruned_share(modules):.1%} of the weights pruned")
             if self._log_sparsity > 1:
-                for module, _ in self._parameters_to_prune:
+                for module, _ in self.pruned_parameters:
                     rank_zero_info(f"  {module}: {pruned_share([module]):.1%}")
 
     def on_train_end(self, trainer, pl_module) -> None:

@@ -28,10 +28,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from lightning.fabric.utilities.data import _set_sampler_epoch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from torchmetrics import Metric
 
+from mvcli import compat
 from mvcli.data.sampler import SeededSampler
 
 KEY = "mvcli_resume"
@@ -67,7 +67,7 @@ class ResumeState(Callback):
             state["metrics"] = {
                 name: _metric_state(m)
                 for name, m in pl_module.named_modules()
-                if isinstance(m, Metric) and m._update_count > 0
+                if isinstance(m, Metric) and m.update_count > 0
             }
             state["results"] = _results_state(trainer)
         checkpoint[KEY] = state
@@ -106,19 +106,18 @@ class ResumeState(Callback):
     def _restart_iterator(trainer: Trainer, skip: int) -> None:
         """A resumed run builds its training iterator before it knows the epoch: rebuild it
         for the epoch being trained, past the ``skip`` items already trained on."""
-        loop = trainer.fit_loop
-        if loop._combined_loader is None or loop._data_fetcher is None:
-            return
-        for loader in loop._combined_loader.flattened:
-            _set_sampler_epoch(loader, trainer.current_epoch)
+
+        def prepare(loader) -> None:
+            compat.set_sampler_epoch(loader, trainer.current_epoch)
             sampler = getattr(loader, "sampler", None)
             if isinstance(sampler, SeededSampler):
                 sampler.skip = skip
-        iter(loop._data_fetcher)
+
+        compat.restart_training_iterator(trainer, prepare)
 
 
 def _train_batch_size(trainer: Trainer) -> int:
-    loader = trainer.fit_loop._combined_loader.flattened[0]
+    loader = compat.training_loaders(trainer)[0]
     return int(getattr(loader, "batch_size", None) or 1)
 
 
@@ -148,8 +147,8 @@ def _set_rng_states(states: dict[str, Any]) -> None:
 
 # -- running epoch metrics --------------------------------------------------------------------
 def _metric_state(metric: Metric) -> dict[str, Any]:
-    state = {k: _clone(getattr(metric, k)) for k in metric._defaults}
-    return {"state": state, "update_count": metric._update_count}
+    state = {k: _clone(v) for k, v in metric.metric_state.items()}
+    return {"state": state, "update_count": metric.update_count}
 
 
 def _load_metric_state(metric: Metric, saved: dict[str, Any]) -> None:
@@ -157,8 +156,7 @@ def _load_metric_state(metric: Metric, saved: dict[str, Any]) -> None:
         current = getattr(metric, key)
         device = current.device if isinstance(current, torch.Tensor) else None
         setattr(metric, key, value.to(device) if device is not None else value)
-    metric._update_count = saved["update_count"]
-    metric._computed = None
+    compat.restore_update_count(metric, saved["update_count"])
 
 
 def _clone(value):
@@ -171,10 +169,10 @@ def _clone(value):
 
 def _results_state(trainer: Trainer) -> dict[str, dict[str, torch.Tensor]]:
     """Running sums of the values logged with ``self.log(..., on_epoch=True)`` in training."""
-    results = trainer.fit_loop.epoch_loop._results
+    results = compat.logged_results(trainer)
     out = {}
     for key, metric in results.items():
-        if getattr(metric, "is_tensor", False) and metric.meta.on_epoch and metric._update_count:
+        if getattr(metric, "is_tensor", False) and metric.meta.on_epoch and metric.update_count:
             state = {"value": metric.value.detach().cpu().clone()}
             if metric.meta.is_mean_reduction:
                 state["cumulated_batch_size"] = metric.cumulated_batch_size.detach().cpu().clone()
@@ -183,7 +181,7 @@ def _results_state(trainer: Trainer) -> dict[str, dict[str, torch.Tensor]]:
 
 
 def _add_results_state(trainer: Trainer, saved: dict[str, dict[str, torch.Tensor]]) -> None:
-    results = trainer.fit_loop.epoch_loop._results
+    results = compat.logged_results(trainer)
     for key, state in saved.items():
         metric = results.get(key)
         if metric is None or not metric.is_tensor:

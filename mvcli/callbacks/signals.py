@@ -30,6 +30,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from mvcli import compat
 from mvcli.checkpoints import last_checkpoint_path, save_last_checkpoint
 
 _HANDLED = (signal.SIGTERM, signal.SIGINT)
@@ -71,9 +72,9 @@ class GracefulStop(Callback):
         if self._epoch_ending(trainer):
             # Its last batch or validation: stop once the epoch-end checkpoint is written.
             self._deferred = True
-            trainer._signal_connector.received_sigterm = False
+            compat.request_sigterm_stop(trainer, False)
         else:
-            trainer._signal_connector.received_sigterm = True
+            compat.request_sigterm_stop(trainer)
 
     @staticmethod
     def _epoch_ending(trainer: Trainer) -> bool:
@@ -92,7 +93,7 @@ class GracefulStop(Callback):
         # raises SIGTERMException once the epoch is complete.
         self._in_epoch = False
         if self._deferred:
-            trainer._signal_connector.received_sigterm = True
+            compat.request_sigterm_stop(trainer)
 
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         for signum, handler in self._previous.items():

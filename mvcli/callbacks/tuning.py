@@ -5,6 +5,8 @@ from __future__ import annotations
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import LearningRateFinder as _LearningRateFinder
 
+from mvcli import compat
+
 
 class LearningRateFinder(_LearningRateFinder):
     """Runs the LR range test when fit starts; with ``update_attr`` the suggestion becomes
@@ -18,6 +20,6 @@ class LearningRateFinder(_LearningRateFinder):
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         super().on_fit_start(trainer, pl_module)
-        if self._update_attr and self.optimal_lr is not None:
+        if compat.lr_finder_updates_attr(self) and self.optimal_lr is not None:
             if self.optimal_lr.suggestion() is not None:
                 trainer.strategy.setup_optimizers(trainer)

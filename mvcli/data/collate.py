@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 
+from mvcli import compat
 from mvcli.data.taxonomy import HEADS
 
 LABEL_KEYS = tuple(HEADS)
@@ -61,5 +60,4 @@ def _empty(shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
     torch's default_collate does), which saves a copy of the whole batch on its way out."""
     if torch.utils.data.get_worker_info() is None:
         return torch.empty(shape, dtype=like.dtype)
-    storage = like._typed_storage()._new_shared(math.prod(shape), device=like.device)
-    return like.new(storage).resize_(shape)
+    return compat.shared_empty(shape, like)

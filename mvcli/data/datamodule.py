@@ -401,6 +401,11 @@ class MVFoulDataModule(LightningDataModule):
     def predict_dataloader(self) -> DataLoader:
         return self._eval_loader(self.datasets["predict"])
 
+    def split_loader(self, split: str) -> DataLoader:
+        """All actions of a split folder (``Test``, ...) in order, at the evaluation batch
+        size, without a Trainer (``mvcli export``'s accuracy and calibration data)."""
+        return self._loader(self._dataset(self.records(split)), self._eval_batch_size)
+
     def _eval_loader(self, dataset: MultiViewDataset) -> DataLoader:
         # Under DDP, every action exactly once (no padding repeats): see evaluation_sampler.
         sampler = evaluation_sampler(dataset, self.trainer)
