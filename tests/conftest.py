@@ -1,12 +1,15 @@
-"""Shared fixtures: one tiny synthetic dataset per session and the real sample folder."""
+"""Shared fixtures: one tiny synthetic dataset per session and the real sample folder; the
+helpers several test modules use."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 from lightning_utilities.core.rank_zero import rank_zero_only
+from PIL import Image
 
 from mvcli.data.synthetic import write_synthetic_dataset
 
@@ -113,3 +116,12 @@ def torch_hub(tmp_path_factory):
         patch.setenv("TORCH_HOME", str(home))
         patch.setattr(torch.hub, "download_url_to_file", fake_download)
         yield home / "hub"
+
+
+def _check_png(path: Path, min_size: tuple[int, int]) -> None:
+    """A PNG of at least ``min_size`` (width, height) with content (tests of the figures)."""
+    image = np.asarray(Image.open(path).convert("RGB"))
+    height, width, _ = image.shape
+    assert width >= min_size[0] and height >= min_size[1], image.shape
+    assert image.std() > 10  # not blank
+    assert len(np.unique(image.reshape(-1, 3), axis=0)) > 20  # text, colour scale, cells

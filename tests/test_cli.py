@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from mvcli import __version__
 from mvcli.cli import checkpoint_defaults, main
@@ -167,21 +166,6 @@ def test_checkpoint_keeps_normalisation_and_drops_old_flip_key(trained, tmp_path
     torch.save(ckpt, old)
     defaults = checkpoint_defaults(old)
     assert "model.hflip_prob" not in defaults and defaults["model.backbone"] == "tiny"
-
-
-def test_fit_writes_the_augmented_batch_grid(trained):
-    _, fit = trained
-    path = _log_dir(fit) / "augmented_batch.png"
-    assert path.is_file()
-    from torchvision.io import read_image
-
-    image = read_image(str(path))
-    # One row per action of the first batch (4), 2 views x 3 frames per row, 32x56 tiles.
-    assert image.shape[1:] == (2 + 4 * (32 + 2), 2 + 6 * (56 + 2))
-    events = list(_log_dir(fit).glob("events.out.tfevents.*"))
-    accumulator = EventAccumulator(str(events[0]), size_guidance={"images": 0})
-    accumulator.Reload()
-    assert "augmentation/batch" in accumulator.Tags()["images"]
 
 
 def test_backbone_size_error_before_training(tmp_path, synthetic_root):

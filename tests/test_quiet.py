@@ -36,9 +36,3 @@ def test_console_run_is_quiet(trained, tmp_path):
     output = result.stdout + result.stderr
     assert "validate_metrics.json" in output  # says where the metrics went
     assert [noise for noise in NOISE if noise in output] == []
-
-
-def test_fit_progress_bar_has_no_version(trained):
-    _, fit = trained
-    bar = fit.trainer.progress_bar_callback
-    assert "v_num" not in bar.get_metrics(fit.trainer, fit.model)

@@ -31,9 +31,8 @@ def test_gpu_bench_logic_runs_on_cpu(tmp_path, monkeypatch, capsys):
     assert "Evaluation batching" in capsys.readouterr().out
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA present")
 def test_gpu_bench_exits_cleanly_without_cuda():
-    if torch.cuda.is_available():
-        pytest.skip("CUDA present")
     proc = subprocess.run([sys.executable, str(SCRIPT)], capture_output=True, text=True)
     assert proc.returncode == 0 and "no CUDA" in proc.stdout
 

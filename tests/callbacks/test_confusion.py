@@ -1,4 +1,5 @@
-"""Confusion matrices: the figures, the tables, and what `mvcli test` writes."""
+"""Confusion matrices: the tables, the images of every validation epoch, and what `mvcli test`
+writes (the figures themselves: tests/test_plots.py)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
-from mvcli import plots
 from mvcli.callbacks.confusion import confused_pairs, per_class_rows, table_markdown
 from mvcli.cli import main
 from mvcli.data.taxonomy import HEADS
+from tests.conftest import _check_png
 
 MATRIX = torch.tensor([[5, 1, 0], [3, 2, 0], [0, 0, 0]])  # class "c" absent from the targets
 
@@ -31,29 +31,6 @@ def test_per_class_rows():
     assert rows["0"]["precision"] == pytest.approx(5 / 8)
     assert np.isnan(rows["2"]["recall"])  # absent: no recall, not 0
     assert "| h | 0 | 6 | 8 | 5 | 0.8333 | 0.6250 |" in table_markdown(list(rows.values()))
-
-
-def test_recall_treats_absent_classes_as_nan():
-    values = plots.recall(MATRIX)
-    assert values[:2].tolist() == pytest.approx([5 / 6, 0.4]) and torch.isnan(values[2])
-    assert plots.row_normalised(MATRIX)[2].tolist() == [0, 0, 0]
-
-
-def _check_png(path: Path, min_size: tuple[int, int]) -> None:
-    image = np.asarray(Image.open(path).convert("RGB"))
-    height, width, _ = image.shape
-    assert width >= min_size[0] and height >= min_size[1], image.shape
-    assert image.std() > 10  # not blank
-    assert len(np.unique(image.reshape(-1, 3), axis=0)) > 20  # text, colour scale, cells
-
-
-def test_confusion_png_renders(tmp_path):
-    names = list(HEADS["action"])
-    matrix = torch.randint(0, 20, (len(names), len(names)))
-    path = plots.save_png(plots.confusion_figure(matrix, names, "action"), tmp_path / "c.png")
-    _check_png(path, (700, 350))
-    array = plots.to_array(plots.recall_figure(matrix, names, "action"))
-    assert array.dtype == np.uint8 and array.shape[2] == 3 and array.std() > 10
 
 
 def test_test_writes_pngs_and_tables_next_to_metrics(trained, caplog):

@@ -1,36 +1,14 @@
-"""history.json and the long-run monitors, on one short fit; then its deterministic twin."""
+"""history.json on one short fit (tests/callbacks/conftest.py's long_run); then its deterministic
+twin."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-import pytest
-
-from mvcli.callbacks.memory import MemoryCleanup
 from mvcli.cli import main
+from tests.callbacks.conftest import _groups
 from tests.conftest import CONF, CONFIGS, tiny_args
-
-
-@pytest.fixture(scope="module")
-def long_run_args(synthetic_root):
-    def args(runs: Path) -> list[str]:
-        return ["--config", str(CONFIGS / "demo.yaml"), "--config", str(CONF / "long_run.yaml"),
-                "--config", str(CONF / "quick_val.yaml"), *tiny_args(synthetic_root, runs),
-                "--trainer.max_epochs", "5", "--trainer.limit_train_batches", "2"]  # fmt: skip
-
-    return args
-
-
-@pytest.fixture(scope="module")
-def long_run(long_run_args, tmp_path_factory):
-    return main(["fit", *long_run_args(tmp_path_factory.mktemp("runs"))])
-
-
-def _groups(cli) -> set[str]:
-    """The optimizer's parameter groups: ``heads`` and one ``backbone.<stage>`` per stage."""
-    model = cli.model
-    return {"heads"} | {model.stage_group(s) for s in model.backbone_stage_parameters()}
 
 
 def test_history_has_one_full_record_per_epoch(long_run):
@@ -53,18 +31,6 @@ def test_history_has_one_full_record_per_epoch(long_run):
         assert record["peak_memory_mb"] > 0 and record["peak_memory_of"].startswith("cpu")
     assert records[0]["lr"]["heads"] == 0.006  # as trained with: the epoch's start
     assert records[1]["lr"]["heads"] < records[0]["lr"]["heads"]  # cosine schedule
-
-
-def test_monitors_log_and_act(long_run):
-    trainer = long_run.trainer
-    assert trainer.early_stopping_callback.stopped_epoch == 1
-    metrics = trainer.callback_metrics
-    logged = {k.removeprefix("train/grad_norm/") for k in metrics if "grad_norm" in k}
-    assert logged == {"total"} | _groups(long_run)
-    for key in logged:
-        assert float(metrics[f"train/grad_norm/{key}"]) > 0
-    cleanup = next(c for c in trainer.callbacks if isinstance(c, MemoryCleanup))
-    assert cleanup.cleanups == 4 + 2  # every training batch, and after each validation
 
 
 def test_two_seeded_deterministic_runs_are_bit_identical(long_run, long_run_args, tmp_path):

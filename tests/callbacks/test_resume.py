@@ -1,18 +1,15 @@
-"""Exact resume and clean stops, with real signals.
+"""Exact resume after a stop, with real signals (the stops themselves: test_signals.py).
 
-Each run is a fit of the tiny set: 2 epochs of 3 batches. A helper callback
-(tests/callbacks/signal_at.py) sends the signal to its own process at a chosen batch, so it
-lands at the same point every time. The default tests run the fits in this process (SIGTERM
-and SIGINT handled as in the CLI); the slow ones run ``python -m mvcli`` subprocesses, with
-SIGKILL among the signals.
+Each run is a fit of the tiny set: 2 epochs of 3 batches (tests/callbacks/conftest.py). A
+helper callback (tests/callbacks/signal_at.py) sends the signal to its own process at a
+chosen batch, so it lands at the same point every time. The default test runs the fits in
+this process (SIGTERM and SIGINT handled as in the CLI); the slow one runs ``python -m mvcli``
+subprocesses and kills one with SIGKILL.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,57 +17,17 @@ import torch
 
 from mvcli.callbacks.history import TrainingHistory
 from mvcli.cli import main
-from tests.conftest import CONF, CONFIGS, REPO, tiny_args
-
-# Wall-clock measures differ between any two runs: history.json's times and the Throughput
-# callback's logged epoch values (mvcli.callbacks.throughput); every other value must match.
-TIMING = {"epoch_time_s", "train_time_s", "peak_memory_mb", "train/actions_per_s",
-          "train/views_per_s", "train/data_wait_fraction"}  # fmt: skip
-
-
-def _args(runs: Path, root: Path, *extra: str, batches: int = 3) -> list[str]:
-    return ["--config", str(CONFIGS / "demo.yaml"), "--config", str(CONF / "signal_run.yaml"),
-            *tiny_args(root, runs), "--trainer.limit_train_batches", str(batches),
-            *extra]  # fmt: skip
-
-
-def _fit(runs: Path, root: Path, *extra: str, signal_at: str | None = None):
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    env.pop("MVCLI_TEST_SIGNAL_AT", None)
-    if signal_at:
-        env["MVCLI_TEST_SIGNAL_AT"] = signal_at
-    return _mvcli(["fit", *_args(runs, root, *extra)], env, cwd=runs)
-
-
-def _mvcli(args: list[str], env: dict, cwd: Path):
-    cwd.mkdir(parents=True, exist_ok=True)
-    return subprocess.run([sys.executable, "-m", "mvcli", *args], env=env, cwd=cwd,
-                          capture_output=True, text=True, timeout=300)  # fmt: skip
-
-
-def _resume(run_dir: Path):
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    env.pop("MVCLI_TEST_SIGNAL_AT", None)
-    config = run_dir / "config.yaml"
-    return _mvcli(["fit", "--config", str(config), "--ckpt_path", "last"], env, cwd=run_dir)
-
-
-def _run_dir(runs: Path) -> Path:
-    (run_dir,) = (runs / "demo").iterdir()  # one version: the resumed run logs into it too
-    return run_dir
-
-
-def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
-    return torch.load(run_dir / "checkpoints/last.ckpt", weights_only=False)["state_dict"]
-
-
-def _max_diff(a: dict, b: dict) -> float:
-    return max((a[k].double() - b[k].double()).abs().max().item() for k in a)
-
-
-def _metrics(run_dir: Path) -> list[dict]:
-    history = json.loads((run_dir / "history.json").read_text())
-    return [{k: v for k, v in r.items() if k not in TIMING} for r in history]
+from tests.callbacks.conftest import (
+    TIMING,
+    _args,
+    _fit,
+    _max_diff,
+    _metrics,
+    _resume,
+    _run_dir,
+    _weights,
+)
+from tests.conftest import CONF
 
 
 def _weights_of(cli) -> dict[str, torch.Tensor]:
@@ -118,15 +75,6 @@ def test_signals_save_progress_and_resume_exactly(synthetic_root, tmp_path, monk
         assert [r["epoch"] for r in json.loads((run_dir / "history.json").read_text())] == [0, 1]
 
 
-@pytest.fixture(scope="module")
-def reference(synthetic_root, tmp_path_factory) -> Path:
-    """The uninterrupted run (one data worker: per-worker seeding is part of what is tested)."""
-    runs = tmp_path_factory.mktemp("reference")
-    done = _fit(runs, synthetic_root, "--data.num_workers", "1")
-    assert done.returncode == 0, done.stderr[-3000:]
-    return _run_dir(runs)
-
-
 @pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_is_bit_identical(reference, synthetic_root, tmp_path):
     killed = _fit(tmp_path, synthetic_root, signal_at="SIGKILL:1:1")  # epoch 1, 2nd batch
@@ -140,31 +88,3 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(reference, synthetic_roo
     print(f"SIGKILL resume: max |weight difference| {diff}")
     assert diff == 0.0
     assert _metrics(run_dir) == _metrics(reference)  # every epoch metric, LR, fraction
-
-
-@pytest.mark.slow
-def test_sigterm_saves_progress_exits_143_and_resumes_exactly(reference, synthetic_root, tmp_path):
-    stopped = _fit(tmp_path, synthetic_root, signal_at="SIGTERM:0:1")  # epoch 0, 2nd batch
-    assert stopped.returncode == 143, stopped.stderr[-3000:]
-    run_dir = _run_dir(tmp_path)
-    assert "stopped by SIGTERM at epoch 0, mid-epoch" in stopped.stderr
-    assert f"--config {run_dir / 'config.yaml'} --ckpt_path last" in stopped.stderr
-    saved = torch.load(run_dir / "checkpoints/last.ckpt", weights_only=False)
-    assert saved["global_step"] == 2  # the two finished batches, not the epoch start
-    resumed = _resume(run_dir)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    diff = _max_diff(_weights(reference), _weights(run_dir))
-    print(f"SIGTERM mid-epoch resume: max |weight difference| {diff}")
-    assert diff == 0.0
-    assert _metrics(run_dir) == _metrics(reference)  # train metrics of the cut epoch included
-
-
-@pytest.mark.slow
-def test_sigint_during_the_last_batch_stops_after_the_epoch_with_130(synthetic_root, tmp_path):
-    stopped = _fit(tmp_path, synthetic_root, signal_at="SIGINT:0:2")  # the epoch's last batch
-    assert stopped.returncode == 130, stopped.stderr[-3000:]
-    assert "stopped by SIGINT at epoch" in stopped.stderr
-    run_dir = _run_dir(tmp_path)
-    saved = torch.load(run_dir / "checkpoints/last.ckpt", weights_only=False)
-    assert saved["epoch"] == 0 and saved["global_step"] == 3  # the epoch-end checkpoint
-    assert [r["epoch"] for r in json.loads((run_dir / "history.json").read_text())] == [0]

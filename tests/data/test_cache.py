@@ -23,7 +23,6 @@ from mvcli.data import cache as cache_module
 from mvcli.data.annotations import ActionRecord, read_split
 from mvcli.data.cache import ClipCache, RecordedDecodeError, entry_is_valid, stored_shape
 from mvcli.data.collate import collate_views
-from mvcli.data.datamodule import MVFoulDataModule
 from mvcli.data.dataset import MultiViewDataset
 from mvcli.data.video import ClipSpec, VideoDecodeError, decode_view
 from tests.conftest import CONFIGS, REPO, TINY, tiny_args
@@ -388,19 +387,6 @@ def test_cache_subcommand_builds_ahead(synthetic_root, tmp_path):
 def test_cache_subcommand_needs_cache_dir(synthetic_root, tmp_path):
     with pytest.raises(ValueError, match="cache_dir"):
         main(["cache", *tiny_args(synthetic_root, tmp_path)])
-
-
-def test_loader_defaults(synthetic_root, monkeypatch):
-    dm = MVFoulDataModule(root=synthetic_root, img_height=32, img_width=56, center_frame=12)
-    dm.setup("validate")
-    monkeypatch.setattr("mvcli.data.datamodule.default_workers", lambda: 2)
-    loader = dm.val_dataloader()
-    assert loader.num_workers == 2 and loader.persistent_workers
-    assert loader.prefetch_factor == 2
-    assert loader.pin_memory == torch.cuda.is_available()
-    monkeypatch.setattr("mvcli.data.datamodule.default_workers", lambda: 64)
-    assert dm.val_dataloader().num_workers == 8
-    assert dm.cache is None and dm.datasets["val"].decode is not None
 
 
 def test_dataloader_workers_share_the_cache(synthetic_root, tmp_path):

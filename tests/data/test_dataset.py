@@ -1,4 +1,4 @@
-"""MultiViewDataset + collate: view selection, damaged views, padding and masks."""
+"""MultiViewDataset: view selection, damaged views skipped, reported and replaced."""
 
 from __future__ import annotations
 
@@ -64,20 +64,6 @@ def test_damaged_views_are_skipped_and_reported(synthetic_root, tmp_path, caplog
     ]
     assert batch["action_id"] == [first.action_id, records[2].action_id]
     assert batch["offence_severity"].shape == (2,)
-
-
-def test_collate_pads_views_with_mask(synthetic_root):
-    records, _ = read_split(synthetic_root / "Test")
-    dataset = MultiViewDataset(records, SPEC)
-    samples = [dataset[i] for i in range(len(records))]
-    batch = collate_views(samples)
-    counts = [s["video"].shape[0] for s in samples]
-    assert batch["video"].shape[:2] == (len(samples), max(counts))
-    assert batch["view_mask"].sum(1).tolist() == counts
-    for i, sample in enumerate(samples):
-        assert torch.equal(batch["video"][i, : counts[i]], sample["video"])
-        assert not batch["video"][i, counts[i] :].any()
-    assert collate_views([{**samples[0], "video": None}])["video"] is None
 
 
 def test_unreadable_training_action_is_replaced_deterministically(synthetic_root, tmp_path):

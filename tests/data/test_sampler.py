@@ -1,4 +1,4 @@
-"""Training samplers: label histograms over epochs, determinism, DDP shards, the datamodule."""
+"""Training samplers: label histograms over epochs, determinism, DDP shards, the fit loop."""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ from lightning.pytorch.trainer.states import RunningStage
 from torch.utils.data import DataLoader
 
 from mvcli.cli import main
-from mvcli.data.datamodule import MVFoulDataModule
 from mvcli.data.sampler import ClassBalancedSampler, group_ids
 from tests.conftest import CONF, CONFIGS, tiny_args
 
@@ -118,37 +117,6 @@ def test_distributed_shards_are_disjoint_and_follow_the_epoch():
     assert shards[0, 0] != shards[3, 0]
     rare = [_shares(shards[e, 0] + shards[e, 1])[3] for e in (0, 3)]
     assert rare[0] < rare[1]  # the progressive schedule reaches every rank
-
-
-def test_datamodule_sampler_choices(synthetic_root):
-    def make(sampler: str, **kwargs) -> MVFoulDataModule:
-        dm = MVFoulDataModule(root=synthetic_root, num_workers=0, sampler=sampler, **kwargs)
-        dm.setup("fit")
-        return dm
-
-    natural = make("natural")
-    assert natural.train_sampler() is None and natural.balanced_heads == ()
-    counts = natural.class_counts
-    records = natural.records("Train")
-    for head, n in (("offence_severity", 4), ("action", 8)):
-        assert len(counts[head]) == n and sum(counts[head]) == len(records)
-        assert counts[head] == [
-            sum(getattr(r.labels, head) == c for r in records) for c in range(n)
-        ]  # fmt: skip
-    for name, heads in [
-        ("balanced_offence_severity", ("offence_severity",)),
-        ("balanced_action", ("action",)),
-        ("balanced_joint", ("offence_severity", "action")),
-    ]:
-        dm = make(name)
-        assert dm.balanced_heads == heads
-        loader = dm.train_dataloader()
-        assert isinstance(loader.sampler.sampler, ClassBalancedSampler)  # inside SeededSampler
-        assert len(loader.sampler) == len(dm.datasets["train"])
-    progressive = make("progressive", progressive_epochs=3, progressive_target="action")
-    assert progressive.balanced_heads == ("action",)
-    assert progressive.train_sampler().balance(0) == 0.0
-    assert progressive.train_sampler().balance(3) == 1.0
 
 
 class _DrawnIds(Callback):

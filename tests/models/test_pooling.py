@@ -95,28 +95,42 @@ def test_attention_weights_sum_to_one_over_real_views():
     assert not torch.allclose(pool(features, mask)[0], mean[0], atol=1e-4)
 
 
-@pytest.mark.parametrize("name", POOLINGS)
-def test_gradient_reaches_real_views_only(name):
+def _gradient(name: str):
+    """Pooled (B, F) output and the gradient of its squared sum w.r.t. the (B, V, F) features,
+    padded views set to 1e6."""
     pool = _pool(name)
     features, mask = _batch()
     features[~mask] = 1e6
     features.requires_grad_(True)
     out = pool(features, mask)
     out.square().sum().backward()
-    grad = features.grad
+    return pool, out.detach(), features.grad, mask
+
+
+@pytest.mark.parametrize("name", POOLINGS)
+def test_gradient_reaches_real_views_only(name):
+    _, _, grad, mask = _gradient(name)
     assert torch.isfinite(grad).all()
     assert (grad[~mask] == 0).all()
-    upstream = 2 * out.detach()
-    if name == "max":  # each feature's gradient goes to the one view holding the maximum
-        torch.testing.assert_close(grad.sum(1), upstream)
-    elif name == "mean":  # shared equally by the real views
-        count = mask.sum(1, keepdim=True)
-        for b in range(4):
-            torch.testing.assert_close(
-                grad[b][mask[b]], (upstream[b] / count[b]).expand(int(count[b]), -1)
-            )
-    else:
-        assert (grad.abs().sum(-1)[mask] > 0).all()
-        # The scorer learns (its last bias only shifts all scores: softmax ignores it).
-        for p in (pool.score[0].weight, pool.score[0].bias, pool.score[2].weight):
-            assert p.grad is not None and p.grad.abs().sum() > 0
+
+
+def test_max_gradient_goes_to_the_view_holding_the_maximum():
+    _, out, grad, _ = _gradient("max")
+    torch.testing.assert_close(grad.sum(1), 2 * out)
+
+
+def test_mean_gradient_is_shared_equally_by_the_real_views():
+    _, out, grad, mask = _gradient("mean")
+    count = mask.sum(1, keepdim=True)
+    for b in range(4):
+        torch.testing.assert_close(
+            grad[b][mask[b]], (2 * out[b] / count[b]).expand(int(count[b]), -1)
+        )
+
+
+def test_attention_gradient_reaches_every_real_view_and_the_scorer():
+    pool, _, grad, mask = _gradient("attention")
+    assert (grad.abs().sum(-1)[mask] > 0).all()
+    # The scorer learns (its last bias only shifts all scores: softmax ignores it).
+    for p in (pool.score[0].weight, pool.score[0].bias, pool.score[2].weight):
+        assert p.grad is not None and p.grad.abs().sum() > 0

@@ -1,0 +1,31 @@
+"""The demo: fit, test, predict and score in one call, on the tiny synthetic set."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from mvcli.demo import run_demo
+from tests.conftest import CONF
+
+
+def test_demo_trains_tests_predicts_and_scores(synthetic_root, tmp_path, capsys):
+    runs = tmp_path / "runs"
+    summary = run_demo(data_root=synthetic_root, runs=runs, overlay=CONF / "tiny_run.yaml",
+                       name="smoke", max_epochs=1)  # fmt: skip
+    out = capsys.readouterr().out
+    log_dir = Path(summary["log_dir"])
+    assert log_dir == runs / "smoke" / "version_0"
+    assert json.loads((log_dir / "demo_summary.json").read_text()) == summary
+    assert summary["test"] == json.loads((log_dir / "test_metrics.json").read_text())
+    assert Path(summary["checkpoint"]).parent == log_dir / "checkpoints"
+    assert Path(summary["predictions"]).is_file()
+    assert summary["official"]["counted"] > 0 and summary["official"]["missing"] == 0
+    # The official-style score of the predictions agrees with the test step's metrics.
+    acc = 100 * summary["test"]["test/acc_action"]
+    assert summary["official"]["accuracy_action"] == pytest.approx(acc, abs=1e-4)
+    assert "writing synthetic dataset" not in out  # the set was there: not written again
+    for path in (summary["log_dir"], summary["checkpoint"], summary["predictions"]):
+        assert path in out
