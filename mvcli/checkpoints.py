@@ -18,6 +18,7 @@ from typing import Any
 
 import fsspec
 import torch
+from jsonargparse.typing import NonNegativeInt
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -136,14 +137,10 @@ class PeriodicCheckpoint(ModelCheckpoint):
 
     def __init__(
         self,
-        every_n_epochs: int = 0,
+        every_n_epochs: NonNegativeInt = 0,
         dirpath: Path | None = None,
         filename: str = "periodic-epoch{epoch:03d}",
     ) -> None:
-        if every_n_epochs < 0:
-            raise ValueError(
-                f"periodic_checkpoint.every_n_epochs must be >= 0, got {every_n_epochs}"
-            )
         super().__init__(
             dirpath=dirpath,
             filename=filename,

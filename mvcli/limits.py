@@ -15,3 +15,5 @@ UnitIntervalOpenLeft = restricted_number_type(
     "UnitIntervalOpenLeft", float, [(">", 0.0), ("<=", 1.0)], docstring="in (0, 1]"
 )
 AtLeastOne = restricted_number_type("AtLeastOne", float, [(">=", 1.0)], docstring=">= 1")
+# A count of steps where -1 means "no limit".
+StepLimit = restricted_number_type("StepLimit", int, [(">=", -1)], docstring=">= -1 (-1: none)")

@@ -57,7 +57,7 @@ def test_fp32_accuracy_is_the_pytorch_models(compressed):
     """The report's fp32 row equals the PyTorch network's own scores on the same split."""
     _, report, fit = compressed
     datamodule, network = fit.datamodule, fit.model.network.eval()
-    loader = datamodule._loader(datamodule._dataset(datamodule.records("Test")), 4)
+    loader = datamodule.split_loader("Test")
     metrics = {h: BalancedAccuracy(len(names)) for h, names in HEADS.items()}
     with torch.no_grad():
         for batch in loader:

@@ -7,6 +7,7 @@ import sys
 from datetime import timedelta
 from typing import Literal
 
+from jsonargparse.typing import PositiveFloat, PositiveInt
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.strategies import DDPStrategy
@@ -37,15 +38,11 @@ class DistributedRun(Callback):
 
     def __init__(
         self,
-        timeout: float | None = None,
+        timeout: PositiveFloat | None = None,
         find_unused_parameters: bool | None = None,
         scale_lr: LRScaling = "none",
-        reference_batch: int | None = None,
+        reference_batch: PositiveInt | None = None,
     ) -> None:
-        if timeout is not None and timeout <= 0:
-            raise ValueError(f"distributed.timeout must be > 0 seconds, got {timeout}")
-        if reference_batch is not None and reference_batch <= 0:
-            raise ValueError(f"distributed.reference_batch must be > 0, got {reference_batch}")
         self.timeout = timeout
         self.find_unused_parameters = find_unused_parameters
         self.scale_lr = scale_lr

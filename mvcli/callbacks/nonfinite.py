@@ -15,6 +15,7 @@ import torch.distributed as dist
 from lightning.pytorch import Callback, LightningModule, Trainer
 
 from mvcli.errors import DataError
+from mvcli.limits import StepLimit
 
 CHECKPOINT_NAME = "nonfinite.ckpt"
 _MAX_NAMED = 20  # action ids named in the message
@@ -33,9 +34,7 @@ class NonFiniteGuard(Callback):
             the faulty steps: a skipped step changes nothing). -1: never stop.
     """
 
-    def __init__(self, max_steps: int = 10) -> None:
-        if max_steps < -1:
-            raise ValueError(f"nonfinite.max_steps must be >= -1, got {max_steps}")
+    def __init__(self, max_steps: StepLimit = 10) -> None:
         self.max_steps = max_steps
         self.skipped = 0
         self.offending: list[str] = []

@@ -11,6 +11,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 
 from mvcli.compress import sparsity
+from mvcli.limits import UnitIntervalClosedOpen
 
 PruningMethod = Literal["l1_unstructured", "random_unstructured", "ln_structured"]
 LayerType = Literal["conv", "linear"]
@@ -45,7 +46,7 @@ class ScheduledPruning(ModelPruning):
     def __init__(
         self,
         pruning_method: PruningMethod = "l1_unstructured",
-        target_sparsity: float = 0.5,
+        target_sparsity: UnitIntervalClosedOpen = 0.5,
         start_epoch: int = 0,
         end_epoch: int | None = None,
         layers: list[LayerType] | None = None,
@@ -54,8 +55,6 @@ class ScheduledPruning(ModelPruning):
         reset_to_initial_weights: bool = False,
         verbose: Literal[0, 1, 2] = 1,
     ) -> None:
-        if not 0 <= target_sparsity < 1:
-            raise ValueError(f"target_sparsity must be in [0, 1), got {target_sparsity}")
         end_epoch = start_epoch + 1 if end_epoch is None else end_epoch
         if not 0 <= start_epoch < end_epoch:
             raise ValueError(f"need 0 <= start_epoch < end_epoch, got {start_epoch}, {end_epoch}")

@@ -5,8 +5,6 @@ from __future__ import annotations
 import gc
 import weakref
 
-import pytest
-
 from mvcli.callbacks.memory import MemoryCleanup
 
 
@@ -34,8 +32,3 @@ def test_cleanup_frees_reference_cycles():
         assert alive() is None
     finally:
         gc.enable()
-
-
-def test_every_n_steps_must_be_positive():
-    with pytest.raises(ValueError, match="every_n_steps must be >= 1, got 0"):
-        MemoryCleanup(every_n_steps=0)
