@@ -23,7 +23,13 @@ from torch import nn
 
 from mvcli.data.taxonomy import HEADS
 from mvcli.export import example_inputs
-from mvcli.metrics import flat_compute, head_metrics, leaderboard, stage_metrics
+from mvcli.metrics import (
+    flat_compute,
+    head_metrics,
+    leaderboard,
+    stage_metrics,
+    wrong_predictions,
+)
 
 Quantization = Literal["int8"]
 LATENCY_BATCHES = (1, 8)
@@ -33,6 +39,8 @@ FILE_NAMES = {
     "int8_static": "model_int8_static.onnx",
 }
 Feeds = dict[str, np.ndarray]
+# (feeds or None, labels of the readable actions, labels of the unreadable ones): batch_feeds.
+EvalBatch = tuple[Feeds | None, dict, dict]
 _PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
@@ -139,22 +147,29 @@ class _Calibration:
         return next(self._feeds, None)
 
 
-def batch_feeds(loader: Iterable[dict], limit: int | None = None) -> Iterator[tuple[Feeds, dict]]:
-    """(ONNX feeds, labels) of a loader's batches, skipping batches without a readable action."""
+def batch_feeds(loader: Iterable[dict], limit: int | None = None) -> Iterator[EvalBatch]:
+    """Per batch: ONNX feeds (None when no action of it is readable), the labels of its
+    readable actions, and the labels of its unreadable labelled actions (scored as wrong)."""
     for i, batch in enumerate(loader):
         if limit is not None and i >= limit:
             return
+        unreadable = {
+            h: torch.tensor([f[h] for f in batch["failed"] if h in f], dtype=torch.long)
+            for h in HEADS
+        }
+        unreadable = {h: t for h, t in unreadable.items() if len(t)}
         if batch["video"] is None:
+            yield None, {}, unreadable
             continue
         feeds = {"video": batch["video"].numpy(), "view_mask": batch["view_mask"].numpy()}
-        yield feeds, {h: batch[h] for h in HEADS if h in batch}
+        yield feeds, {h: batch[h] for h in HEADS if h in batch}, unreadable
 
 
 def measure_variants(
     variants: dict[str, Path],
     size: dict[str, int],
     views: int,
-    eval_batches: Callable[[], Iterable[tuple[Feeds, dict]]] | None,
+    eval_batches: Callable[[], Iterable[EvalBatch]] | None,
     repeats: int = 10,
 ) -> dict[str, dict]:
     """Size, latency per action and (with ``eval_batches``) accuracy of each variant.
@@ -202,11 +217,18 @@ def _latency(session, size: dict[str, int], views: int, batch: int, repeats: int
     return statistics.median(times) * 1000 / batch
 
 
-def _evaluate(session, batches: Iterable[tuple[Feeds, dict]]) -> tuple[dict, dict]:
+def _evaluate(session, batches: Iterable[EvalBatch]) -> tuple[dict, dict]:
+    """Scores as ``mvcli test`` gives them: an unreadable labelled action counts as wrong."""
     metrics = stage_metrics({h: head_metrics(len(names)) for h, names in HEADS.items()}, "eval")
     predictions: dict[str, list[np.ndarray]] = {h: [] for h in HEADS}
-    actions = 0
-    for feeds, labels in batches:
+    actions = unreadable_actions = 0
+    for feeds, labels, unreadable in batches:
+        for head, target in unreadable.items():
+            wrong = wrong_predictions(target, len(HEADS[head]))
+            metrics.task_metrics[head].update(wrong, target)
+        unreadable_actions += max((len(t) for t in unreadable.values()), default=0)
+        if feeds is None:
+            continue
         outputs = dict(zip(HEADS, session.run(None, feeds), strict=True))
         actions += len(feeds["video"])
         for head, logits in outputs.items():
@@ -214,7 +236,8 @@ def _evaluate(session, batches: Iterable[tuple[Feeds, dict]]) -> tuple[dict, dic
             if head in labels:
                 metrics.task_metrics[head].update(torch.from_numpy(logits), labels[head])
     values = flat_compute(metrics)
-    scores = {"actions": actions, "leaderboard": float(leaderboard(values, list(HEADS), "eval"))}
+    scores = {"actions": actions, "unreadable_actions": unreadable_actions}
+    scores["leaderboard"] = float(leaderboard(values, list(HEADS), "eval"))
     scores |= {k.removeprefix("eval/"): float(v) for k, v in values.items()}
     return scores, {h: np.concatenate(p) if p else np.array([]) for h, p in predictions.items()}
 
@@ -270,7 +293,8 @@ def compress_export(
     calibration = None
     if quantize == "int8" and calibration_split is not None and root is not None:
         calibration_loader = datamodule.split_loader(calibration_split)
-        calibration = [f for f, _ in batch_feeds(calibration_loader, calibration_batches)]
+        batches = batch_feeds(calibration_loader, calibration_batches)
+        calibration = [f for f, _, _ in batches if f is not None]
     variants = onnx_variants(onnx_path, quantize, half, calibration)
     if eval_split is not None:
         eval_loader = datamodule.split_loader(eval_split)

@@ -31,7 +31,13 @@ from mvcli.losses import (
     class_weights,
     format_class_weights,
 )
-from mvcli.metrics import flat_compute, head_metrics, leaderboard, stage_metrics
+from mvcli.metrics import (
+    flat_compute,
+    head_metrics,
+    leaderboard,
+    stage_metrics,
+    wrong_predictions,
+)
 from mvcli.models.backbones import BackboneName, build_backbone, normalization
 from mvcli.models.network import MultiViewNetwork
 from mvcli.models.pooling import PoolingName
@@ -235,7 +241,10 @@ class MVFoulModule(LightningModule):
         targets = {
             h: torch.tensor([f[h] for f in labelled], device=self.device) for h in self.heads
         }
-        wrong = {h: (t + 1) % self.confusion[stage][h].num_classes for h, t in targets.items()}
+        wrong = {
+            h: wrong_predictions(t, self.confusion[stage][h].num_classes)
+            for h, t in targets.items()
+        }
         self.metrics[f"{stage}_metrics"].update(wrong, targets)
         for head in self.heads:
             self.confusion[stage][head].update(wrong[head], targets[head])

@@ -13,9 +13,9 @@ from torch import nn
 from torch.nn.utils import prune
 
 from mvcli.cli import main
-from mvcli.compress import fold_pruning, format_table
+from mvcli.compress import fold_pruning, format_table, measure_variants
 from mvcli.data.taxonomy import HEADS
-from mvcli.metrics import BalancedAccuracy
+from mvcli.export import example_inputs
 
 ort = pytest.importorskip("onnxruntime")
 VARIANTS = ["fp32", "fp16", "int8_dynamic", "int8_static"]
@@ -53,27 +53,44 @@ def test_every_variant_is_written_and_measured(compressed):
     assert report["variants"]["fp16"]["agreement"] >= 0.9
 
 
-def test_fp32_accuracy_is_the_pytorch_models(compressed):
-    """The report's fp32 row equals the PyTorch network's own scores on the same split."""
+def test_fp32_accuracy_is_mvcli_tests(compressed, tmp_path):
+    """The report's fp32 row equals `mvcli test` on the same split and checkpoint: same
+    balanced accuracies, unreadable actions counted (and scored wrong) the same way."""
     _, report, fit = compressed
-    datamodule, network = fit.datamodule, fit.model.network.eval()
-    loader = datamodule.split_loader("Test")
-    metrics = {h: BalancedAccuracy(len(names)) for h, names in HEADS.items()}
-    with torch.no_grad():
-        for batch in loader:
-            if batch["video"] is None:
-                continue
-            logits = network(batch["video"], batch["view_mask"])
-            for head, metric in metrics.items():
-                metric.update(logits[head], batch[head])
+    ckpt = Path(fit.trainer.checkpoint_callback.dirpath) / "last.ckpt"
+    main(["test", "--ckpt_path", str(ckpt), "--data.root", str(fit.datamodule.root),
+          "--output_dir", str(tmp_path), "--trainer.logger", "false",
+          "--data.num_workers", "0"])  # fmt: skip
+    tested = json.loads((tmp_path / "test_metrics.json").read_text())
     fp32 = report["variants"]["fp32"]
-    for head, metric in metrics.items():
-        assert fp32[f"bacc_{head}"] == pytest.approx(float(metric.compute()), abs=1e-6)
+    for head in HEADS:
+        assert fp32[f"bacc_{head}"] == pytest.approx(tested[f"test/bacc_{head}"], abs=1e-6)
+    assert fp32["leaderboard"] == pytest.approx(tested["test/leaderboard"], abs=1e-6)
+    assert fp32["unreadable_actions"] == tested["test/unreadable_actions"]
+
+
+def test_unreadable_actions_are_scored_wrong(compressed):
+    out, _, _ = compressed
+    model, size = out / "model.onnx", {"frames": 8, "height": 32, "width": 56}
+    video, mask = example_inputs(**size, batch=2, views=2, seed=1)
+    feeds = {"video": video.numpy(), "view_mask": mask.numpy()}
+    logits = ort.InferenceSession(str(model)).run(None, feeds)
+    # Labelled with the model's own predictions: every readable action is right.
+    labels = {h: torch.from_numpy(x.argmax(-1)) for h, x in zip(HEADS, logits, strict=True)}
+    unreadable = {"offence_severity": torch.tensor([1, 0]), "action": torch.tensor([2, 7])}
+
+    def fp32(batches):
+        return measure_variants({"fp32": model}, size, 2, lambda: batches, 1)["fp32"]
+
+    clean = fp32([(feeds, labels, {})])
+    damaged = fp32([(feeds, labels, {}), (None, {}, unreadable)])
+    assert clean["acc_action"] == clean["acc_offence_severity"] == 1.0
+    assert (clean["unreadable_actions"], damaged["unreadable_actions"]) == (0, 2)
+    assert damaged["acc_action"] == damaged["acc_offence_severity"] == 0.5
 
 
 def test_fp16_and_int8_models_take_the_fp32_inputs(compressed):
     out, report, fit = compressed
-    from mvcli.export import example_inputs
 
     video, mask = example_inputs(8, 32, 56, batch=3, views=3, seed=4)
     with torch.no_grad():
