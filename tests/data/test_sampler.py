@@ -6,7 +6,6 @@ from collections import Counter
 
 import pytest
 import torch
-from lightning.fabric.utilities.data import _set_sampler_epoch
 from lightning.fabric.utilities.distributed import DistributedSamplerWrapper
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.trainer.connectors.data_connector import _get_distributed_sampler
@@ -14,6 +13,7 @@ from lightning.pytorch.trainer.states import RunningStage
 from torch.utils.data import DataLoader
 
 from mvcli.cli import main
+from mvcli.compat import set_sampler_epoch
 from mvcli.data.sampler import ClassBalancedSampler, group_ids
 from tests.conftest import CONF, CONFIGS, tiny_args
 
@@ -107,7 +107,7 @@ def test_distributed_shards_are_disjoint_and_follow_the_epoch():
             )  # fmt: skip
             assert isinstance(wrapper, DistributedSamplerWrapper)
             dl = DataLoader(list(range(N)), sampler=wrapper, batch_size=4)
-            _set_sampler_epoch(dl, epoch)  # what the fit loop calls every epoch
+            set_sampler_epoch(dl, epoch)  # what the fit loop calls every epoch
             assert sampler.epoch == epoch  # forwarded to our sampler
             shards[epoch, rank] = list(wrapper)
         # The two ranks split one epoch's draw: disjoint positions, together the whole list.
