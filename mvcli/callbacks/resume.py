@@ -10,14 +10,15 @@ that was never stopped (CPU, fixed seed):
   SIGTERM/SIGINT by :mod:`mvcli.callbacks.signals`);
 - the training data position: the order and per-item random choices are functions of (seed,
   epoch, position) (``mvcli.data.sampler.SeededSampler``); a mid-epoch resume skips the
-  batches already trained on;
+  batches already trained on (under DDP, in each process's shard: ``ShardedSampler``);
 - a mid-epoch resume also restores the epoch's running metric states (torchmetrics) and the
   running sums of the values logged with ``self.log`` (e.g. ``train/loss``), so the epoch's
   figures cover the whole epoch.
 
-Limits: a mid-epoch checkpoint taken inside a gradient-accumulation window does not hold the
-gradients accumulated so far; under DDP a mid-epoch resume restarts the epoch's shard from its
-start (Lightning warns); epoch-end checkpoints are exact in both cases.
+Under DDP the checkpoint holds rank 0's RNG states, which every process gets back: the
+processes of a run seeded alike draw alike. Limit: a mid-epoch checkpoint taken inside a
+gradient-accumulation window does not hold the gradients accumulated so far (epoch-end
+checkpoints are exact).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from torchmetrics import Metric
 
 from mvcli import compat
-from mvcli.data.sampler import SeededSampler
+from mvcli.data.sampler import SeededSampler, ShardedSampler
 
 KEY = "mvcli_resume"
 
@@ -64,8 +65,10 @@ class ResumeState(Callback):
         state = {"rng": _rng_states(), "mid_epoch": mid_epoch}
         if mid_epoch:
             state["batches_done"] = trainer.fit_loop.epoch_loop.batch_progress.current.completed
+            # Summed over the processes (a collective: every process saves a checkpoint's
+            # state); put back in rank 0 alone, so the epoch's sync counts each item once.
             state["metrics"] = {
-                name: _metric_state(m)
+                name: _synced_metric_state(m)
                 for name, m in pl_module.named_modules()
                 if isinstance(m, Metric) and m.update_count > 0
             }
@@ -91,8 +94,14 @@ class ResumeState(Callback):
         self._restart_iterator(trainer, skip=state["batches_done"] * batch_size)
         modules = dict(pl_module.named_modules())
         for name, metric_state in state["metrics"].items():
-            if isinstance(modules.get(name), Metric):
-                _load_metric_state(modules[name], metric_state)
+            metric = modules.get(name)
+            if not isinstance(metric, Metric):
+                continue
+            if trainer.global_rank == 0:
+                _load_metric_state(metric, metric_state)
+            else:
+                metric.reset()  # rank 0 holds every process's share of the epoch so far
+                compat.restore_update_count(metric, metric_state["update_count"])
         self._pending_results = state["results"]
         _set_rng_states(state["rng"])
 
@@ -110,8 +119,8 @@ class ResumeState(Callback):
         def prepare(loader) -> None:
             compat.set_sampler_epoch(loader, trainer.current_epoch)
             sampler = getattr(loader, "sampler", None)
-            if isinstance(sampler, SeededSampler):
-                sampler.skip = skip
+            if isinstance(sampler, SeededSampler | ShardedSampler):
+                sampler.skip = skip  # per process: each trained on as many items
 
         compat.restart_training_iterator(trainer, prepare)
 
@@ -149,6 +158,16 @@ def _set_rng_states(states: dict[str, Any]) -> None:
 def _metric_state(metric: Metric) -> dict[str, Any]:
     state = {k: _clone(v) for k, v in metric.metric_state.items()}
     return {"state": state, "update_count": metric.update_count}
+
+
+def _synced_metric_state(metric: Metric) -> dict[str, Any]:
+    """The metric's state summed over the processes of a distributed run (as is in one).
+
+    mvcli's metrics all have sum-reduced states, so rank 0 holding the sum and the other
+    processes nothing gives the same epoch value once synced.
+    """
+    with metric.sync_context():
+        return _metric_state(metric)
 
 
 def _load_metric_state(metric: Metric, saved: dict[str, Any]) -> None:

@@ -33,6 +33,7 @@ from mvcli.data.sampler import (
     EpochShuffleSampler,
     SamplerName,
     SeededSampler,
+    ShardedSampler,
     evaluation_sampler,
     group_ids,
 )
@@ -385,11 +386,12 @@ class MVFoulDataModule(LightningDataModule):
         collate = collate_views
         if augmenter is not None and not augmenter.config.gpu:
             collate = AugmentingCollate(collate_views, augmenter)
+        sampler = SeededSampler(order, seed=seed)
+        world = getattr(self.trainer, "world_size", 1) if self.trainer is not None else 1
+        if world > 1:  # each process its shard, resumable part-way (mvcli.callbacks.resume)
+            sampler = ShardedSampler(sampler, world, self.trainer.global_rank)
         return self._loader(
-            SeededItems(dataset),
-            self.hparams.batch_size,
-            sampler=SeededSampler(order, seed=seed),
-            collate=collate,
+            SeededItems(dataset), self.hparams.batch_size, sampler=sampler, collate=collate
         )
 
     def val_dataloader(self) -> DataLoader:

@@ -10,18 +10,18 @@ Each epoch draws ``num_samples`` indices with replacement from per-sample probab
   balanced one at epoch E = ``progressive_epochs``, then stays balanced.
 
 The draw is a function of (seed, epoch) only, so every process of a distributed run draws the
-same list; Lightning wraps the sampler in a ``DistributedSamplerWrapper`` that gives each
-process a disjoint shard of it and forwards ``set_epoch`` (called by the fit loop every
-epoch) to this sampler.
+same list; :class:`ShardedSampler` gives each process its disjoint shard of it (and, on a
+mid-epoch resume, only the part of the shard not trained on yet).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Literal
 
 import torch
-from torch.utils.data import Sampler
+from torch.utils.data import DistributedSampler, Sampler
 
 from mvcli.data.taxonomy import HEADS, HeadName
 
@@ -182,3 +182,41 @@ class SeededSampler(Sampler[tuple[int, int]]):
 
     def __len__(self) -> int:
         return len(self.sampler)
+
+
+class ShardedSampler(DistributedSampler):
+    """One process's shard of a :class:`SeededSampler`'s epoch, for distributed training.
+
+    Process r of W takes positions r, r + W, r + 2W... of the epoch's list (padded with its
+    first items to a multiple of W, as DistributedSampler pads, so every process runs as many
+    steps); each item keeps the seed of its position in the whole list. ``skip`` drops the
+    first items of this shard once (a mid-epoch resume: every process trained on as many).
+
+    Being a DistributedSampler, Lightning uses it as it is instead of wrapping the sampler
+    in a DistributedSamplerWrapper, whose shard cannot be resumed part-way.
+
+    Args:
+        sampler: the whole epoch's ``(index, item_seed)`` list, the same on every process.
+        num_replicas: processes (the world size).
+        rank: this process's global rank.
+    """
+
+    def __init__(self, sampler: SeededSampler, num_replicas: int, rank: int) -> None:
+        super().__init__(range(len(sampler)), num_replicas=num_replicas, rank=rank, shuffle=False)
+        self.sampler = sampler
+        self.skip = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        super().set_epoch(epoch)
+        self.sampler.set_epoch(epoch)
+
+    def __iter__(self):
+        skip, self.skip = self.skip, 0
+        items = list(self.sampler)
+        if items:
+            repeats = math.ceil(self.total_size / len(items))
+            items = (items * repeats)[: self.total_size]
+        yield from items[self.rank : self.total_size : self.num_replicas][skip:]
+
+    def __len__(self) -> int:
+        return self.num_samples

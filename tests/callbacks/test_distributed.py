@@ -38,10 +38,12 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_two_nodes(args: list[str], logs: Path) -> list[subprocess.Popen]:
+def start_two_nodes(
+    args: list[str], logs: Path, env: dict[str, str] | None = None
+) -> list[subprocess.Popen]:
     """``torchrun --nnodes 2 --nproc-per-node 1 --node-rank R ... -m mvcli ARGS``, R = 0, 1."""
     port = _free_port()
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", **(env or {})}
     logs.mkdir(parents=True, exist_ok=True)
     procs = []
     for rank in (0, 1):

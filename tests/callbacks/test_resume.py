@@ -88,3 +88,36 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(reference, synthetic_roo
     print(f"SIGKILL resume: max |weight difference| {diff}")
     assert diff == 0.0
     assert _metrics(run_dir) == _metrics(reference)  # every epoch metric, LR, fraction
+
+
+def test_two_process_run_stopped_mid_epoch_resumes_exactly(tmp_path):
+    """SIGTERM mid-epoch in both processes of a torchrun job (a pre-empted multi-node run),
+    then `--ckpt_path last` on both: each process skips its shard's trained part, and the
+    weights and epoch metrics equal those of the job never stopped."""
+    from mvcli.data.synthetic import write_synthetic_dataset
+    from tests.callbacks.test_distributed import TWO_NODES, run_two_nodes, start_two_nodes
+    from tests.conftest import TINY, tiny_args
+
+    root = tmp_path / "data"  # 24 training actions: 3 batches of 4 per process and epoch
+    write_synthetic_dataset(root, train=24, valid=4, test=4, chall=0, seed=5, **TINY)
+    run = [*TWO_NODES, "--config", str(CONF / "signal_run.yaml")]
+    reference, runs = tmp_path / "reference", tmp_path / "runs"
+    run_two_nodes(["fit", *run, *tiny_args(root, reference)], tmp_path / "logs_reference")
+
+    logs = tmp_path / "logs_stopped"
+    procs = start_two_nodes(
+        ["fit", *run, *tiny_args(root, runs)], logs, {"MVCLI_TEST_SIGNAL_AT": "SIGTERM:0:1"}
+    )
+    for proc in procs:
+        proc.wait(timeout=240)
+    text = (logs / "node0.log").read_text()
+    assert "stopped by SIGTERM at epoch 0, mid-epoch" in text, text[-3000:]
+    run_dir = _run_dir(runs)
+    assert torch.load(run_dir / "checkpoints/last.ckpt", weights_only=False)["global_step"] == 2
+
+    resume = ["fit", "--config", str(run_dir / "config.yaml"), "--ckpt_path", "last"]
+    run_two_nodes(resume, tmp_path / "logs_resumed")
+    diff = _max_diff(_weights(_run_dir(reference)), _weights(run_dir))
+    print(f"two-process SIGTERM mid-epoch resume: max |weight difference| {diff}")
+    assert diff == 0.0
+    assert _metrics(run_dir) == _metrics(_run_dir(reference))

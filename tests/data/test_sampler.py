@@ -6,15 +6,12 @@ from collections import Counter
 
 import pytest
 import torch
-from lightning.fabric.utilities.distributed import DistributedSamplerWrapper
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.trainer.connectors.data_connector import _get_distributed_sampler
-from lightning.pytorch.trainer.states import RunningStage
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 
 from mvcli.cli import main
 from mvcli.compat import set_sampler_epoch
-from mvcli.data.sampler import ClassBalancedSampler, group_ids
+from mvcli.data.sampler import ClassBalancedSampler, SeededSampler, ShardedSampler, group_ids
 from tests.conftest import CONF, CONFIGS, tiny_args
 
 # An imbalanced head: 600 / 300 / 90 / 10 samples.
@@ -95,28 +92,37 @@ def test_joint_balances_pairs_and_absent_pairs_stay_absent():
 
 
 def test_distributed_shards_are_disjoint_and_follow_the_epoch():
-    """Lightning picks DistributedSamplerWrapper for our sampler and forwards set_epoch."""
-    sampler = ClassBalancedSampler(LABELS, progressive_epochs=4, seed=7)
-    loader = DataLoader(list(range(N)), sampler=sampler, batch_size=4)
+    """Each process's ShardedSampler takes its share of the same epoch list (a DistributedSampler,
+    so Lightning uses it as is); the fit loop's set_epoch reaches the balanced draw."""
     shards = {}
     for epoch in (0, 3):
         for rank in (0, 1):
-            wrapper = _get_distributed_sampler(
-                loader, shuffle=True, overfit_batches=0, mode=RunningStage.TRAINING,
-                num_replicas=2, rank=rank,
-            )  # fmt: skip
-            assert isinstance(wrapper, DistributedSamplerWrapper)
-            dl = DataLoader(list(range(N)), sampler=wrapper, batch_size=4)
-            set_sampler_epoch(dl, epoch)  # what the fit loop calls every epoch
-            assert sampler.epoch == epoch  # forwarded to our sampler
-            shards[epoch, rank] = list(wrapper)
+            order = ClassBalancedSampler(LABELS, progressive_epochs=4, seed=7)
+            sharded = ShardedSampler(SeededSampler(order, seed=7), num_replicas=2, rank=rank)
+            assert isinstance(sharded, DistributedSampler)
+            loader = DataLoader(list(range(N)), sampler=sharded, batch_size=4)
+            set_sampler_epoch(loader, epoch)  # what the fit loop calls every epoch
+            assert order.epoch == epoch  # forwarded to the draw
+            shards[epoch, rank] = list(sharded)
         # The two ranks split one epoch's draw: disjoint positions, together the whole list.
         assert len(shards[epoch, 0]) == len(shards[epoch, 1]) == N // 2
-        sampler.set_epoch(epoch)
-        assert Counter(shards[epoch, 0] + shards[epoch, 1]) == Counter(list(sampler))
+        whole = SeededSampler(ClassBalancedSampler(LABELS, progressive_epochs=4, seed=7), seed=7)
+        whole.set_epoch(epoch)
+        assert sorted(shards[epoch, 0] + shards[epoch, 1]) == sorted(whole)  # seeds kept too
     assert shards[0, 0] != shards[3, 0]
-    rare = [_shares(shards[e, 0] + shards[e, 1])[3] for e in (0, 3)]
+    rare = [_shares([i for i, _ in shards[e, 0] + shards[e, 1]])[3] for e in (0, 3)]
     assert rare[0] < rare[1]  # the progressive schedule reaches every rank
+
+
+@pytest.mark.parametrize("size", [7, 1])
+def test_uneven_shards_are_padded_and_a_resume_skips_the_trained_part(size):
+    shards = [ShardedSampler(SeededSampler(range(size)), 3, rank) for rank in range(3)]
+    items = [list(s) for s in shards]
+    assert [len(i) for i in items] == [len(s) for s in shards] == [-(-size // 3)] * 3
+    assert {i for shard in items for i, _ in shard} == set(range(size))  # padded by repeats
+    shards[1].skip = 1  # one item of this shard already trained on (mid-epoch resume)
+    assert list(shards[1]) == items[1][1:]
+    assert list(shards[1]) == items[1]  # the skip applies once
 
 
 class _DrawnIds(Callback):
