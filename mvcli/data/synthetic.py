@@ -35,24 +35,9 @@ from typing import Any, Literal
 import av
 import numpy as np
 
+from mvcli.data.taxonomy import ACTION_CLASSES, OFFENCE_SEVERITY_FIELDS
 from mvcli.io import atomic_write_text
 
-OFFENCE_SEVERITY_FIELDS: list[tuple[str, str]] = [
-    ("No offence", ""),
-    ("Offence", "1.0"),
-    ("Offence", "3.0"),
-    ("Offence", "5.0"),
-]
-ACTION_NAMES: list[str] = [
-    "Tackling",
-    "Standing tackling",
-    "High leg",
-    "Holding",
-    "Pushing",
-    "Elbowing",
-    "Challenge",
-    "Dive",
-]
 # Offence-severity class -> temporal pattern of the square around the event.
 MOTIONS: list[str] = ["static", "flash", "circle", "circle+flash"]
 SPLITS: dict[str, str] = {"Train": "train", "Valid": "valid", "Test": "test", "Chall": "challenge"}
@@ -284,7 +269,7 @@ def _dives_without_card(off: np.ndarray, act: np.ndarray) -> None:
     so a Dive with a card can never be predicted right: it would cap the official score of a
     perfect model below 100. Swapping keeps both heads' histograms exactly as drawn.
     """
-    dive = ACTION_NAMES.index("Dive")
+    dive = ACTION_CLASSES.index("Dive")
     for i in np.flatnonzero((act == dive) & (off >= 2)):
         partners = np.flatnonzero((act != dive) & (off <= 1))
         if len(partners) == 0:
@@ -357,7 +342,7 @@ def _label_fields(offence_severity: int, action: int, rng: np.random.Generator) 
         "Contact": str(rng.choice(["With contact", "Without contact"], p=[0.8, 0.2])),
         "Bodypart": "Upper body" if upper else "Under body",
         "Upper body part": str(rng.choice(["Use of arms", "Use of shoulder"])) if upper else "",
-        "Action class": ACTION_NAMES[action],
+        "Action class": ACTION_CLASSES[action],
         "Severity": severity,
         "Multiple fouls": str(rng.choice(["No", "Yes", ""], p=[0.8, 0.1, 0.1])),
         "Try to play": str(rng.choice(["Yes", "No", ""], p=[0.6, 0.3, 0.1])),
@@ -412,7 +397,7 @@ def _split_summary(split: str, actions: Sequence[_Action], clips: int) -> dict:
         if action.quirk in (None, "missing_clip"):
             fields = action.entry
             off[OFFENCE_SEVERITY_FIELDS.index((fields["Offence"], fields["Severity"]))] += 1
-            act[ACTION_NAMES.index(fields["Action class"])] += 1
+            act[ACTION_CLASSES.index(fields["Action class"])] += 1
     summary["offence_severity"] = off.tolist()
     summary["action"] = act.tolist()
     summary["quirks"] = {a.action_id: a.quirk for a in actions if a.quirk}

@@ -33,8 +33,9 @@ HEADS: dict[str, tuple[str, ...]] = dict(
 )
 NUM_CLASSES: dict[str, int] = {head: len(names) for head, names in HEADS.items()}
 
-# Submission strings per offence-severity class, as the evaluator compares them.
-_SUBMISSION_OFFENCE_SEVERITY: tuple[tuple[str, str], ...] = (
+# (Offence, Severity) strings of each offence-severity class, as annotations hold them and the
+# evaluator compares them in submissions.
+OFFENCE_SEVERITY_FIELDS: tuple[tuple[str, str], ...] = (
     ("No offence", ""),
     ("Offence", "1.0"),
     ("Offence", "3.0"),
@@ -104,5 +105,5 @@ def _skip(reason: str) -> Labels:
 
 def submission_entry(offence_severity: int, action: int) -> dict[str, str]:
     """The official submission fields for predicted class indices."""
-    offence, severity = _SUBMISSION_OFFENCE_SEVERITY[offence_severity]
+    offence, severity = OFFENCE_SEVERITY_FIELDS[offence_severity]
     return {"Action class": ACTION_CLASSES[action], "Offence": offence, "Severity": severity}

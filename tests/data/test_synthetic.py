@@ -15,14 +15,17 @@ from av.video.reformatter import VideoReformatter
 
 from mvcli.data import synthetic
 from mvcli.data.synthetic import (
-    ACTION_NAMES,
-    OFFENCE_SEVERITY_FIELDS,
     REAL_ACTION_P,
     REAL_OFFENCE_SEVERITY_P,
     draw_labels,
     write_synthetic_dataset,
 )
-from mvcli.data.taxonomy import SkipAction, labels_from_annotation
+from mvcli.data.taxonomy import (
+    ACTION_CLASSES,
+    OFFENCE_SEVERITY_FIELDS,
+    SkipAction,
+    labels_from_annotation,
+)
 
 SPLITS = {"Train": "train", "Valid": "valid", "Test": "test", "Chall": "challenge"}
 LABEL_KEYS = {"Offence", "Severity", "Action class"}
@@ -55,7 +58,7 @@ def read(root: Path, split: str) -> dict:
 def labels(entry: dict) -> tuple[int, int]:
     return (
         OFFENCE_SEVERITY_FIELDS.index((entry["Offence"], entry["Severity"])),
-        ACTION_NAMES.index(entry["Action class"]),
+        ACTION_CLASSES.index(entry["Action class"]),
     )
 
 
@@ -66,7 +69,7 @@ def clean_labels(root: Path, split: str) -> dict[str, tuple[int, int]]:
 
 def _is_clean(entry: dict) -> bool:
     pair = (entry.get("Offence"), entry.get("Severity"))
-    return pair in OFFENCE_SEVERITY_FIELDS and entry.get("Action class") in ACTION_NAMES
+    return pair in OFFENCE_SEVERITY_FIELDS and entry.get("Action class") in ACTION_CLASSES
 
 
 def decode(path: Path, stop: int) -> np.ndarray:
@@ -235,7 +238,7 @@ def test_real_imbalance_matches_the_real_distribution(tmp_path):
     summary = write_synthetic_dataset(tmp_path, imbalance="real", **{**SMALL, "train": 12})
     train = summary["splits"]["Train"]
     assert min(train["offence_severity"]) >= 1 and min(train["action"]) >= 1  # every class
-    assert max(train["action"]) == train["action"][ACTION_NAMES.index("Standing tackling")]
+    assert max(train["action"]) == train["action"][ACTION_CLASSES.index("Standing tackling")]
 
 
 # ----------------------------------------------------------------------------- safety
@@ -366,7 +369,7 @@ def test_severity_needs_the_event_window(separability):
 def test_dives_never_carry_a_card(imbalance):
     # The official evaluator compares a Dive's severity as "1.0": a carded Dive could never
     # be predicted right.
-    dive = ACTION_NAMES.index("Dive")
+    dive = ACTION_CLASSES.index("Dive")
     for seed in range(20):
         off, act = draw_labels(64, imbalance, np.random.default_rng(seed), ensure_all=True)
         assert (off[act == dive] <= 1).all()
