@@ -20,6 +20,9 @@ IGNORED_WARNINGS = (
     r"It is recommended to use `self\.log\('(train|val|test)/.*sync_dist=True.*",
     # Evaluating a checkpoint in another folder than the fit's: nothing is lost.
     r"The dirpath has changed from .*",
+    # mvcli's own drivers (make demo, mvcli search) call main(args) while their own options
+    # are in sys.argv, which is intended.
+    r"LightningCLI's args parameter is intended to run from within Python.*",
 )
 # Log lines that advertise (litlogger), or report a choice mvcli made (its model summary).
 IGNORED_LOG_LINES = ("litlogger", "Trainer already configured with model summary callbacks")
