@@ -3,18 +3,27 @@
 from __future__ import annotations
 
 import json
+import sys
+import warnings
 from pathlib import Path
 
 import pytest
 
 from mvcli.demo import run_demo
+from mvcli.quiet import quiet_third_party
 from tests.conftest import CONF
 
 
-def test_demo_trains_tests_predicts_and_scores(synthetic_root, tmp_path, capsys):
+def test_demo_trains_tests_predicts_and_scores(synthetic_root, tmp_path, capsys, monkeypatch):
     runs = tmp_path / "runs"
-    summary = run_demo(data_root=synthetic_root, runs=runs, overlay=CONF / "tiny_run.yaml",
-                       name="smoke", max_epochs=1)  # fmt: skip
+    # As `make demo` runs it: its own options in sys.argv, mvcli's quiet filters installed.
+    monkeypatch.setattr(sys, "argv", ["mvcli.demo", "--data_root", str(synthetic_root)])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        quiet_third_party()
+        summary = run_demo(data_root=synthetic_root, runs=runs, overlay=CONF / "tiny_run.yaml",
+                           name="smoke", max_epochs=1)  # fmt: skip
+    assert not [w for w in caught if "args parameter is intended" in str(w.message)]
     out = capsys.readouterr().out
     log_dir = Path(summary["log_dir"])
     assert log_dir == runs / "smoke" / "version_0"
