@@ -16,6 +16,12 @@ import traceback
 EXIT_DATA = 1
 EXIT_USAGE = 2
 DEBUG_ENV = "MVCLI_DEBUG"
+# What lowers the memory one training action needs (out-of-memory messages).
+SETTINGS_HINT = (
+    "data.frames_per_clip, data.img_height/data.img_width, data.num_views, "
+    "trainer.precision (16-mixed or bf16-mixed), a smaller model.backbone, or "
+    "a freezing strategy, e.g. --freezing FixedFreezing (frozen stages keep no gradients)"
+)
 
 
 class MvcliError(Exception):
@@ -63,8 +69,8 @@ def debug_enabled() -> bool:
 
 def exit_code(err: BaseException) -> int | None:
     """The exit code of an error reported without traceback; None: a bug, show it all."""
-    if isinstance(err, MvcliError):
-        return err.exit_code
+    if isinstance(err, MvcliError) or _out_of_memory(err):
+        return err.exit_code if isinstance(err, MvcliError) else EXIT_DATA
     if isinstance(err, (FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError)):
         return EXIT_DATA
     if isinstance(err, OSError) and err.errno in _WRITE_HINTS:
@@ -87,7 +93,24 @@ def report(err: BaseException, stream=None) -> int:
         message = f"{type(err).__name__}: {err}"
         hint = f"run again with {DEBUG_ENV}=1 for the traceback"
     else:
-        message = str(err)
+        message = _out_of_memory_message(err) if _out_of_memory(err) else str(err)
         hint = "" if debug_enabled() else f"({DEBUG_ENV}=1 shows the traceback)"
     stream.write(f"mvcli: {message}" + (f" {hint}" if hint else "") + "\n")
     return code
+
+
+def _out_of_memory(err: BaseException) -> bool:
+    """A device out-of-memory error that batch splitting did not handle (multi-process runs,
+    evaluation, ``oom_recovery.enabled false``)."""
+    import torch
+
+    return isinstance(err, torch.OutOfMemoryError)
+
+
+def _out_of_memory_message(err: BaseException) -> str:
+    first = str(err).strip().splitlines()[0] if str(err).strip() else "out of memory"
+    return (
+        f"out of memory ({first}). Lower the memory a batch needs: data.batch_size "
+        f"(data.eval_batch_size when evaluating), {SETTINGS_HINT}. A fit resumes with "
+        "--ckpt_path last (plus the changed settings)."
+    )

@@ -8,8 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from mvcli.cli import run
+from mvcli.errors import report
 from tests.conftest import CONFIGS, REPO, tiny_args
 from tests.test_checkpoints import bad_checkpoints
 
@@ -116,3 +118,12 @@ def test_mvcli_debug_shows_the_traceback(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("MVCLI_DEBUG", "1")
     code, err = _fail(["validate", "--ckpt_path", str(tmp_path / "x.ckpt")], capsys)
     assert code == 1 and "Traceback" in err and "x.ckpt not found" in err
+
+
+def test_out_of_memory_names_the_settings_to_change(capsys):
+    err = torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore detail")
+    assert report(err) == 1
+    line = capsys.readouterr().err
+    assert line.startswith("mvcli: out of memory (CUDA out of memory. Tried to allocate 2.00 GiB)")
+    assert "data.batch_size" in line and "--ckpt_path last" in line
+    assert "more detail" not in line and "OutOfMemoryError:" not in line

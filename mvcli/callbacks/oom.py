@@ -32,13 +32,9 @@ from torchmetrics import Metric
 from mvcli import compat
 from mvcli.callbacks.resume import _load_metric_state, _metric_state
 from mvcli.checkpoints import save_last_checkpoint
+from mvcli.errors import SETTINGS_HINT
 
 FAULT_ENV = "MVCLI_FAULT_OOM_ABOVE"
-SETTINGS_HINT = (
-    "data.frames_per_clip, data.img_height/data.img_width, data.num_views, "
-    "trainer.precision (16-mixed or bf16-mixed), a smaller model.backbone, or "
-    "a freezing strategy, e.g. --freezing FixedFreezing (frozen stages keep no gradients)"
-)
 
 
 class OutOfMemoryStop(SystemExit):

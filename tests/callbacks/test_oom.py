@@ -80,3 +80,24 @@ def test_slice_keeps_per_action_entries_and_counts():
     assert first["action_id"] == ["a", "b"] and rest["action_id"] == ["c"]
     assert first["failed"] == [{"x": 1}] and rest["failed"] == []
     assert rest["action"].tolist() == [2] and first["video"].shape[0] == 2
+
+
+def test_multi_process_oom_stops_every_process_with_the_settings_to_change(tmp_path):
+    """DDP cannot split batches: an OOM there ends the job (no hang) with one message per
+    process naming what lowers the memory, not a bare CUDA traceback."""
+    from mvcli.data.synthetic import write_synthetic_dataset
+    from tests.callbacks.test_distributed import TWO_NODES, start_two_nodes
+    from tests.conftest import TINY
+
+    root = tmp_path / "data"
+    write_synthetic_dataset(root, train=8, valid=4, test=4, chall=0, seed=5, **TINY)
+    logs = tmp_path / "logs"
+    args = ["fit", *TWO_NODES, *tiny_args(root, tmp_path / "runs")]
+    procs = start_two_nodes(args, logs, {FAULT_ENV: "1"})
+    codes = [p.wait(timeout=240) for p in procs]
+    assert all(code != 0 for code in codes)
+    for rank in (0, 1):
+        text = (logs / f"node{rank}.log").read_text()
+        assert "mvcli: out of memory (MVCLI_FAULT_OOM_ABOVE=1" in text, text[-3000:]
+        assert "data.batch_size" in text and "--ckpt_path last" in text
+        assert "Traceback" not in text.split("mvcli: out of memory")[0]  # torchrun's follows
