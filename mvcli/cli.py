@@ -369,21 +369,16 @@ def plain_numbers(config: Namespace) -> None:
     are validated again as they are built, so they get the subclasses: they keep no argument
     in their checkpoint state.
     """
-    for key, value in config.items():
-        if isinstance(value, bool):
-            continue
-        if isinstance(value, int) and type(value) is not int:
-            config[key] = int(value)
-        elif isinstance(value, float) and type(value) is not float:
-            config[key] = float(value)
-        elif isinstance(value, list):
-            config[key] = [_plain(v) for v in value]
+    for key, value in config.items():  # nested sections come flattened: "data.batch_size"
+        config[key] = _plain(value)
 
 
 def _plain(value: Any) -> Any:
-    if isinstance(value, Namespace):
+    if isinstance(value, Namespace):  # a class_path entry of a list (callbacks)
         plain_numbers(value)
         return value
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
     if isinstance(value, bool) or not isinstance(value, int | float):
         return value
     return int(value) if isinstance(value, int) else float(value)
