@@ -69,8 +69,10 @@ def debug_enabled() -> bool:
 
 def exit_code(err: BaseException) -> int | None:
     """The exit code of an error reported without traceback; None: a bug, show it all."""
-    if isinstance(err, MvcliError) or _out_of_memory(err):
-        return err.exit_code if isinstance(err, MvcliError) else EXIT_DATA
+    if isinstance(err, MvcliError):
+        return err.exit_code
+    if _out_of_memory(err):
+        return EXIT_DATA
     if isinstance(err, (FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError)):
         return EXIT_DATA
     if isinstance(err, OSError) and err.errno in _WRITE_HINTS:
