@@ -70,17 +70,16 @@ class SkipReport:
     def summary(self) -> str:
         head = f"{self.source}: {self.total - self.skipped}/{self.total} actions kept"
         lines = [f"{head}; skipped {self.skipped}:" if self.reasons else head]
-        for reason, count in self.reasons.most_common():
-            lines.append(
-                f"  {count:5d}  {reason}  (e.g. action {', '.join(self.examples[reason])})"
-            )
+        lines += self._rows(self.reasons)
         if self.notes:
-            lines.append("  kept, with a problem:")
-        for reason, count in self.notes.most_common():
-            lines.append(
-                f"  {count:5d}  {reason}  (e.g. action {', '.join(self.examples[reason])})"
-            )
+            lines += ["  kept, with a problem:", *self._rows(self.notes)]
         return "\n".join(lines)
+
+    def _rows(self, counts: Counter) -> list[str]:
+        return [
+            f"  {count:5d}  {reason}  (e.g. action {', '.join(self.examples[reason])})"
+            for reason, count in counts.most_common()
+        ]
 
 
 LABEL_FIELDS = ("Action class", "Offence", "Severity")
@@ -211,10 +210,7 @@ def read_split(
         elif require_labels:
             report.add(action_id, "no label fields")
             continue
-        outside: list[Path] = []
-        views = find_views(split_dir / f"action_{action_id}", bound, outside)
-        if outside:
-            report.add(action_id, OUTSIDE_ROOT, kept=True)
+        views = _confined_views(split_dir / f"action_{action_id}", bound, report, action_id)
         if not views and require_views:
             report.add(action_id, "no view file on disk")
             continue
@@ -244,11 +240,8 @@ def discover_actions(
     if action_dirs:
         report = SkipReport(str(root), total=len(action_dirs))
         return _records_from_dirs(action_dirs, bound, report), report
-    outside: list[Path] = []
-    views = find_views(root, bound, outside)
     report = SkipReport(source=str(root), total=1)
-    if outside:
-        report.add(root.name, OUTSIDE_ROOT, kept=True)
+    views = _confined_views(root, bound, report, root.name)
     if not views:
         return [], report  # not an action folder at all
     match = _ACTION_DIR.match(root.name)
@@ -260,13 +253,18 @@ def _records_from_dirs(
 ) -> list[ActionRecord]:
     ids = [(_ACTION_DIR.match(p.name).group(1), p) for p in dirs]
     ids.sort(key=lambda item: _id_key(item[0]))
-    records = []
-    for action_id, path in ids:
-        outside: list[Path] = []
-        records.append(ActionRecord(action_id, find_views(path, bound, outside)))
-        if outside:
-            report.add(action_id, OUTSIDE_ROOT, kept=True)
-    return records
+    return [ActionRecord(i, _confined_views(path, bound, report, i)) for i, path in ids]
+
+
+def _confined_views(
+    action_dir: Path, bound: Path | None, report: SkipReport, action_id: str
+) -> tuple[Path, ...]:
+    """:func:`find_views` inside ``bound``; views left out are noted in ``report``."""
+    outside: list[Path] = []
+    views = find_views(action_dir, bound, outside)
+    if outside:
+        report.add(action_id, OUTSIDE_ROOT, kept=True)
+    return views
 
 
 def _id_key(action_id: str) -> tuple[int, int | str]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
@@ -32,12 +31,11 @@ from mvcli.data.sampler import (
     ClassBalancedSampler,
     EpochShuffleSampler,
     SamplerName,
-    SeededSampler,
-    ShardedSampler,
     evaluation_sampler,
     group_ids,
+    training_sampler,
 )
-from mvcli.data.seeding import SeededItems
+from mvcli.data.seeding import SeededItems, run_seed
 from mvcli.data.taxonomy import NUM_CLASSES
 from mvcli.data.video import ClipSpec
 from mvcli.errors import DataError, UsageError
@@ -206,16 +204,16 @@ class MVFoulDataModule(LightningDataModule):
         return name.removeprefix("balanced_")
 
     def train_sampler(self) -> ClassBalancedSampler | None:
-        """The training sampler (None: Lightning's shuffle), over ``datasets["train"]``."""
+        """The balanced training order over ``datasets["train"]`` (None: the ``natural``
+        sampler, a seeded shuffle: EpochShuffleSampler)."""
         target = self._balance_target()
         if target is None:
             return None
         records = self.datasets["train"].records
         groups = group_ids(self.train_labels(records), target)
         epochs = self.hparams.progressive_epochs if self.hparams.sampler == "progressive" else None
-        # The seed of seed_everything (same on every process), so DDP shards stay disjoint.
-        seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
-        return ClassBalancedSampler(groups, progressive_epochs=epochs, seed=seed)
+        # The run's seed (same on every process), so DDP shards stay disjoint.
+        return ClassBalancedSampler(groups, progressive_epochs=epochs, seed=run_seed())
 
     # -- reading -----------------------------------------------------------------------------
     def split_dir(self, split: str) -> Path:
@@ -318,7 +316,7 @@ class MVFoulDataModule(LightningDataModule):
             num_views=num_views,
             decode=self.cache,
             replace_unreadable=replace_unreadable,
-            seed=int(os.environ.get("PL_GLOBAL_SEED", 0)),
+            seed=run_seed(),
         )
 
     # -- decoded-clip cache ------------------------------------------------------------------
@@ -380,16 +378,13 @@ class MVFoulDataModule(LightningDataModule):
         # nothing here reads or moves the global RNG, which makes a resumed run exact
         # (mvcli.callbacks.resume) and the same with any number of workers.
         dataset = self.datasets["train"]
-        seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
+        seed = run_seed()
         order = self.train_sampler() or EpochShuffleSampler(len(dataset), seed=seed)
         augmenter = self.augmenter
         collate = collate_views
         if augmenter is not None and not augmenter.config.gpu:
             collate = AugmentingCollate(collate_views, augmenter)
-        sampler = SeededSampler(order, seed=seed)
-        world = getattr(self.trainer, "world_size", 1) if self.trainer is not None else 1
-        if world > 1:  # each process its shard, resumable part-way (mvcli.callbacks.resume)
-            sampler = ShardedSampler(sampler, world, self.trainer.global_rank)
+        sampler = training_sampler(order, seed, self.trainer)
         return self._loader(
             SeededItems(dataset), self.hparams.batch_size, sampler=sampler, collate=collate
         )
@@ -421,7 +416,6 @@ class MVFoulDataModule(LightningDataModule):
         self,
         dataset: MultiViewDataset | SeededItems,
         batch_size: int,
-        shuffle: bool = False,
         sampler=None,
         collate=collate_views,
     ):
@@ -434,14 +428,13 @@ class MVFoulDataModule(LightningDataModule):
         return DataLoader(
             dataset,
             batch_size=batch_size,
-            shuffle=shuffle,
             sampler=sampler,
             num_workers=workers,
             collate_fn=collate,
             pin_memory=self.hparams.pin_memory and _has_accelerator(),
             # Workers' base seed from the loader's own generator, not the global RNG: how many
             # loaders were started (workers persist or not) must not move the training's RNG.
-            generator=torch.Generator().manual_seed(int(os.environ.get("PL_GLOBAL_SEED", 0))),
+            generator=torch.Generator().manual_seed(run_seed()),
             **extra,
         )
 

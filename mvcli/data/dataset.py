@@ -101,7 +101,7 @@ class MultiViewDataset(Dataset):
             except VideoDecodeError as err:
                 skipped.append({"view": path.name, "reason": err.reason, "detail": str(err)})
                 if not getattr(err, "recorded", False):  # a cache's record: reported already
-                    self._warn(str(path), str(err))
+                    self._warn(str(path), f"skipping view: {err}")
         if not record.views:
             skipped.append({"view": "", "reason": "no_views", "detail": "no video file found"})
         sample = {"action_id": record.action_id, "views": used, "skipped_views": skipped}
@@ -123,4 +123,4 @@ class MultiViewDataset(Dataset):
     def _warn(self, key: str, message: str) -> None:
         if key not in self._warned:
             self._warned.add(key)
-            log.warning(message if key.startswith("replaced:") else f"skipping view: {message}")
+            log.warning(message)

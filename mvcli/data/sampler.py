@@ -96,12 +96,30 @@ class ClassBalancedSampler(Sampler[int]):
         return {int(g): float(p[self.groups == g].sum()) for g in torch.unique(self.groups)}
 
     def __iter__(self):
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        generator = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
         draw = torch.multinomial(self.probabilities(), self.num_samples, True, generator=generator)
         return iter(draw.tolist())
 
     def __len__(self) -> int:
         return self.num_samples
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of one epoch's draws: every training order and per-item seed derives from it,
+    so a resumed run draws what the uninterrupted one would have."""
+    return seed * 1_000_003 + epoch
+
+
+def _world_size(trainer) -> int:
+    return getattr(trainer, "world_size", 1) if trainer is not None else 1
+
+
+def training_sampler(order: Sampler[int], seed: int, trainer) -> Sampler[tuple[int, int]]:
+    """The training loader's ``(index, item_seed)`` sampler over an epoch ``order``: under
+    DDP, this process's shard of it, resumable part-way (mvcli.callbacks.resume)."""
+    sampler = SeededSampler(order, seed=seed)
+    world = _world_size(trainer)
+    return ShardedSampler(sampler, world, trainer.global_rank) if world > 1 else sampler
 
 
 def evaluation_sampler(dataset, trainer) -> Sampler[int] | None:
@@ -112,7 +130,7 @@ def evaluation_sampler(dataset, trainer) -> Sampler[int] | None:
     repeat, the shards differ by at most one action, and the metrics (torchmetrics states,
     batch-size-weighted losses) are summed over the processes at the epoch's end.
     """
-    world = getattr(trainer, "world_size", 1) if trainer is not None else 1
+    world = _world_size(trainer)
     if world <= 1:
         return None
     from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
@@ -143,7 +161,7 @@ class EpochShuffleSampler(Sampler[int]):
         self.epoch = int(epoch)
 
     def __iter__(self):
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        generator = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
         return iter(torch.randperm(self.size, generator=generator).tolist())
 
     def __len__(self) -> int:
@@ -175,7 +193,7 @@ class SeededSampler(Sampler[tuple[int, int]]):
 
     def __iter__(self):
         skip, self.skip = self.skip, 0
-        base = (self.seed * 1_000_003 + self.epoch) * 1_000_003
+        base = epoch_seed(self.seed, self.epoch) * 1_000_003
         for position, index in enumerate(self.sampler):
             if position >= skip:
                 yield index, (base + position) % (2**63)

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import random
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
+
+
+def run_seed() -> int:
+    """The run's seed: ``seed_everything``'s (``PL_GLOBAL_SEED``), the same on every process
+    of a distributed run; 0 when nothing was seeded."""
+    return int(os.environ.get("PL_GLOBAL_SEED", 0))
 
 
 class SeededItems(Dataset):
