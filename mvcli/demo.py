@@ -75,16 +75,9 @@ def run_demo(
     )
     log_dir = Path(fit.trainer.log_dir)
     best = fit.trainer.checkpoint_callback.best_model_path
-    # Test and predict write into the training run's folder.
-    after = [
-        *common,
-        "--ckpt_path",
-        best,
-        "--trainer.logger",
-        "false",
-        "--trainer.default_root_dir",
-        str(log_dir),
-    ]
+    # Test and predict write into the checkpoint's run folder (the CLI's rule for evaluation
+    # outputs); their own logs and config.yaml go to its test/ and predict/ subfolders.
+    after = [*common, "--ckpt_path", best]
     main(["test", *after])
     predictions = log_dir / "predictions.json"
     main(

@@ -8,6 +8,7 @@ import warnings
 from pathlib import Path
 
 import pytest
+import yaml
 
 from mvcli.demo import run_demo
 from mvcli.quiet import quiet_third_party
@@ -28,6 +29,9 @@ def test_demo_trains_tests_predicts_and_scores(synthetic_root, tmp_path, capsys,
     log_dir = Path(summary["log_dir"])
     assert log_dir == runs / "smoke" / "version_0"
     assert json.loads((log_dir / "demo_summary.json").read_text()) == summary
+    # The fit's config.yaml (the one a resume reads), not overwritten by test or predict.
+    fit_config = yaml.safe_load((log_dir / "config.yaml").read_text())
+    assert fit_config["ckpt_path"] is None and "return_predictions" not in fit_config
     assert summary["test"] == json.loads((log_dir / "test_metrics.json").read_text())
     assert Path(summary["checkpoint"]).parent == log_dir / "checkpoints"
     assert Path(summary["predictions"]).is_file()
