@@ -87,6 +87,8 @@ class ResumeState(Callback):
             )
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # Resumed mid-epoch, Lightning skips on_train_epoch_start: the epoch is under way.
+        self._in_epoch = trainer.fit_loop.restarted_mid_epoch
         if self._pending is None or not self._pending["mid_epoch"]:
             return  # an epoch-end state is applied at the next epoch start
         state, self._pending = self._pending, None

@@ -85,6 +85,10 @@ class GracefulStop(Callback):
         batches = trainer.fit_loop.epoch_loop.batch_progress.current
         return trainer.training and batches.ready >= trainer.num_training_batches
 
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # Resumed mid-epoch, Lightning skips on_train_epoch_start: the epoch is under way.
+        self._in_epoch = trainer.fit_loop.restarted_mid_epoch
+
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._in_epoch = True
 
