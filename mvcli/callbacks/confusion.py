@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import io
 import warnings
-from pathlib import Path
 
 import torch
 from jsonargparse.typing import NonNegativeInt
@@ -20,6 +19,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from mvcli import plots
 from mvcli.data.taxonomy import HEADS
+from mvcli.io import atomic_write_text
 from mvcli.loggers import has_media_logger, log_image, log_text
 from mvcli.outputs import output_dir
 
@@ -50,7 +50,7 @@ class ConfusionMatrices(Callback):
         matrices = _compute(pl_module, "val")
         if trainer.sanity_checking or not matrices or not self._due(trainer):
             return
-        if trainer.is_global_zero and has_media_logger(trainer.loggers):
+        if trainer.is_global_zero:
             self._log(trainer, "val", matrices)
 
     def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -74,8 +74,12 @@ class ConfusionMatrices(Callback):
                 )
             )
         rows = [row for head, m in matrices.items() for row in per_class_rows(head, m)]
-        written.append(_write(folder / "test_per_class.csv", table_csv(rows)))
-        written.append(_write(folder / "test_per_class.md", table_markdown(rows)))
+        for path, text in [
+            (folder / "test_per_class.csv", table_csv(rows)),
+            (folder / "test_per_class.md", table_markdown(rows)),
+        ]:
+            atomic_write_text(path, text)
+            written.append(path)
         rank_zero_info("wrote " + ", ".join(str(p) for p in written))
 
     def _due(self, trainer: Trainer) -> bool:
@@ -86,6 +90,8 @@ class ConfusionMatrices(Callback):
         return not fitting or last or trainer.current_epoch % self.log_every_n_epochs == 0
 
     def _log(self, trainer: Trainer, stage: str, matrices: dict[str, torch.Tensor]) -> None:
+        if not has_media_logger(trainer.loggers):
+            return  # nothing would show the figures: not drawn
         for head, matrix in matrices.items():
             names = class_names(head, len(matrix))
             figure = plots.confusion_figure(matrix, names, head)
@@ -181,9 +187,3 @@ def table_markdown(rows: list[dict]) -> str:
     lines = ["| " + " | ".join(TABLE_COLUMNS) + " |", "|" + "---|" * len(TABLE_COLUMNS)]
     lines += ["| " + " | ".join(cell(row[c]) for c in TABLE_COLUMNS) + " |" for row in rows]
     return "\n".join(lines) + "\n"
-
-
-def _write(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-    return path

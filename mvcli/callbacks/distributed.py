@@ -7,6 +7,7 @@ import sys
 from datetime import timedelta
 from typing import Literal
 
+import torch.distributed as dist
 from jsonargparse.typing import PositiveFloat, PositiveInt
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.accelerators import CPUAccelerator
@@ -111,13 +112,21 @@ class DistributedRun(Callback):
 
 def lost_peer(exception: BaseException) -> bool:
     """Whether ``exception`` is torch.distributed failing on a vanished or stalled peer."""
-    import torch.distributed as dist
-
     if isinstance(exception, dist.DistError):
         return True
     return isinstance(exception, RuntimeError) and any(
         marker in str(exception).lower() for marker in _LOST_PEER_MARKERS
     )
+
+
+def gather_lists(items: list, world_size: int) -> list:
+    """Every rank's ``items``, concatenated in rank order (a collective: every rank calls it;
+    one process, or no process group: ``items`` as is)."""
+    if world_size <= 1 or not dist.is_available() or not dist.is_initialized():
+        return items
+    gathered: list[list | None] = [None] * world_size
+    dist.all_gather_object(gathered, items)
+    return [item for part in gathered for item in part or ()]
 
 
 def effective_batch(trainer: Trainer, batch_size: int) -> int:

@@ -11,6 +11,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_only
 
+from mvcli.callbacks.distributed import effective_batch
 from mvcli.callbacks.freezing import StageFreezing
 from mvcli.schedulers import GroupFactorLR, inner_scheduler
 
@@ -89,9 +90,7 @@ def run_settings(trainer: Trainer, pl_module: LightningModule) -> dict[str, Any]
     params["lr_scheduler"] = _scheduler(trainer)
     params["batch_size"] = data.get("batch_size")
     params["accumulate_grad_batches"] = trainer.accumulate_grad_batches
-    params["effective_batch_size"] = (
-        (data.get("batch_size") or 0) * trainer.accumulate_grad_batches * trainer.world_size
-    )
+    params["effective_batch_size"] = effective_batch(trainer, data.get("batch_size") or 0)
     params["precision"] = trainer.precision
     params["devices"] = trainer.world_size
     params["freezing"] = _freezing(trainer)

@@ -34,7 +34,12 @@ class MemoryCleanup(Callback):
         self.cleanup()  # evaluation batches differ in shape from training ones
 
     def cleanup(self) -> None:
-        gc.collect()
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
-            torch.cuda.empty_cache()
+        free_memory()
         self.cleanups += 1
+
+
+def free_memory() -> None:
+    """Python's garbage collector, then the CUDA caching allocator's unused blocks back."""
+    gc.collect()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()

@@ -11,9 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 from lightning.pytorch import Callback, LightningModule, Trainer
 
+from mvcli.callbacks.distributed import gather_lists
 from mvcli.errors import DataError
 from mvcli.limits import StepLimit
 
@@ -63,7 +63,7 @@ class NonFiniteGuard(Callback):
         # No gradient: the optimizer leaves every parameter (and its state) as it was.
         optimizer.zero_grad(set_to_none=True)
         self.skipped += 1
-        self.offending.extend(_gather_ids(ids if local else [], trainer.world_size))
+        self.offending.extend(gather_lists(ids if local else [], trainer.world_size))
         if self.max_steps >= 0 and self.skipped > self.max_steps:
             self._stop = True
 
@@ -98,15 +98,6 @@ class NonFiniteGuard(Callback):
             return False
         # A NaN/inf anywhere makes the total norm non-finite; foreach kernels, not one per tensor.
         return not bool(torch.isfinite(torch.nn.utils.get_total_norm(grads)))
-
-
-def _gather_ids(ids: list[str], world_size: int) -> list[str]:
-    """The offending ids of every rank (collective: called on all ranks together)."""
-    if world_size <= 1 or not dist.is_available() or not dist.is_initialized():
-        return ids
-    gathered: list[list[str] | None] = [None] * world_size
-    dist.all_gather_object(gathered, ids)
-    return [i for part in gathered for i in (part or [])]
 
 
 def _checkpoint_dir(trainer: Trainer) -> str:

@@ -18,7 +18,6 @@ Testing without a GPU: ``MVCLI_FAULT_OOM_ABOVE=<n>`` makes the training step rai
 
 from __future__ import annotations
 
-import gc
 import math
 import os
 from pathlib import Path
@@ -30,6 +29,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torchmetrics import Metric
 
 from mvcli import compat
+from mvcli.callbacks.memory import free_memory
 from mvcli.callbacks.resume import _load_metric_state, _metric_state
 from mvcli.checkpoints import save_last_checkpoint
 from mvcli.errors import SETTINGS_HINT
@@ -126,7 +126,7 @@ class OOMRecovery(Callback):
         if not failed:
             return
         part = out = None
-        _free_memory()
+        free_memory()
         snapshot.restore()  # metrics and logged sums of the attempt are not counted twice
         self._on_oom(pl_module, hi - lo)
         self._run(original, pl_module, batch, batch_idx, lo, hi, total, acc, args, kw)
@@ -234,12 +234,6 @@ def _inject(size: int) -> None:
         raise torch.OutOfMemoryError(
             f"{FAULT_ENV}={limit}: injected out-of-memory on a micro-batch of {size} actions"
         )
-
-
-def _free_memory() -> None:
-    gc.collect()
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        torch.cuda.empty_cache()
 
 
 def _batch_size(batch) -> int:

@@ -12,6 +12,7 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_info
 
+from mvcli.callbacks.distributed import gather_lists
 from mvcli.data.taxonomy import HEADS, submission_entry
 from mvcli.errors import DataError, UsageError, WriteError
 from mvcli.io import atomic_write_text
@@ -92,7 +93,7 @@ class SubmissionWriter(BasePredictionWriter):
         self._part.unlink(missing_ok=True)
         written = 0
         if trainer.world_size > 1:
-            rows = _gather_rows(rows, trainer.world_size)
+            rows = gather_lists(rows, trainer.world_size)
         if trainer.is_global_zero:
             payload = _assemble(rows, path, self._ckpt)
             written, failed = len(payload["Actions"]), len(payload["failed"])
@@ -151,15 +152,6 @@ class NothingPredicted(DataError):
 def _read_part(part: Path) -> list[dict]:
     with part.open() as handle:
         return [json.loads(line) for line in handle]
-
-
-def _gather_rows(rows: list[dict], world_size: int) -> list[dict]:
-    """All ranks' rows, in rank order (a collective: every rank calls it)."""
-    import torch.distributed as dist
-
-    gathered: list[list[dict] | None] = [None] * world_size
-    dist.all_gather_object(gathered, rows)
-    return [row for part in gathered for row in part or ()]
 
 
 def _assemble(rows: list[dict], path: Path, ckpt: str | None) -> dict:
