@@ -30,7 +30,7 @@ from torchmetrics import Metric
 
 from mvcli import compat
 from mvcli.callbacks.memory import free_memory
-from mvcli.callbacks.resume import _load_metric_state, _metric_state
+from mvcli.callbacks.resume import _clone, _load_metric_state, _metric_state
 from mvcli.checkpoints import save_last_checkpoint
 from mvcli.errors import SETTINGS_HINT
 
@@ -195,14 +195,15 @@ class _Snapshot:
 
     def __init__(self, pl_module: LightningModule, trainer: Trainer) -> None:
         self.metrics = {
-            name: (m, _metric_state(m))
+            name: (m, _metric_state(m, to_cpu=False))
             for name, m in pl_module.named_modules()
             if isinstance(m, Metric) and "train" in name
         }
         self.results = {}
         for key, metric in compat.logged_results(trainer).items():
             if getattr(metric, "is_tensor", False):
-                self.results[key] = (metric, {k: _copy(v) for k, v in metric.metric_state.items()})
+                state = {k: _clone(v, to_cpu=False) for k, v in metric.metric_state.items()}
+                self.results[key] = (metric, state)
 
     def restore(self) -> None:
         for metric, state in self.metrics.values():
@@ -210,10 +211,6 @@ class _Snapshot:
         for metric, state in self.results.values():
             for key, value in state.items():
                 setattr(metric, key, value)
-
-
-def _copy(value):
-    return value.detach().clone() if isinstance(value, torch.Tensor) else value
 
 
 def _fault_limit() -> int | None:

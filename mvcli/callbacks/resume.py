@@ -157,8 +157,10 @@ def _set_rng_states(states: dict[str, Any]) -> None:
 
 
 # -- running epoch metrics --------------------------------------------------------------------
-def _metric_state(metric: Metric) -> dict[str, Any]:
-    state = {k: _clone(v) for k, v in metric.metric_state.items()}
+def _metric_state(metric: Metric, to_cpu: bool = True) -> dict[str, Any]:
+    """A copy of the metric's state: on the CPU for a checkpoint, where it is for a snapshot
+    taken and restored within a step (no device-to-host copy on the hot path)."""
+    state = {k: _clone(v, to_cpu) for k, v in metric.metric_state.items()}
     return {"state": state, "update_count": metric.update_count}
 
 
@@ -180,11 +182,11 @@ def _load_metric_state(metric: Metric, saved: dict[str, Any]) -> None:
     compat.restore_update_count(metric, saved["update_count"])
 
 
-def _clone(value):
+def _clone(value, to_cpu: bool = True):
     if isinstance(value, torch.Tensor):
-        return value.detach().cpu().clone()
+        return (value.detach().cpu() if to_cpu else value.detach()).clone()
     if isinstance(value, list):
-        return [_clone(v) for v in value]
+        return [_clone(v, to_cpu) for v in value]
     return value
 
 
