@@ -7,8 +7,9 @@ shows. ``MVCLI_DEBUG=1`` keeps everything.
 from __future__ import annotations
 
 import logging
-import os
 import warnings
+
+from mvcli.errors import debug_enabled
 
 # Warnings about code inside Lightning/torch, or about choices mvcli made deliberately.
 IGNORED_WARNINGS = (
@@ -38,8 +39,9 @@ _FILTER = _DropLines()
 
 
 def quiet_third_party() -> None:
-    """Install the filters (idempotent); nothing is filtered when ``MVCLI_DEBUG=1``."""
-    if os.environ.get("MVCLI_DEBUG") == "1":
+    """Install the filters (idempotent); nothing is filtered under ``MVCLI_DEBUG`` (the same
+    switch that shows tracebacks: :func:`mvcli.errors.debug_enabled`)."""
+    if debug_enabled():
         return
     for pattern in IGNORED_WARNINGS:
         warnings.filterwarnings("ignore", message=pattern)
