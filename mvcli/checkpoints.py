@@ -182,9 +182,7 @@ def save_last_checkpoint(trainer: Trainer) -> str | None:
     return path
 
 
-def newest_last_checkpoint(folders: list[Path]) -> Path | None:
-    """The most recently written ``last*.ckpt`` under any of ``folders``."""
-    found = [
-        p for folder in folders if folder.is_dir() for p in folder.glob(f"**/{LAST_NAME}*.ckpt")
-    ]
+def newest_last_checkpoint(folder: Path) -> Path | None:
+    """The most recently written ``last*.ckpt`` under ``folder``."""
+    found = list(folder.glob(f"**/{LAST_NAME}*.ckpt")) if folder.is_dir() else []
     return max(found, key=lambda p: p.stat().st_mtime) if found else None

@@ -160,7 +160,6 @@ class MVCLI(LightningCLI):
                 help="run without --ckpt_path, with the model's initial weights (random, or "
                 "--model.pretrained): only to check a pipeline, never for results",
             )
-        if subcommand in EVAL_SUBCOMMANDS:
             parser.add_argument(
                 "--output_dir",
                 type=Path | None,
@@ -203,11 +202,11 @@ class MVCLI(LightningCLI):
             for key, value in last.items():  # the new parse said "last" again
                 self.config[subcommand][key] = value
 
-    def _resolve_last_checkpoint(self, subcommand: str | None) -> dict[str, Any]:
+    def _resolve_last_checkpoint(self, subcommand: str) -> dict[str, Any]:
         """``--ckpt_path last``: the newest ``last*.ckpt`` of the run whose ``config.yaml`` is
         given, else of the newest run of the configured logger; logging continues in that
         run's folder (so its history.json and event files go on)."""
-        if not subcommand or self.config[subcommand].get("ckpt_path") != "last":
+        if self.config[subcommand].get("ckpt_path") != "last":
             return {}
         cfg = self.config[subcommand]
         run_dirs = [Path(str(c)).resolve().parent for c in reversed(cfg.get("config") or [])]
@@ -218,7 +217,7 @@ class MVCLI(LightningCLI):
             logger_root = Path(str(args.get("save_dir"))) / str(args.get("name") or "")
         searched = run_dirs + ([logger_root] if logger_root is not None else [])
         for folder in searched:
-            path = newest_last_checkpoint([folder])
+            path = newest_last_checkpoint(folder)
             if path is not None:
                 break
         else:
@@ -228,7 +227,7 @@ class MVCLI(LightningCLI):
                 "(--config runs/<name>/version_<n>/config.yaml) or a checkpoint path."
             )
         resolved = {"ckpt_path": str(path)}
-        run_dir = path.parent.parent  # <save_dir>/<name>/<version>/checkpoints/last.ckpt
+        run_dir = run_dir_of(path)  # <save_dir>/<name>/<version>/checkpoints/last.ckpt
         if args is not None and "version" in args and args.get("version") is None:
             if logger_root is not None and run_dir.parent.resolve() == logger_root.resolve():
                 resolved["trainer.logger.init_args.version"] = run_dir.name

@@ -14,7 +14,22 @@ def output_dir(trainer: Trainer) -> Path:
     ``--ckpt_path``), else the logger's folder, else ``trainer.default_root_dir``.
     """
     chosen = getattr(trainer, "output_dir", None)
-    return Path(chosen or trainer.log_dir or trainer.default_root_dir)
+    return Path(chosen) if chosen else log_folder(trainer)
+
+
+def log_folder(trainer: Trainer) -> Path:
+    """The run's log folder (the logger's), else ``trainer.default_root_dir``.
+
+    ``trainer.log_dir`` is a broadcast under DDP: every rank must ask, together.
+    """
+    return Path(trainer.log_dir or trainer.default_root_dir)
+
+
+def resume_command(trainer: Trainer) -> str:
+    """The command that continues this fit from its ``last.ckpt``."""
+    config = log_folder(trainer) / "config.yaml"
+    option = f"--config {config}" if config.is_file() else "--config <your configs>"
+    return f"mvcli fit {option} --ckpt_path last"
 
 
 def run_dir_of(ckpt_path: Path) -> Path:

@@ -21,6 +21,7 @@ from mvcli.data.datamodule import PREPROCESSING_KEYS
 from mvcli.errors import UsageError
 from mvcli.export import FORMATS, ExportFormat, export_network
 from mvcli.io import atomic_write_text
+from mvcli.outputs import log_folder
 
 # Subcommand name -> arguments LightningCLI fills itself (not exposed as options).
 EXTRA_SUBCOMMANDS: dict[str, set[str]] = {
@@ -201,7 +202,7 @@ class MVTrainer(Trainer):
         if finder is None:
             raise ValueError("lr_find did not run (it is skipped under trainer.fast_dev_run)")
         suggestion = finder.suggestion()
-        folder = Path(self.log_dir or self.default_root_dir)
+        folder = log_folder(self)
         folder.mkdir(parents=True, exist_ok=True)
         plot = folder / "lr_find.png"
         figure = finder.plot(suggest=suggestion is not None)

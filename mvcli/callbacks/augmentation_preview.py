@@ -10,6 +10,8 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from torchvision.utils import make_grid, save_image
 
+from mvcli.outputs import log_folder
+
 PREVIEW_FILE = "augmented_batch.png"
 
 
@@ -36,7 +38,7 @@ class AugmentationPreview(Callback):
         if batch.get("video") is not None:
             # trainer.log_dir is a broadcast under DDP: asked here, on every rank, never in
             # the rank-zero-only writer (rank 0 alone in a collective hangs the run).
-            folder = Path(trainer.log_dir or trainer.default_root_dir)
+            folder = log_folder(trainer)
             self._write(trainer, batch["video"], folder)
 
     @rank_zero_only

@@ -15,6 +15,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_only
 
 from mvcli.io import atomic_write_text
+from mvcli.outputs import log_folder
 
 FILENAME = "history.json"
 
@@ -45,7 +46,7 @@ class TrainingHistory(Callback):
         # trainer.log_dir is a broadcast under DDP: every rank asks once here, together, so
         # the rank-zero-only writer (also called from on_exception) never joins a collective
         # alone (rank 0 alone in a broadcast hangs the run until the DDP timeout).
-        self._folder = Path(trainer.log_dir or trainer.default_root_dir)
+        self._folder = log_folder(trainer)
 
     def _reset_epoch(self) -> None:
         self._epoch_start = time.perf_counter()
@@ -122,7 +123,7 @@ class TrainingHistory(Callback):
 
     @rank_zero_only
     def _write(self, trainer: Trainer) -> None:
-        folder = self._folder or Path(trainer.log_dir or trainer.default_root_dir)
+        folder = self._folder or log_folder(trainer)
         atomic_write_text(folder / FILENAME, json.dumps(self.records, indent=2) + "\n")
 
     def state_dict(self) -> dict[str, Any]:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import math
 import os
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -33,6 +32,7 @@ from mvcli.callbacks.memory import free_memory
 from mvcli.callbacks.resume import _clone, _load_metric_state, _metric_state
 from mvcli.checkpoints import save_last_checkpoint
 from mvcli.errors import SETTINGS_HINT
+from mvcli.outputs import resume_command
 
 FAULT_ENV = "MVCLI_FAULT_OOM_ABOVE"
 
@@ -135,13 +135,12 @@ class OOMRecovery(Callback):
         trainer = self._trainer
         if size <= 1:
             path = save_last_checkpoint(trainer)
-            config = Path(trainer.log_dir or trainer.default_root_dir) / "config.yaml"
             raise OutOfMemoryStop(
                 f"mvcli: out of memory with one action per micro-batch (epoch "
                 f"{trainer.current_epoch}, step {trainer.global_step})"
                 + (f"; progress saved in {path}" if path else "")
                 + f". Lower the memory one action needs: {SETTINGS_HINT}; then resume with "
-                f"mvcli fit --config {config} --ckpt_path last (plus the changed settings)."
+                f"{resume_command(trainer)} (plus the changed settings)."
             )
         self.events += 1
         self.micro_batch = math.ceil(size / 2)

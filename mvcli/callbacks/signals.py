@@ -32,6 +32,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from mvcli import compat
 from mvcli.checkpoints import last_checkpoint_path, save_last_checkpoint
+from mvcli.outputs import resume_command
 
 _HANDLED = (signal.SIGTERM, signal.SIGINT)
 
@@ -119,12 +120,11 @@ class GracefulStop(Callback):
             where = f"epoch {trainer.current_epoch}, mid-epoch"
         else:
             where = f"epoch {trainer.current_epoch}"
-        config = Path(trainer.log_dir or trainer.default_root_dir) / "config.yaml"
-        hint = f"--config {config}" if config.is_file() else "--config <your configs>"
+        resume = resume_command(trainer)
         if last is not None and Path(last).is_file():
             message = (
                 f"stopped by {signal.Signals(signum).name} at {where}; progress saved in {last}.\n"
-                f"Resume with: mvcli fit {hint} --ckpt_path last"
+                f"Resume with: {resume}"
             )
         else:
             message = f"stopped by {signal.Signals(signum).name} before any checkpoint was written"
