@@ -117,31 +117,25 @@ class _FeaturesThenPool(nn.Module):
         return self.pool(self.features(x)).flatten(1)
 
 
-def _tiny(frames: int, height: int, width: int) -> Backbone:
+def _tiny(name: str) -> Backbone:
     net = TinyVideoNet()
-    return Backbone(
-        "tiny", net, net.out_dim, [net.stem, net.layer1, net.layer2], InputConstraints(1, 8)
-    )
+    return Backbone(name, net, net.out_dim, [net.stem, net.layer1, net.layer2])
 
 
 def _video_resnet(name: str) -> Backbone:
     net = get_model(name)
     net.fc = nn.Identity()
     stages = [net.stem, net.layer1, net.layer2, net.layer3, net.layer4]
-    return Backbone(name, net, 512, stages, InputConstraints(min_frames=1, min_size=16))
+    return Backbone(name, net, 512, stages)
 
 
 def _s3d(name: str) -> Backbone:
     f = get_model(name).features
     stages = [f[0:2], f[2:5], f[5:8], f[8:14], f[14:16]]
-    # Strided stem and max-pools need at least 8 frames and 32 px to leave a non-empty map.
-    return Backbone(name, _FeaturesThenPool(f), 1024, stages, InputConstraints(8, 32, 1, 1))
+    return Backbone(name, _FeaturesThenPool(f), 1024, stages)
 
 
 def _mvit(name: str) -> Backbone:
-    # torchvision builds MViT's positional tables for 16 frames of 224x224 and its builders
-    # take no other size; the Kinetics weights fit only that size too. So MViT runs at its
-    # native input, and other sizes are refused before any training starts.
     net = get_model(name)
     net.head = nn.Identity()
     blocks = net.blocks
@@ -152,7 +146,7 @@ def _mvit(name: str) -> Backbone:
         blocks[3:14],
         nn.ModuleList([*blocks[14:], net.norm]),
     ]
-    return Backbone(name, net, 768, stages, InputConstraints(fixed=MVIT_INPUT))
+    return Backbone(name, net, 768, stages)
 
 
 def _swin3d(name: str) -> Backbone:
@@ -160,11 +154,12 @@ def _swin3d(name: str) -> Backbone:
     net.head = nn.Identity()
     f = net.features
     stages = [net.patch_embed, f[0], f[1:3], f[3:5], nn.ModuleList([*f[5:], net.norm])]
-    return Backbone(name, net, 768, stages, InputConstraints(2, 32, 1, 1))
+    return Backbone(name, net, 768, stages)
 
 
 MVIT_INPUT = (16, 224, 224)
 _FAMILIES: dict[str, Callable[[str], Backbone]] = {
+    "tiny": _tiny,
     "r3d_18": _video_resnet,
     "mc3_18": _video_resnet,
     "r2plus1d_18": _video_resnet,
@@ -178,7 +173,7 @@ _FAMILIES: dict[str, Callable[[str], Backbone]] = {
 
 def default_weights(name: str) -> WeightsEnum | None:
     """torchvision's default pretrained weights of a backbone (None for ``tiny``)."""
-    if name not in _FAMILIES:
+    if name == "tiny":  # mvcli's own: no published weights
         return None
     return get_model_weights(name).DEFAULT
 
@@ -214,13 +209,10 @@ def build_backbone(
     """
     if name not in BACKBONES:
         raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
-    if name == "tiny":
-        backbone = _tiny(frames, height, width)
-    else:
-        # Checked before building: it is cheaper, and clearer than a constructor's error.
-        _CONSTRAINTS[name].check(name, frames, height, width)
-        backbone = _FAMILIES[name](name)
-    backbone.constraints.check(name, frames, height, width)
+    # Checked before building: it is cheaper, and clearer than a constructor's error.
+    _CONSTRAINTS[name].check(name, frames, height, width)
+    backbone = _FAMILIES[name](name)
+    backbone.constraints = _CONSTRAINTS[name]
     if pretrained == "torchvision":
         load_state(backbone, torchvision_state_dict(name), f"torchvision weights of {name}")
     elif pretrained is not None:
@@ -228,8 +220,12 @@ def build_backbone(
     return backbone
 
 
-# What each family accepts, known before construction.
+# What each backbone accepts, known before construction. S3D's strided stem and max-pools
+# need 8 frames and 32 px to leave a non-empty map. torchvision builds MViT's positional
+# tables for 16 frames of 224x224 and its builders take no other size (the Kinetics weights
+# fit only that size too): MViT runs at its native input, other sizes are refused.
 _CONSTRAINTS = {
+    "tiny": InputConstraints(1, 8),
     "r3d_18": InputConstraints(1, 16),
     "mc3_18": InputConstraints(1, 16),
     "r2plus1d_18": InputConstraints(1, 16),
