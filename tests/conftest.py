@@ -125,3 +125,14 @@ def _check_png(path: Path, min_size: tuple[int, int]) -> None:
     assert width >= min_size[0] and height >= min_size[1], image.shape
     assert image.std() > 10  # not blank
     assert len(np.unique(image.reshape(-1, 3), axis=0)) > 20  # text, colour scale, cells
+
+
+def without_batch_norm(module) -> None:
+    """Replace every BatchNorm3d of ``module`` by an identity (in place): batch statistics are
+    what a batch split legitimately changes, so OOM-split runs compare equal without them."""
+    from torch import nn
+
+    for name, child in list(module.named_modules()):
+        if isinstance(child, nn.BatchNorm3d):
+            parent, _, leaf = name.rpartition(".")
+            setattr(module.get_submodule(parent) if parent else module, leaf, nn.Identity())

@@ -19,7 +19,6 @@ import sys
 from pathlib import Path
 
 import torch
-from torch import nn
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
@@ -29,6 +28,7 @@ from torch.utils.data import DataLoader  # noqa: E402
 
 from mvcli.callbacks.oom import FAULT_ENV, OOMRecovery  # noqa: E402
 from mvcli.module import MVFoulModule  # noqa: E402
+from tests.conftest import without_batch_norm  # noqa: E402
 
 
 def batches(n: int, size: int, views: int = 2, frames: int = 8, hw=(32, 56)) -> list[dict]:
@@ -53,13 +53,9 @@ def run(args, fault: int | None) -> tuple[dict, OOMRecovery]:
         os.environ[FAULT_ENV] = str(fault)
     seed_everything(0)
     model = MVFoulModule(backbone="tiny", num_frames=8, img_height=32, img_width=56,
-                         head_dropout=0.0, hflip_prob=0.0,
+                         head_dropout=0.0,
                          optimizer=lambda p: torch.optim.SGD(p, lr=0.05))  # fmt: skip
-    backbone = model.network.backbone
-    for name, module in list(backbone.named_modules()):
-        if isinstance(module, nn.BatchNorm3d):
-            parent, _, leaf = name.rpartition(".")
-            setattr(backbone.get_submodule(parent) if parent else backbone, leaf, nn.Identity())
+    without_batch_norm(model.network.backbone)
     oom = OOMRecovery(enabled=True)
     trainer = Trainer(accelerator=args.accelerator, devices=1, precision=args.precision,
                       max_epochs=1, callbacks=[oom], logger=False, enable_checkpointing=False,

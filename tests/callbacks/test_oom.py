@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
 
 from mvcli.callbacks.oom import FAULT_ENV, OOMRecovery, OutOfMemoryStop, _slice
 from mvcli.cli import main
-from tests.conftest import CONF, CONFIGS, tiny_args
+from tests.callbacks.conftest import _max_diff
+from tests.conftest import CONF, CONFIGS, tiny_args, without_batch_norm
 
 
 def _fit(root, runs, monkeypatch, fault: int | None, *extra: str, batch_norm: bool = False):
@@ -23,13 +23,7 @@ def _fit(root, runs, monkeypatch, fault: int | None, *extra: str, batch_norm: bo
             *tiny_args(root, runs), *extra]  # fmt: skip
     cli = main(args, run=False)
     if not batch_norm:
-        backbone = cli.model.network.backbone
-        for name, module in list(backbone.named_modules()):
-            if isinstance(module, nn.BatchNorm3d):
-                parent = (
-                    backbone.get_submodule(name.rpartition(".")[0]) if "." in name else backbone
-                )
-                setattr(parent, name.rpartition(".")[2], nn.Identity())
+        without_batch_norm(cli.model.network.backbone)
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     return cli
 
@@ -38,18 +32,13 @@ def _oom(cli) -> OOMRecovery:
     return next(c for c in cli.trainer.callbacks if isinstance(c, OOMRecovery))
 
 
-def _max_diff(a, b) -> float:
-    sa, sb = a.model.state_dict(), b.model.state_dict()
-    return max((sa[k].double() - sb[k].double()).abs().max().item() for k in sa)
-
-
 def test_split_batches_end_with_the_clean_runs_weights(synthetic_root, tmp_path, monkeypatch):
     clean = _fit(synthetic_root, tmp_path / "clean", monkeypatch, None)
     split = _fit(synthetic_root, tmp_path / "split", monkeypatch, 1)  # batches of 4 -> 2 -> 1
     oom = _oom(split)
     assert oom.events == 2 and oom.micro_batch == 1  # 4 failed, then 2; 1 kept afterwards
     assert _oom(clean).events == 0
-    diff = _max_diff(clean, split)
+    diff = _max_diff(clean.model.state_dict(), split.model.state_dict())
     print(f"max |weight difference| split vs clean: {diff:.3g}")
     assert diff < 1e-5
     metrics = split.trainer.callback_metrics
