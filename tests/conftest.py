@@ -70,6 +70,12 @@ def trained(synthetic_root, tmp_path_factory):
     return common, fit
 
 
+@pytest.fixture(scope="session")
+def ckpt(trained) -> Path:
+    """The best checkpoint of the shared training run."""
+    return Path(trained[1].trainer.checkpoint_callback.best_model_path)
+
+
 def tiny_args(root: Path, runs: Path, *extra: str) -> list[str]:
     """CLI arguments that make any config run in seconds on the tiny set."""
     return [

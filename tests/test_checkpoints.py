@@ -19,11 +19,6 @@ from mvcli.errors import DataError, WriteError
 from tests.conftest import CONF, CONFIGS, tiny_args
 
 
-@pytest.fixture(scope="module")
-def ckpt(trained) -> Path:
-    return Path(trained[1].trainer.checkpoint_callback.best_model_path)
-
-
 def test_cli_trainer_writes_checkpoints_atomically(trained):
     _, fit = trained
     assert isinstance(fit.trainer.strategy.checkpoint_io, AtomicCheckpointIO)

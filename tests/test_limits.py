@@ -44,7 +44,7 @@ def test_out_of_limit_values_are_refused_while_parsing(
         main(["fit", *args])
     err = capsys.readouterr().err
     assert exit_info.value.code == 2, err
-    assert key in err and limit in err and "Traceback" not in err, err
+    assert f'key "{key}"' in err and limit in err and "Traceback" not in err, err
 
 
 def test_limits_are_shown_in_help(capsys):

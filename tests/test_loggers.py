@@ -61,7 +61,8 @@ def test_mlflow_logger_offline(synthetic_root, tmp_path):
     assert (run_dir / "config.yaml").is_file() and (run_dir / "checkpoints/last.ckpt").is_file()
 
 
-@pytest.mark.slow  # W&B starts a service process (~15 s); the overlay is parsed by test_cli
+@pytest.mark.slow  # W&B starts a service process (~15 s); test_cli smoke-runs the overlay
+# where wandb is installed (the `wandb` extra; `make test` does not install it)
 def test_wandb_logger_offline(synthetic_root, tmp_path, monkeypatch):
     pytest.importorskip("wandb")
     monkeypatch.setenv("WANDB_SILENT", "true")

@@ -15,7 +15,7 @@ import yaml
 
 from mvcli.cli import main, run
 from mvcli.search import Distribution, search
-from tests.conftest import CONFIGS, REPO
+from tests.conftest import CONF, CONFIGS, REPO
 
 optuna = pytest.importorskip("optuna")
 pytest.importorskip("optuna_integration")
@@ -26,7 +26,7 @@ SAMPLER = "data.sampler"
 
 def _search_config(tmp_path: Path, synthetic_root: Path, **extra) -> Path:
     config = {
-        "run_config": [str(CONFIGS / "demo.yaml"), str(REPO / "tests/conf/tiny_run.yaml")],
+        "run_config": [str(CONFIGS / "demo.yaml"), str(CONF / "tiny_run.yaml")],
         "search_space": {
             LR: {"type": "float", "low": 1e-6, "high": 1e-2, "log": True},
             SAMPLER: {"type": "categorical", "choices": ["natural", "balanced_action"]},
@@ -128,7 +128,7 @@ def test_search_space_errors_name_the_key():
 def test_a_key_the_run_refuses_fails_the_search_with_its_name(tmp_path, synthetic_root):
     with pytest.raises(ValueError, match="run's options were refused.*--model.no_such_key=0.5"):
         search(
-            [CONFIGS / "demo.yaml", REPO / "tests/conf/tiny_run.yaml"],
+            [CONFIGS / "demo.yaml", CONF / "tiny_run.yaml"],
             {"model.no_such_key": Distribution("float", low=0.5, high=0.5)},
             output_dir=tmp_path / "study",
             overrides=[f"--data.root={synthetic_root}"],
@@ -138,7 +138,7 @@ def test_a_key_the_run_refuses_fails_the_search_with_its_name(tmp_path, syntheti
 def test_a_multi_process_trial_is_refused(tmp_path, synthetic_root):
     with pytest.raises(ValueError, match="one device each; the run asks for 2 processes"):
         search(
-            [CONFIGS / "demo.yaml", REPO / "tests/conf/tiny_run.yaml"],
+            [CONFIGS / "demo.yaml", CONF / "tiny_run.yaml"],
             {LR: Distribution("float", low=1e-3, high=1e-3)},
             output_dir=tmp_path / "study",
             overrides=[f"--data.root={synthetic_root}", "--trainer.devices=2"],

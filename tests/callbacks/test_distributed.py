@@ -21,13 +21,13 @@ from mvcli.cli import main
 from mvcli.data.annotations import read_split
 from mvcli.data.sampler import evaluation_sampler
 from mvcli.data.synthetic import write_synthetic_dataset
-from tests.conftest import CONFIGS, REPO, TINY, tiny_args
+from tests.conftest import CONF, CONFIGS, REPO, TINY, tiny_args
 
 TWO_NODES = [
     "--config", str(CONFIGS / "demo.yaml"),
     "--config", str(CONFIGS / "ddp.yaml"),
     "--config", str(CONFIGS / "multi_node.yaml"),
-    "--config", str(REPO / "tests/conf/ddp_two_nodes.yaml"),
+    "--config", str(CONF / "ddp_two_nodes.yaml"),
 ]  # fmt: skip
 ONE_PROCESS = ["--config", str(CONFIGS / "demo.yaml"), "--trainer.accelerator", "cpu"]
 

@@ -21,10 +21,9 @@ from mvcli.callbacks.freezing import NoFreezing, StageFreezing
 from mvcli.cli import main
 from mvcli.data.datamodule import MVFoulDataModule
 from mvcli.data.sampler import ClassBalancedSampler, group_ids
-from tests.conftest import CONFIGS, REPO, tiny_args
+from tests.conftest import CONF, CONFIGS, REPO, tiny_args
 
 LR = 0.006  # demo.yaml's AdamW lr: the heads' LR
-CONF = Path(__file__).parents[1] / "conf"
 
 
 class Recorder(Callback):

@@ -14,7 +14,7 @@ from torch import nn
 from mvcli.callbacks.pruning import ScheduledPruning
 from mvcli.cli import main
 from mvcli.compress import sparsity
-from tests.conftest import CONFIGS, REPO, tiny_args
+from tests.conftest import CONF, CONFIGS, tiny_args
 
 
 class _WeightsAfterPruning(Callback):
@@ -79,7 +79,7 @@ def test_unstructured_pruning_reaches_the_target_trains_on_and_exports(synthetic
 
 def test_structured_pruning_removes_the_configured_share_of_channels(synthetic_root, tmp_path):
     # One epoch: the schedule prunes after it; training on is the unstructured test's part.
-    overlay = REPO / "tests/conf/pruning_structured.yaml"
+    overlay = CONF / "pruning_structured.yaml"
     cli, _ = _fit(synthetic_root, tmp_path, overlay, epochs=1)
     for conv in _convs(cli.model.network):
         channels = conv.weight.shape[0]

@@ -212,9 +212,7 @@ _actions = st.dictionaries(
 )
 
 
-@settings(
-    max_examples=50, deadline=2000, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
+@settings(**PROPERTY_SETTINGS)
 @given(document=st.one_of(_json, st.fixed_dictionaries({"Actions": _actions})))
 def test_any_annotations_document_is_read_or_refused_clearly(document, tmp_path):
     split = tmp_path / "root" / "Split"
@@ -232,9 +230,7 @@ def test_any_annotations_document_is_read_or_refused_clearly(document, tmp_path)
             assert all(is_inside(v, split.parent) for v in record.views)
 
 
-@settings(
-    max_examples=50, deadline=2000, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
+@settings(**PROPERTY_SETTINGS)
 @given(raw=st.binary(max_size=64))
 def test_any_bytes_as_annotations_are_refused_clearly(raw, tmp_path):
     path = tmp_path / "annotations.json"
