@@ -38,14 +38,14 @@ data: install
 	test -f $(DATA)/Test/annotations.json || $(PY) -m mvcli.data.synthetic --root $(DATA)
 
 demo: install data
-	$(PY) -m mvcli.demo --data_root $(DATA) --runs $(RUNS)
+	$(PY) -m mvcli.tools.demo --data_root $(DATA) --runs $(RUNS)
 
 demo-shuffled: install data
-	$(PY) -m mvcli.demo --data_root $(DATA) --runs $(RUNS) --shuffle_labels true
+	$(PY) -m mvcli.tools.demo --data_root $(DATA) --runs $(RUNS) --shuffle_labels true
 
 # The demo on the real class frequencies (red cards ~2%) and annotation quirks, balanced.
 demo-hard: install
-	$(PY) -m mvcli.demo --data_root data/synthetic-hard --runs $(RUNS) --name demo-hard \
+	$(PY) -m mvcli.tools.demo --data_root data/synthetic-hard --runs $(RUNS) --name demo-hard \
 		--imbalance real --quirks true --overlay configs/demo_hard.yaml
 
 bench: install

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
-from jsonargparse import CLI, Namespace
+from jsonargparse import Namespace
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import (
     LearningRateMonitor,
@@ -17,7 +16,7 @@ from lightning.pytorch.callbacks import (
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_info
 
-from mvcli import __version__, compat
+from mvcli import __version__
 from mvcli.callbacks.augmentation_preview import AugmentationPreview
 from mvcli.callbacks.confusion import ConfusionMatrices
 from mvcli.callbacks.console import ModelSummary as MVModelSummary
@@ -31,28 +30,26 @@ from mvcli.callbacks.prediction_writer import SubmissionWriter
 from mvcli.callbacks.resume import ResumeState
 from mvcli.callbacks.signals import GracefulStop
 from mvcli.callbacks.throughput import Throughput
-from mvcli.checkpoints import (
+from mvcli.commandline.help import (
+    DESCRIPTION,
+    EPILOG,
+    STANDALONE_SUBCOMMANDS,
+    SUBCOMMAND_HELP,
+    ArgumentParser,
+)
+from mvcli.commandline.outputs import run_dir_of
+from mvcli.commandline.subcommands import EXTRA_SUBCOMMANDS, MVTrainer
+from mvcli.data.datamodule import PREPROCESSING_KEYS, MVFoulDataModule
+from mvcli.task.module import MVFoulModule
+from mvcli.utils import compat
+from mvcli.utils.checkpoints import (
     SPECIAL_CKPT_PATHS,
     AtomicCheckpointIO,
     PeriodicCheckpoint,
     load_checkpoint,
     newest_last_checkpoint,
 )
-from mvcli.data.datamodule import PREPROCESSING_KEYS, MVFoulDataModule
-from mvcli.errors import MvcliError, UsageError, report
-from mvcli.help import (
-    DESCRIPTION,
-    EPILOG,
-    STANDALONE_SUBCOMMANDS,
-    SUBCOMMAND_HELP,
-    ArgumentParser,
-    HelpFormatter,
-)
-from mvcli.module import MVFoulModule
-from mvcli.outputs import run_dir_of
-from mvcli.quiet import quiet_third_party
-from mvcli.scoring import score_command
-from mvcli.trainer import EXTRA_SUBCOMMANDS, MVTrainer
+from mvcli.utils.errors import MvcliError, UsageError
 
 LOGGER_DEFAULT = {
     "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
@@ -122,7 +119,7 @@ class SaveConfig(SaveConfigCallback):
 
 
 class MVCLI(LightningCLI):
-    """``mvcli fit|validate|test|predict`` and our own subcommands (``mvcli.trainer``)."""
+    """``mvcli fit|validate|test|predict`` plus the subcommands of ``commandline.subcommands``."""
 
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
@@ -136,7 +133,7 @@ class MVCLI(LightningCLI):
         return parser
 
     # Overrides of LightningCLI's private hooks: _add_subcommands, _prepare_subcommand_parser,
-    # _parse_ckpt_path (why: mvcli/compat.py's docstring).
+    # _parse_ckpt_path (why: mvcli/utils/compat.py's docstring).
     def _add_subcommands(self, parser: LightningArgumentParser, **kwargs: Any) -> None:
         super()._add_subcommands(parser, **kwargs)
         # One line each, ours; `score` and `search` run outside LightningCLI (see run()) but
@@ -326,7 +323,7 @@ class MVCLI(LightningCLI):
         for callback in trainer.callbacks:
             if isinstance(callback, DistributedRun):
                 callback.configure_strategy(trainer)
-        trainer.output_dir = getattr(self, "_output_dir", None)  # read by mvcli.outputs
+        trainer.output_dir = getattr(self, "_output_dir", None)  # read by mvcli.commandline.outputs
         return trainer
 
     def after_fit(self) -> None:
@@ -387,7 +384,7 @@ def checkpoint_defaults(ckpt_path: Path) -> dict[str, Any]:
     """``model.*`` and ``data.*`` values saved in a checkpoint, minus links and locations.
 
     Raises:
-        DataError: the file is not a readable mvcli checkpoint (see ``mvcli.checkpoints``).
+        DataError: the file is not a readable mvcli checkpoint (see ``mvcli.utils.checkpoints``).
     """
     checkpoint = load_checkpoint(ckpt_path)
     model = checkpoint.get("hyper_parameters", {})
@@ -436,44 +433,3 @@ def _check_untrained_allowed(subcommand: str, config: Any) -> None:
         "weights; pass --allow_untrained true (or --model.pretrained WEIGHTS) if that is "
         "really what you want."
     )
-
-
-def run(argv: list[str] | None = None) -> None:
-    """Console script: :func:`main`, ``mvcli score`` and ``mvcli search``, under one error
-    policy.
-
-    Usage errors (arguments, options) exit 2, data and runtime errors exit 1, each as one
-    ``mvcli: ...`` paragraph naming the file, field or argument; ``MVCLI_DEBUG=1`` adds the
-    traceback. Argument parsing errors are jsonargparse's own (exit 2, with the usage line).
-    """
-    quiet_third_party()
-    command = sys.argv[1:] if argv is None else argv
-    try:
-        if command[:1] == ["score"]:
-            CLI(score_command, args=command[1:], prog="mvcli score", formatter_class=HelpFormatter)
-            return
-        if command[:1] == ["search"]:
-            from mvcli.search import search  # Optuna is an optional extra
-
-            CLI(search, args=command[1:], prog="mvcli search", formatter_class=HelpFormatter)
-            return
-        main(argv)  # None from the console: LightningCLI reads sys.argv itself
-    except (SystemExit, KeyboardInterrupt):
-        raise
-    except Exception as err:  # noqa: BLE001 - the one place every error is reported
-        sys.exit(report(err))
-    finally:
-        _close_process_group()
-
-
-def _close_process_group() -> None:
-    """Destroy the DDP process group before the interpreter exits.
-
-    Lightning leaves it to the process; left to interpreter shutdown, gloo's threads were
-    torn down while still joinable, so a rank whose work had finished could abort (SIGABRT)
-    and make torchrun report the whole run as failed.
-    """
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()

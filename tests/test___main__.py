@@ -9,7 +9,7 @@ import pytest
 
 
 def test_python_m_mvcli_runs_the_console_command(monkeypatch, capsys):
-    # `score` is handled by the console command (mvcli.cli.run), not by LightningCLI.
+    # `score` is handled by the console command (mvcli.__main__.run), not by LightningCLI.
     monkeypatch.setattr(sys, "argv", ["mvcli", "score", "--help"])
     with pytest.raises(SystemExit) as exit_info:
         runpy.run_module("mvcli", run_name="__main__")

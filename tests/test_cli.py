@@ -11,9 +11,9 @@ import yaml
 
 from mvcli import __version__
 from mvcli.cli import checkpoint_defaults, main
-from mvcli.errors import UsageError
+from mvcli.deploy.scoring import score
 from mvcli.models.backbones import KINETICS_MEAN, KINETICS_STD
-from mvcli.scoring import score
+from mvcli.utils.errors import UsageError
 from tests.conftest import CONFIGS, tiny_args
 from tests.evaluator import official_evaluate
 

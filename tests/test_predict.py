@@ -11,7 +11,8 @@ import av
 import numpy as np
 import pytest
 
-from mvcli.cli import main, run
+from mvcli.__main__ import run
+from mvcli.cli import main
 from mvcli.data.video import read_window
 from tests.evaluator import official_evaluate
 

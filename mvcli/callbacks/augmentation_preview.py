@@ -10,7 +10,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from torchvision.utils import make_grid, save_image
 
-from mvcli.outputs import log_folder
+from mvcli.commandline.outputs import log_folder
 
 PREVIEW_FILE = "augmented_batch.png"
 

@@ -17,11 +17,11 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info
 
-from mvcli import plots
+from mvcli.commandline.outputs import output_dir
 from mvcli.data.taxonomy import HEADS
-from mvcli.io import atomic_write_text
-from mvcli.loggers import has_media_logger, log_image, log_text
-from mvcli.outputs import output_dir
+from mvcli.utils import plots
+from mvcli.utils.io import atomic_write_text
+from mvcli.utils.loggers import has_media_logger, log_image, log_text
 
 TABLE_COLUMNS = ("head", "class", "support", "predicted", "correct", "recall", "precision", "f1")
 

@@ -14,7 +14,7 @@ from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from mvcli import compat
+from mvcli.utils import compat
 
 LRScaling = Literal["none", "linear"]
 # What torch.distributed raises when a peer process vanished or stalled past the timeout.
@@ -52,7 +52,7 @@ class DistributedRun(Callback):
 
     def configure_strategy(self, trainer: Trainer) -> None:
         """Apply the options to the trainer's DDP strategy, before its process group exists
-        (through :mod:`mvcli.compat`: a strategy chosen by name, e.g. ``strategy: ddp``, has
+        (through :mod:`mvcli.utils.compat`: a strategy chosen by name, e.g. ``strategy: ddp``, has
         no public setters)."""
         strategy = trainer.strategy
         if not isinstance(strategy, DDPStrategy):

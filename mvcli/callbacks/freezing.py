@@ -8,7 +8,7 @@ optimizer from the start (``backbone.<stage>``, see ``MVFoulModule.configure_opt
 A frozen stage has ``requires_grad`` False, its batch norm layers in eval mode (unless
 ``train_bn``) and an LR factor of 0; an unfrozen stage trains (batch norm included) and its
 LR factor rises linearly from 0 to 1 over ``warmup_epochs``. The factors multiply whatever the
-configured LR scheduler gives each group (``mvcli.schedulers.GroupFactorLR``).
+configured LR scheduler gives each group (``mvcli.task.schedulers.GroupFactorLR``).
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 
-from mvcli.compat import BatchNormBase, rewrap_ddp
-from mvcli.limits import UnitIntervalClosedOpen
-from mvcli.schedulers import GroupFactorLR
+from mvcli.commandline.limits import UnitIntervalClosedOpen
+from mvcli.task.schedulers import GroupFactorLR
+from mvcli.utils.compat import BatchNormBase, rewrap_ddp
 
 
 class StageFreezing(Callback, ABC):

@@ -14,8 +14,8 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_only
 
-from mvcli.io import atomic_write_text
-from mvcli.outputs import log_folder
+from mvcli.commandline.outputs import log_folder
+from mvcli.utils.io import atomic_write_text
 
 FILENAME = "history.json"
 

@@ -13,7 +13,7 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from mvcli.callbacks.distributed import effective_batch
 from mvcli.callbacks.freezing import StageFreezing
-from mvcli.schedulers import GroupFactorLR, inner_scheduler
+from mvcli.task.schedulers import GroupFactorLR, inner_scheduler
 
 MONITOR = "val/leaderboard"
 METRICS = ("hp_metric", "hp/best_val_leaderboard", "hp/best_epoch")

@@ -14,8 +14,8 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 
 from mvcli.callbacks.distributed import gather_lists
-from mvcli.errors import DataError
-from mvcli.limits import StepLimit
+from mvcli.commandline.limits import StepLimit
+from mvcli.utils.errors import DataError
 
 CHECKPOINT_NAME = "nonfinite.ckpt"
 _MAX_NAMED = 20  # action ids named in the message

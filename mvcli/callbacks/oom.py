@@ -27,12 +27,12 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_warn
 from torchmetrics import Metric
 
-from mvcli import compat
 from mvcli.callbacks.memory import free_memory
 from mvcli.callbacks.resume import _clone, _load_metric_state, _metric_state
-from mvcli.checkpoints import save_last_checkpoint
-from mvcli.errors import SETTINGS_HINT
-from mvcli.outputs import resume_command
+from mvcli.commandline.outputs import resume_command
+from mvcli.utils import compat
+from mvcli.utils.checkpoints import save_last_checkpoint
+from mvcli.utils.errors import SETTINGS_HINT
 
 FAULT_ENV = "MVCLI_FAULT_OOM_ABOVE"
 

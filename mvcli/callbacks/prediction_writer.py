@@ -13,10 +13,10 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_info
 
 from mvcli.callbacks.distributed import gather_lists
+from mvcli.commandline.outputs import output_dir
 from mvcli.data.taxonomy import HEADS, submission_entry
-from mvcli.errors import DataError, UsageError, WriteError
-from mvcli.io import atomic_write_text
-from mvcli.outputs import output_dir
+from mvcli.utils.errors import DataError, UsageError, WriteError
+from mvcli.utils.io import atomic_write_text
 
 
 class SubmissionWriter(BasePredictionWriter):

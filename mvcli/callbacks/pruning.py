@@ -10,8 +10,8 @@ from lightning.pytorch.callbacks import ModelPruning
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 
-from mvcli.compress import sparsity
-from mvcli.limits import UnitIntervalClosedOpen
+from mvcli.commandline.limits import UnitIntervalClosedOpen
+from mvcli.deploy.compress import sparsity
 
 PruningMethod = Literal["l1_unstructured", "random_unstructured", "ln_structured"]
 LayerType = Literal["conv", "linear"]

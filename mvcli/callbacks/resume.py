@@ -32,8 +32,8 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from torchmetrics import Metric
 
-from mvcli import compat
 from mvcli.data.sampler import SeededSampler, ShardedSampler
+from mvcli.utils import compat
 
 KEY = "mvcli_resume"
 

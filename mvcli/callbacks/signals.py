@@ -30,9 +30,9 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from mvcli import compat
-from mvcli.checkpoints import last_checkpoint_path, save_last_checkpoint
-from mvcli.outputs import resume_command
+from mvcli.commandline.outputs import resume_command
+from mvcli.utils import compat
+from mvcli.utils.checkpoints import last_checkpoint_path, save_last_checkpoint
 
 _HANDLED = (signal.SIGTERM, signal.SIGINT)
 
@@ -116,7 +116,7 @@ class GracefulStop(Callback):
         signum = self.signum or signal.SIGTERM
         last = last_checkpoint_path(trainer)
         if self._in_epoch and trainer.global_step > 0:
-            save_last_checkpoint(trainer)  # atomic (mvcli.checkpoints.AtomicCheckpointIO)
+            save_last_checkpoint(trainer)  # atomic (mvcli.utils.checkpoints.AtomicCheckpointIO)
             where = f"epoch {trainer.current_epoch}, mid-epoch"
         else:
             where = f"epoch {trainer.current_epoch}"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import LearningRateFinder as _LearningRateFinder
 
-from mvcli import compat
+from mvcli.utils import compat
 
 
 class LearningRateFinder(_LearningRateFinder):

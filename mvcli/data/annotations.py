@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Literal, get_args
 
 from mvcli.data.taxonomy import Labels, SkipAction, has_labels, labels_from_annotation
-from mvcli.errors import DataError
+from mvcli.utils.errors import DataError
 
 Split = Literal["Train", "Valid", "Test", "Chall"]
 SPLITS: tuple[str, ...] = get_args(Split)

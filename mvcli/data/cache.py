@@ -50,8 +50,8 @@ import torch
 import xxhash
 
 from mvcli.data.video import INTERPOLATION, ClipSpec, VideoDecodeError, decode_view
-from mvcli.errors import WriteError
-from mvcli.io import TMP_SUFFIX, atomic_open, atomic_write_bytes
+from mvcli.utils.errors import WriteError
+from mvcli.utils.io import TMP_SUFFIX, atomic_open, atomic_write_bytes
 
 __all__ = ["CACHE_VERSION", "CacheReport", "ClipCache", "RecordedDecodeError", "default_workers"]
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from mvcli import compat
 from mvcli.data.taxonomy import HEADS
+from mvcli.utils import compat
 
 LABEL_KEYS = tuple(HEADS)
 

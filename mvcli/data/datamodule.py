@@ -38,7 +38,7 @@ from mvcli.data.sampler import (
 from mvcli.data.seeding import SeededItems, run_seed
 from mvcli.data.taxonomy import NUM_CLASSES
 from mvcli.data.video import ClipSpec
-from mvcli.errors import DataError, UsageError
+from mvcli.utils.errors import DataError, UsageError
 
 # The data options that decide what a model sees: restored from checkpoints, recorded in
 # exported models' manifests.

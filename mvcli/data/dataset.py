@@ -12,7 +12,7 @@ from torch.utils.data import Dataset
 
 from mvcli.data.annotations import ActionRecord
 from mvcli.data.video import ClipSpec, VideoDecodeError, decode_view
-from mvcli.errors import DataError
+from mvcli.utils.errors import DataError
 
 log = logging.getLogger(__name__)
 # Draws of another action for an unreadable training action before giving up.

@@ -36,7 +36,7 @@ import av
 import numpy as np
 
 from mvcli.data.taxonomy import ACTION_CLASSES, OFFENCE_SEVERITY_FIELDS
-from mvcli.io import atomic_write_text
+from mvcli.utils.io import atomic_write_text
 
 # Offence-severity class -> temporal pattern of the square around the event.
 MOTIONS: list[str] = ["static", "flash", "circle", "circle+flash"]

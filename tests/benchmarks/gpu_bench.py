@@ -31,7 +31,7 @@ if __package__ in (None, ""):  # run as a script: make `mvcli` and `tests` impor
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from mvcli.data.augment import Augmentation, BatchAugmenter  # noqa: E402
-from mvcli.module import MVFoulModule  # noqa: E402
+from mvcli.task.module import MVFoulModule  # noqa: E402
 from tests.benchmarks.common import report, table  # noqa: E402
 
 PRECISIONS = {"fp32": None, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}

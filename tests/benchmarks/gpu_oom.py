@@ -27,7 +27,7 @@ from lightning.pytorch import Trainer, seed_everything  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
 from mvcli.callbacks.oom import FAULT_ENV, OOMRecovery  # noqa: E402
-from mvcli.module import MVFoulModule  # noqa: E402
+from mvcli.task.module import MVFoulModule  # noqa: E402
 from tests.conftest import without_batch_norm  # noqa: E402
 
 

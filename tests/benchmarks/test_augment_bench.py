@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from mvcli.data.augment import Augmentation, BatchAugmenter
-from mvcli.module import MVFoulModule
+from mvcli.task.module import MVFoulModule
 from tests.benchmarks.common import env_int, interleaved, median, report, spread, table
 
 # name -> (backbone, frames, height, width, views per action)

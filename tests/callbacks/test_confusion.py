@@ -1,5 +1,5 @@
 """Confusion matrices: the tables, the images of every validation epoch, and what `mvcli test`
-writes (the figures themselves: tests/test_plots.py)."""
+writes (the figures themselves: tests/utils/test_plots.py)."""
 
 from __future__ import annotations
 

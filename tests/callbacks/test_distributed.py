@@ -16,11 +16,11 @@ from pathlib import Path
 import psutil
 import pytest
 
-from mvcli import compat
 from mvcli.cli import main
 from mvcli.data.annotations import read_split
 from mvcli.data.sampler import evaluation_sampler
 from mvcli.data.synthetic import write_synthetic_dataset
+from mvcli.utils import compat
 from tests.conftest import CONF, CONFIGS, REPO, TINY, tiny_args
 
 TWO_NODES = [

@@ -8,9 +8,9 @@ import os
 
 import pytest
 
-from mvcli import io
+from mvcli.__main__ import run
 from mvcli.callbacks.prediction_writer import csv_path
-from mvcli.cli import run
+from mvcli.utils import io
 
 
 def _args(trained, out, *extra):

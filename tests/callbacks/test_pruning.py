@@ -13,7 +13,7 @@ from torch import nn
 
 from mvcli.callbacks.pruning import ScheduledPruning
 from mvcli.cli import main
-from mvcli.compress import sparsity
+from mvcli.deploy.compress import sparsity
 from tests.conftest import CONF, CONFIGS, tiny_args
 
 

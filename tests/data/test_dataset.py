@@ -11,7 +11,7 @@ from mvcli.data.annotations import read_split
 from mvcli.data.collate import collate_views
 from mvcli.data.dataset import MultiViewDataset
 from mvcli.data.video import ClipSpec
-from mvcli.errors import DataError
+from mvcli.utils.errors import DataError
 
 SPEC = ClipSpec(num_frames=8, center_frame=12, height=32, width=56)
 

@@ -10,8 +10,8 @@ from lightning.pytorch.callbacks import Callback
 from torch.utils.data import DataLoader, DistributedSampler
 
 from mvcli.cli import main
-from mvcli.compat import set_sampler_epoch
 from mvcli.data.sampler import ClassBalancedSampler, SeededSampler, ShardedSampler, group_ids
+from mvcli.utils.compat import set_sampler_epoch
 from tests.conftest import CONF, CONFIGS, tiny_args
 
 # An imbalanced head: 600 / 300 / 90 / 10 samples.

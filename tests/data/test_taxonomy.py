@@ -14,7 +14,7 @@ from mvcli.data.taxonomy import (
     labels_from_annotation,
     submission_entry,
 )
-from mvcli.scoring import score
+from mvcli.deploy.scoring import score
 from tests.evaluator import official_evaluate
 
 ACTIONS = ["", "Dont know", "Dive", "Tackling", "High leg", "Elbowing"]

@@ -355,7 +355,7 @@ def test_normalization_from_the_weights(name, mean, std):
 
 def test_pretrained_from_an_mvcli_checkpoint(tmp_path):
     """A checkpoint of ours (backbone under network.backbone.) seeds a new backbone."""
-    from mvcli.module import MVFoulModule
+    from mvcli.task.module import MVFoulModule
 
     module = MVFoulModule(backbone="tiny", num_frames=4, img_height=16, img_width=16)
     path = tmp_path / "run.ckpt"

@@ -1,0 +1,492 @@
+"""The LightningModule: steps, losses, metrics and optimizer wiring around MultiViewNetwork."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import json
+from typing import Literal
+
+import torch
+from jsonargparse.typing import NonNegativeFloat
+from lightning.pytorch import LightningModule
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from torch import nn
+from torchmetrics import MeanMetric, SumMetric
+from torchmetrics.classification import MulticlassConfusionMatrix
+
+from mvcli import __version__
+from mvcli.commandline.limits import AtLeastOne, UnitIntervalClosedOpen
+from mvcli.commandline.outputs import output_dir
+from mvcli.data.taxonomy import HEADS, NUM_CLASSES
+from mvcli.data.video import ClipSpec
+from mvcli.models.backbones import BackboneName, build_backbone, normalization
+from mvcli.models.network import MultiViewNetwork
+from mvcli.models.pooling import PoolingName
+from mvcli.task.losses import (
+    ClassWeighting,
+    LossName,
+    MultiTaskLoss,
+    class_weights,
+    format_class_weights,
+)
+from mvcli.task.metrics import (
+    flat_compute,
+    head_metrics,
+    leaderboard,
+    stage_metrics,
+    wrong_predictions,
+)
+from mvcli.task.schedulers import (
+    STEP_SCHEDULERS,
+    GroupFactorLR,
+    final_scheduler_class,
+    inner_scheduler,
+    scheduler_kwargs,
+)
+from mvcli.utils.checkpoints import VERSION_KEY
+from mvcli.utils.errors import DataError
+from mvcli.utils.io import atomic_write_text
+
+_EVAL_STAGES = ("val", "test")
+# Per stage, what is counted besides the metrics: views that could not be decoded, evaluation
+# actions with no readable view (scored as wrong), training actions replaced by another.
+_DAMAGE_COUNTS = {
+    "train": ("skipped_views", "replaced_actions"),
+    "val": ("skipped_views", "unreadable_actions"),
+    "test": ("skipped_views", "unreadable_actions"),
+}
+
+
+class MVFoulModule(LightningModule):
+    """Multi-view, multi-task foul classifier.
+
+    Args:
+        backbone: video backbone; ``tiny`` is a small 3D CNN for CPU runs.
+        pretrained: backbone weights: None (random init), ``torchvision`` (torchvision's
+            default weights for the backbone, through torchvision's weights API: downloaded
+            once into the torch hub cache, ``$TORCH_HOME/hub/checkpoints``, checksum
+            verified; offline, the error names the file and where to put it) or a path to a
+            weights file.
+        pooling: how the views of an action are combined: ``max``, ``mean`` or ``attention``
+            (all ignore padded views).
+        head_dropout: dropout before each classification head.
+        task_weights: loss weight per head (``offence_severity``, ``action``).
+        loss: loss of every head, or per head (``{offence_severity: focal, action:
+            weighted}``): ``plain`` cross-entropy, ``weighted`` cross-entropy with class
+            weights computed from the training labels (``class_weighting``), or ``focal``.
+        label_smoothing: label smoothing, for every head or per head.
+        focal_gamma: focal-loss focusing parameter, for every head or per head.
+        focal_alpha: per-class alpha of focal heads: ``{head: class_weights}`` (the class
+            weights of ``class_weighting``) or ``{head: [a_0, a_1, ...]}``; unset: none.
+        class_weighting: how class weights are computed from the training label counts n_c:
+            ``inverse`` (1/n_c), ``sqrt_inverse`` (1/sqrt(n_c)) or ``effective_number``
+            ((1-beta)/(1-beta^n_c)); scaled so the average training sample weighs 1; a class
+            absent from training gets 0. Logged once at the start of a fit.
+        effective_beta: beta of ``effective_number`` weighting, in [0, 1).
+        max_weight_ratio: cap on the largest / smallest class weight of a head.
+        allow_double_balancing: silence the warning given when a head has class-weighted
+            loss and the training sampler also balances its classes (``data.sampler``).
+        optimizer: optimizer class and arguments (``class_path`` in YAML); its ``lr`` is the
+            heads' (and pooling's) learning rate.
+        lr_scheduler: optional LR scheduler (``class_path``): e.g. CosineAnnealingLR,
+            OneCycleLR (``total_steps`` filled from ``trainer.estimated_stepping_batches``),
+            StepLR, ReduceLROnPlateau (monitors ``val/leaderboard``: use ``mode: max``), or
+            ``mvcli.task.schedulers.LinearWarmup`` in front of any of them.
+        lr_interval: when the scheduler steps: ``epoch``, ``step`` (optimizer step) or
+            ``auto`` (``step`` for OneCycleLR/CyclicLR, ``epoch`` otherwise).
+        backbone_lr: learning rate of backbone parameters (default:
+            ``backbone_lr_ratio`` x the optimizer's ``lr``); each stage is a parameter group
+            of its own (``backbone.<stage>``), scheduled like the heads (a frozen stage: LR
+            0, see ``freezing``).
+        backbone_lr_ratio: backbone LR / heads LR, when ``backbone_lr`` is unset.
+        num_classes: classes per head (linked from the data module).
+        num_frames: frames per clip (linked from ``data.frames_per_clip``).
+        img_height: clip height (linked from the data module).
+        img_width: clip width (linked from the data module).
+        mean: per-channel normalisation mean in [0, 1] units (linked from the data module);
+            None: the backbone's pretrained weights' (:func:`mvcli.models.backbones.normalization`).
+            The values used are kept in ``hparams`` (so in checkpoints and export manifests).
+        std: per-channel normalisation std in [0, 1] units; None: the backbone's.
+    """
+
+    def __init__(
+        self,
+        backbone: BackboneName = "r2plus1d_18",
+        pretrained: str | None = None,
+        pooling: PoolingName = "max",
+        head_dropout: UnitIntervalClosedOpen = 0.2,
+        task_weights: dict[str, float] | None = None,
+        loss: LossName | dict[str, LossName] = "plain",
+        label_smoothing: float | dict[str, float] = 0.0,
+        focal_gamma: float | dict[str, float] = 2.0,
+        focal_alpha: dict[str, Literal["class_weights"] | list[float]] | None = None,
+        class_weighting: ClassWeighting = "inverse",
+        effective_beta: UnitIntervalClosedOpen = 0.999,
+        max_weight_ratio: AtLeastOne | None = None,
+        allow_double_balancing: bool = False,
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        lr_interval: Literal["auto", "epoch", "step"] = "auto",
+        backbone_lr: NonNegativeFloat | None = None,
+        backbone_lr_ratio: NonNegativeFloat = 1.0,
+        num_classes: dict[str, int] | None = None,
+        num_frames: int = ClipSpec.num_frames,
+        img_height: int = ClipSpec.height,
+        img_width: int = ClipSpec.width,
+        mean: tuple[float, float, float] | None = None,
+        std: tuple[float, float, float] | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
+        self.optimizer = optimizer
+        self.lr_scheduler = lr_scheduler
+        num_classes = dict(num_classes or NUM_CLASSES)
+        self.heads = list(num_classes)
+        weights = {h: 1.0 for h in self.heads} | dict(task_weights or {})
+        if set(weights) != set(self.heads):
+            raise ValueError(f"model.task_weights keys must be {self.heads}, got {sorted(weights)}")
+        # Resolved once, here: None means "what the backbone's weights expect".
+        default_mean, default_std = normalization(backbone)
+        self.hparams.mean = mean = tuple(mean) if mean is not None else default_mean
+        self.hparams.std = std = tuple(std) if std is not None else default_std
+        spec = build_backbone(backbone, num_frames, img_height, img_width, pretrained)
+        self.network = MultiViewNetwork(spec, pooling, num_classes, mean, std, head_dropout)
+        self.backbone_stages = spec.stages
+        self.backbone_stage_names = _stage_names(self.network.backbone, spec.stages)
+        # Parameter group name -> LR factor (1 when absent), set by the freezing callback.
+        self.lr_factors: dict[str, float] = {}
+        self.criterion = MultiTaskLoss(
+            weights,
+            label_smoothing=label_smoothing,
+            kinds=loss,
+            focal_gamma=focal_gamma,
+            focal_alpha=focal_alpha,
+            num_classes=num_classes,
+        )
+        heads = {h: head_metrics(n) for h, n in num_classes.items()}
+        # "train" would clash with nn.Module.train as a ModuleDict key.
+        self.metrics = nn.ModuleDict(
+            {f"{stage}_metrics": stage_metrics(heads, stage) for stage in ("train", *_EVAL_STAGES)}
+        )
+        # Damage counts as torchmetrics, so they are summed across processes with the metrics.
+        self.damage = nn.ModuleDict(
+            {
+                f"{stage}_damage": nn.ModuleDict({name: SumMetric() for name in names})
+                for stage, names in _DAMAGE_COUNTS.items()
+            }
+        )
+        self.eval_losses = nn.ModuleDict(
+            {
+                f"{stage}_{name}": MeanMetric()
+                for stage in _EVAL_STAGES
+                for name in ("loss", *(f"loss_{h}" for h in self.heads))
+            }
+        )
+        # Read (and reset) by mvcli.callbacks.confusion.ConfusionMatrices; synced under DDP.
+        self.confusion = nn.ModuleDict(
+            {
+                stage: nn.ModuleDict(
+                    {h: MulticlassConfusionMatrix(n) for h, n in num_classes.items()}
+                )
+                for stage in _EVAL_STAGES
+            }
+        )
+
+    def forward(self, video: torch.Tensor, view_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.network(video, view_mask)
+
+    # -- steps ---------------------------------------------------------------------------
+    def _shared_step(self, batch: dict, stage: str) -> torch.Tensor | None:
+        self._count_damage(batch, stage)
+        if batch["video"] is None:
+            return None  # every action of the batch was unreadable; already warned about
+        logits = self(batch["video"], batch["view_mask"])
+        loss, parts = self.criterion(logits, batch)
+        if stage == "train":
+            self.last_train_loss = loss.detach()  # read by NonFiniteGuard before the step
+        size = len(batch["action_id"])
+        self._log_loss(stage, "loss", loss, size, prog_bar=True)
+        for head, part in parts.items():
+            self._log_loss(stage, f"loss_{head}", part, size)
+        preds = {h: logits[h].detach() for h in self.heads}
+        self.metrics[f"{stage}_metrics"].update(preds, {h: batch[h] for h in self.heads})
+        for head in self.heads:
+            if stage in self.confusion:
+                self.confusion[stage][head].update(preds[head], batch[head])
+        return loss
+
+    def _count_damage(self, batch: dict, stage: str) -> None:
+        """Count skipped views and unreadable actions; score unreadable ones as wrong.
+
+        The official evaluator counts a labelled action without a prediction as wrong on both
+        heads; feeding the metrics a class other than the target does exactly that, and keeps
+        it in the metric state that torchmetrics syncs across processes.
+        """
+        counts = self.damage[f"{stage}_damage"]
+        failed = batch["failed"]
+        replaced = batch.get("replaced", [])
+        views = [*batch["skipped_views"], *(f["skipped_views"] for f in failed)]
+        views += [r["skipped_views"] for r in replaced]
+        counts["skipped_views"].update(sum(_view_count(v) for v in views))
+        if stage == "train":
+            counts["replaced_actions"].update(len(replaced))
+            return
+        counts["unreadable_actions"].update(len(failed))
+        labelled = [f for f in failed if all(h in f for h in self.heads)]
+        if not labelled:
+            return
+        targets = {
+            h: torch.tensor([f[h] for f in labelled], device=self.device) for h in self.heads
+        }
+        wrong = {
+            h: wrong_predictions(t, self.confusion[stage][h].num_classes)
+            for h, t in targets.items()
+        }
+        self.metrics[f"{stage}_metrics"].update(wrong, targets)
+        for head in self.heads:
+            self.confusion[stage][head].update(wrong[head], targets[head])
+
+    def _log_loss(
+        self, stage: str, name: str, value: torch.Tensor, size: int, prog_bar: bool = False
+    ) -> None:
+        if stage == "train":
+            self.log(f"{stage}/{name}", value, batch_size=size, prog_bar=prog_bar)
+            return
+        # Evaluation: a MeanMetric sums values x sizes and sizes over the processes, exact with
+        # uneven shards (Lightning's sync_dist mean divides an integer count by the world size).
+        metric = self.eval_losses[f"{stage}_{name}"]
+        metric.update(value.detach(), weight=size)
+        self.log(f"{stage}/{name}", metric, prog_bar=prog_bar)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor | None:
+        if batch["video"] is None:
+            # The training data layer replaces unreadable actions, so this means a loader
+            # without that (a custom data module): never return None (DDP ranks would hang).
+            raise DataError(
+                f"training batch {batch_idx} has no readable action "
+                f"({[f['action_id'] for f in batch['failed']]}); the training dataset must "
+                "replace unreadable actions (MultiViewDataset(replace_unreadable=True))"
+            )
+        # Augmentation (the flip included) happened in the data module: mvcli.data.augment.
+        return self._shared_step(batch, "train")
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._shared_step(batch, "val")
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._shared_step(batch, "test")
+
+    def predict_step(self, batch: dict, batch_idx: int) -> dict:
+        out = {k: batch[k] for k in ("action_id", "views", "skipped_views", "failed")}
+        if batch["video"] is not None:
+            logits = self(batch["video"], batch["view_mask"])
+            out["probabilities"] = {h: logits[h].float().softmax(-1).cpu() for h in self.heads}
+        return out
+
+    # -- epoch ends: metrics ---------------------------------------------------------------
+    def on_train_epoch_end(self) -> None:
+        self._log_epoch("train")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch("test")
+
+    # Written once the epoch-level aggregates (losses included) are in callback_metrics.
+    def on_validation_end(self) -> None:
+        if self.trainer.state.fn == TrainerFn.VALIDATING:
+            self._write_metrics("validate", "val")
+
+    def on_test_end(self) -> None:
+        self._write_metrics("test", "test")
+
+    def _log_epoch(self, stage: str) -> None:
+        counts = self.damage[f"{stage}_damage"]
+        metrics = self.metrics[f"{stage}_metrics"]
+        # Decided on the counts of all ranks: compute() is a collective every rank must join.
+        updates = sum(c.update_count for c in metrics.values())
+        if self.all_gather(torch.tensor(updates, device=self.device)).sum() == 0:
+            for count in counts.values():
+                count.reset()
+            return
+        values = flat_compute(metrics)
+        metrics.reset()
+        for name, count in counts.items():
+            values[f"{stage}/{name}"] = count.compute().float()
+            count.reset()
+        self.log_dict(values)
+        board = leaderboard(values, self.heads, stage)
+        self.log(f"{stage}/leaderboard", board, prog_bar=stage != "train")
+
+    def _write_metrics(self, stage: str, prefix: str) -> None:
+        # The checkpoint's run folder, or --output_dir, else trainer.log_dir: a broadcast, so
+        # every rank asks and rank 0 alone writes (the metrics are already reduced).
+        log_dir = output_dir(self.trainer)
+        if not self.trainer.is_global_zero:
+            return
+        metrics = self.trainer.callback_metrics
+        values = {k: float(v) for k, v in sorted(metrics.items()) if k.startswith(f"{prefix}/")}
+        if not values:
+            return
+        path = log_dir / f"{stage}_metrics.json"
+        atomic_write_text(path, json.dumps(values, indent=2) + "\n")
+        rank_zero_info(f"wrote {path}")
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # Lets an older mvcli refuse the file clearly instead of failing on unknown keys.
+        checkpoint[VERSION_KEY] = __version__
+
+    # -- class weights ---------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        if stage == "fit":
+            self._set_class_weights()
+
+    def _set_class_weights(self) -> None:
+        """Class weights from the training labels of the data module, logged once."""
+        heads = self.criterion.heads_needing_class_weights
+        if not heads:
+            return
+        datamodule = getattr(self.trainer, "datamodule", None)
+        counts = getattr(datamodule, "class_counts", None)
+        if counts is None:
+            raise ValueError(
+                f"class-weighted losses (heads {heads}) need the training label counts: the "
+                "data module must expose `class_counts` (MVFoulDataModule does)"
+            )
+        hp = self.hparams
+        weights = {
+            h: class_weights(counts[h], hp.class_weighting, hp.effective_beta, hp.max_weight_ratio)
+            for h in heads
+        }
+        for head, w in weights.items():
+            self.criterion.set_class_weights(head, w)
+        absent = {h: [HEADS[h][i] for i, n in enumerate(counts[h]) if n == 0] for h in heads}
+        note = "".join(
+            f"\n  absent from training ({h}, weight 0): {a}" for h, a in absent.items() if a
+        )
+        rank_zero_info(
+            f"class weights ({hp.class_weighting}) from training label counts "
+            f"{ {h: list(counts[h]) for h in heads} }:\n"
+            + format_class_weights(weights, HEADS)
+            + note
+        )
+        balanced = set(getattr(datamodule, "balanced_heads", ()) or ())
+        double = sorted(balanced & set(heads))
+        if double and not hp.allow_double_balancing:
+            rank_zero_warn(
+                f"double balancing: head(s) {double} have a class-weighted loss and the training "
+                f"sampler (data.sampler={datamodule.hparams.sampler!r}) also balances their "
+                "classes, so rare classes are boosted twice. Use one of the two, or set "
+                "model.allow_double_balancing=true if this is intended."
+            )
+
+    # -- optimisation ----------------------------------------------------------------------
+    @property
+    def lr(self) -> float:
+        """The heads' learning rate: the optimizer's ``lr`` (read and set by LR finders)."""
+        keywords = getattr(self.optimizer, "keywords", {})
+        if "lr" in keywords:
+            return keywords["lr"]
+        default = inspect.signature(self.optimizer).parameters.get("lr")
+        return default.default if default is not None else float("nan")
+
+    @lr.setter
+    def lr(self, value: float) -> None:
+        # configure_optimizers builds from this callable: groups keep their LR ratios.
+        self.optimizer = functools.partial(self.optimizer, lr=value)
+
+    def backbone_lr_scale(self, head_lr: float) -> float:
+        """Backbone LR / heads LR: ``backbone_lr / head_lr``, else ``backbone_lr_ratio``."""
+        if self.hparams.backbone_lr is not None:
+            return self.hparams.backbone_lr / head_lr if head_lr > 0 else 0.0
+        return self.hparams.backbone_lr_ratio
+
+    def backbone_stage_parameters(self) -> dict[str, list[nn.Parameter]]:
+        """Stage name -> its parameters, stem first; backbone parameters outside every stage
+        go with the stem (unfrozen last)."""
+        seen: set[int] = set()
+        out: dict[str, list[nn.Parameter]] = {}
+        for name, stage in zip(self.backbone_stage_names, self.backbone_stages, strict=True):
+            out[name] = [p for p in stage.parameters() if id(p) not in seen]
+            seen.update(id(p) for p in out[name])
+        rest = [p for p in self.network.backbone.parameters() if id(p) not in seen]
+        if out:
+            out[self.backbone_stage_names[0]] += rest
+        elif rest:
+            out["backbone"] = rest  # a backbone without stages: one group
+        return out
+
+    @staticmethod
+    def stage_group(stage: str) -> str:
+        """The parameter group (and LearningRateMonitor curve ``lr-<Opt>/<group>``) of a stage."""
+        return stage if stage == "backbone" else f"backbone.{stage}"
+
+    def set_stage_lr_factor(self, stage: str, factor: float) -> None:
+        """Multiply a stage's scheduled LR by ``factor`` from now on (0: frozen; the freezing
+        callback's warmup ramp); applied by the GroupFactorLR of ``configure_optimizers``."""
+        self.lr_factors[self.stage_group(stage)] = factor
+
+    def configure_optimizers(self):
+        """One parameter group ``heads`` (pooling and heads, at the optimizer's ``lr``) and
+        one ``backbone.<stage>`` per backbone stage (at the backbone LR), all created here,
+        frozen or not: freezing sets ``requires_grad`` and the stage's LR factor
+        (:meth:`set_stage_lr_factor`), which a GroupFactorLR applies on top of the
+        configured scheduler."""
+        stages = self.backbone_stage_parameters()
+        in_backbone = {id(p) for params in stages.values() for p in params}
+        heads = [p for p in self.parameters() if id(p) not in in_backbone]
+        optimizer = self.optimizer([{"params": heads, "name": "heads"}])
+        head_lr = optimizer.param_groups[0]["lr"]
+        lr = head_lr * self.backbone_lr_scale(head_lr)
+        for stage, params in stages.items():
+            if params:
+                optimizer.add_param_group(
+                    {"params": params, "name": self.stage_group(stage), "lr": lr}
+                )
+        if self.lr_scheduler is None:
+            # The factors still need a scheduler; per step, so a ramp reaches every step.
+            scheduler = GroupFactorLR(optimizer, self.lr_factors)
+            return {
+                "optimizer": optimizer,
+                "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+            }
+        final = final_scheduler_class(self.lr_scheduler)
+        interval = self.hparams.lr_interval
+        if interval == "auto":
+            is_step = final is not None and issubclass(final, STEP_SCHEDULERS)
+            interval = "step" if is_step else "epoch"
+        total = (
+            self.trainer.estimated_stepping_batches
+            if interval == "step"
+            else self.trainer.max_epochs
+        )
+        if total is None or total < 0 or total == float("inf"):
+            total = 1  # only reached by schedulers needing total steps on an endless run
+        kwargs = scheduler_kwargs(self.lr_scheduler, optimizer, int(total))
+        scheduler = GroupFactorLR(
+            optimizer, self.lr_factors, self.lr_scheduler(optimizer, **kwargs)
+        )
+        config = {"scheduler": scheduler, "interval": interval}
+        if final is not None and issubclass(final, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            if inner_scheduler(scheduler).mode != "max":
+                raise ValueError(
+                    "ReduceLROnPlateau monitors val/leaderboard, where higher is better: set "
+                    "model.lr_scheduler.init_args.mode: max"
+                )
+            config |= {"monitor": "val/leaderboard", "reduce_on_plateau": True}
+        return {"optimizer": optimizer, "lr_scheduler": config}
+
+
+def _view_count(skipped: list[dict]) -> int:
+    """Views in a ``skipped_views`` list (its ``no_views`` entry names no view)."""
+    return sum(1 for s in skipped if s.get("view"))
+
+
+def _stage_names(backbone: nn.Module, stages: list[nn.Module]) -> list[str]:
+    """Each stage's attribute path in the backbone (``layer4``), else ``stage<i>``."""
+    names = {id(m): n for n, m in backbone.named_modules() if n}
+    return [names.get(id(stage), f"stage{i}") for i, stage in enumerate(stages)]

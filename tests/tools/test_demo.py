@@ -1,0 +1,44 @@
+"""The demo: fit, test, predict and score in one call, on the tiny synthetic set."""
+
+from __future__ import annotations
+
+import json
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mvcli.commandline.quiet import quiet_third_party
+from mvcli.tools.demo import run_demo
+from tests.conftest import CONF
+
+
+def test_demo_trains_tests_predicts_and_scores(synthetic_root, tmp_path, capsys, monkeypatch):
+    runs = tmp_path / "runs"
+    # As `make demo` runs it: its own options in sys.argv, mvcli's quiet filters installed.
+    monkeypatch.setattr(sys, "argv", ["mvcli.tools.demo", "--data_root", str(synthetic_root)])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        quiet_third_party()
+        summary = run_demo(data_root=synthetic_root, runs=runs, overlay=CONF / "tiny_run.yaml",
+                           name="smoke", max_epochs=1)  # fmt: skip
+    assert not [w for w in caught if "args parameter is intended" in str(w.message)]
+    out = capsys.readouterr().out
+    log_dir = Path(summary["log_dir"])
+    assert log_dir == runs / "smoke" / "version_0"
+    assert json.loads((log_dir / "demo_summary.json").read_text()) == summary
+    # The fit's config.yaml (the one a resume reads), not overwritten by test or predict.
+    fit_config = yaml.safe_load((log_dir / "config.yaml").read_text())
+    assert fit_config["ckpt_path"] is None and "return_predictions" not in fit_config
+    assert summary["test"] == json.loads((log_dir / "test_metrics.json").read_text())
+    assert Path(summary["checkpoint"]).parent == log_dir / "checkpoints"
+    assert Path(summary["predictions"]).is_file()
+    assert summary["official"]["counted"] > 0 and summary["official"]["missing"] == 0
+    # The official-style score of the predictions agrees with the test step's metrics.
+    acc = 100 * summary["test"]["test/acc_action"]
+    assert summary["official"]["accuracy_action"] == pytest.approx(acc, abs=1e-4)
+    assert "writing synthetic dataset" not in out  # the set was there: not written again
+    for path in (summary["log_dir"], summary["checkpoint"], summary["predictions"]):
+        assert path in out
