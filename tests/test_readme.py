@@ -1,4 +1,5 @@
-"""README examples run as written: the environment-variable lines and the seed-flag table."""
+"""Documented examples run as written: the environment-variable lines and the seed-flag table
+(sections of README.md or docs/*.md, found by title wherever they live)."""
 
 from __future__ import annotations
 
@@ -10,28 +11,20 @@ import yaml
 
 from mvcli.cli import main
 from tests.conftest import REPO, tiny_args
-
-README = (REPO / "README.md").read_text()
-
-
-def _section(title: str) -> str:
-    start = README.index(title)
-    end = README.find("\n### ", start + 1)
-    return README[start:end]
-
+from tests.docs_pages import section
 
 ENV_LINES = re.findall(
-    r"^((?:MVCLI_\w+=\S+ )+)mvcli (.*?)\s+# (\S+):", _section("### Environment variables"), re.M
+    r"^((?:MVCLI_\w+=\S+ )+)mvcli (.*?)\s+# (\S+):", section("Environment variables"), re.M
 )
 
 
-def test_readme_has_env_examples():
+def test_docs_have_env_examples():
     assert len(ENV_LINES) >= 3
 
 
 @pytest.mark.parametrize(("env", "command", "expected"), ENV_LINES)
-def test_readme_env_example(env, command, expected, monkeypatch, tmp_path, synthetic_root, capsys):
-    monkeypatch.chdir(REPO)  # the README's paths are relative to the repository
+def test_docs_env_example(env, command, expected, monkeypatch, tmp_path, synthetic_root, capsys):
+    monkeypatch.chdir(REPO)  # the docs' paths are relative to the repository
     for assignment in env.split():
         name, value = assignment.split("=", 1)
         monkeypatch.setenv(name, value)
@@ -39,7 +32,7 @@ def test_readme_env_example(env, command, expected, monkeypatch, tmp_path, synth
     key = name.lower().replace("__", ".")
     argv = shlex.split(command)
     extra = [a for a in tiny_args(synthetic_root, tmp_path)]
-    if "--data.batch_size" in argv:  # tiny_args sets one too; keep the README's last
+    if "--data.batch_size" in argv:  # tiny_args sets one too; keep the docs' last
         i = extra.index("--data.batch_size")
         del extra[i : i + 2]
     if key == "data.batch_size" and "--data.batch_size" not in argv:
@@ -61,7 +54,7 @@ def _printed_config(argv: list[str], capsys) -> dict:
 
 
 def _table_snippets() -> list[str]:
-    table = _section("### Flags of the seed trainer").splitlines()
+    table = section("Flags of the seed trainer").splitlines()
     rows = [line for line in table if line.startswith("| ") and "| seed trainer |" not in line]
     snippets = []
     for row in rows:
@@ -72,7 +65,7 @@ def _table_snippets() -> list[str]:
 
 
 def test_seed_flag_table_names_every_flag_of_the_guide():
-    table = _section("### Flags of the seed trainer")
+    table = section("Flags of the seed trainer")
     for flag in [
         "--batch_size", "--mixed_precision", "--accumulate_grad_batches", "--num_nodes",
         "--devices_per_node", "--enable_profiler", "--track_grad_norm", "--log_gpu_memory",

@@ -14,29 +14,9 @@ Both call :meth:`BatchAugmenter.__call__` and draw the random parameters on the 
 torch's global generator, so both paths follow the same distribution (seeded by
 ``seed_everything``; workers get the DataLoader's per-worker seeds).
 
-Presets (each value can be overridden from YAML, ``data.augmentation.<field>``):
-
-=================  ======  ==========  ==========  ===========
-field              none    mild        moderate    aggressive
-=================  ======  ==========  ==========  ===========
-hflip_prob         0       0.5         0.5         0.5
-crop_prob          0       0.5         0.8         1.0
-crop_scale         1, 1    0.8, 1      0.6, 1      0.4, 1
-crop_ratio         1, 1    0.9, 1.1    0.8, 1.25   0.75, 1.33
-color_prob         0       0.5         0.8         0.8
-brightness         0       0.1         0.2         0.4
-contrast           0       0.1         0.2         0.4
-saturation         0       0.1         0.2         0.4
-hue                0       0           0.02        0.05
-noise_prob         0       0           0.2         0.3
-noise_std          0       0.02        0.03        0.05
-temporal_prob      0       0.3         0.5         0.8
-temporal_shift     0       1           2           3
-frame_drop_prob    0       0           0.05        0.1
-mix_prob           0       0           0           0.3
-mixup_alpha        0.2     0.2         0.2         0.2
-cutmix_alpha       1.0     1.0         1.0         1.0
-=================  ======  ==========  ==========  ===========
+Presets: ``PRESETS`` below; their table is in docs/user-guide.md (Augmentation), checked
+against ``PRESETS`` by tests/test_docs.py. Each value can be overridden from YAML,
+``data.augmentation.<field>``.
 
 Severity-aware strength: each action's probabilities and magnitudes (all but the flip and
 mixing) are multiplied by a factor of its offence-severity class, rarer classes stronger;
@@ -127,8 +107,8 @@ PRESETS["aggressive"] = PRESETS["moderate"] | {
 class Augmentation:
     """Training augmentation (``data.augmentation``): a preset, any field overridden.
 
-    Unset (null) fields take the preset's value (table in ``mvcli/data/augment.py`` and the
-    README). Probabilities are per action (``view_policy: same``) or per view.
+    Unset (null) fields take the preset's value (``PRESETS``; table in
+    docs/user-guide.md). Probabilities are per action (``view_policy: same``) or per view.
 
     Args:
         preset: ``none``, ``mild``, ``moderate`` or ``aggressive``.

@@ -82,7 +82,7 @@ def spread(values: Sequence[float]) -> float:
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    """A Markdown table (pasted as is into the README's Performance section)."""
+    """A Markdown table (pasted as is into docs/performance.md)."""
     cells = [[str(h) for h in headers]] + [[_fmt(c) for c in row] for row in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
     lines = [
