@@ -18,7 +18,7 @@ from mvcli.commandline.quiet import quiet_third_party
 from mvcli.data.synthetic import write_synthetic_dataset
 from mvcli.deploy.scoring import score
 
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
 
 
 def run_demo(
