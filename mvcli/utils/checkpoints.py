@@ -33,6 +33,36 @@ VERSION_KEY = "mvcli_version"
 _HOW = "pass --ckpt_path with a .ckpt written by `mvcli fit` (in <log_dir>/checkpoints/)"
 
 
+def _allow_limit_checked_numbers() -> None:
+    """Let ``weights_only`` loading accept jsonargparse's and mvcli's limit-checked numbers.
+
+    They are ``int``/``float`` subclasses that run no code when unpickled. Arguments of
+    components given by ``class_path`` keep those types, and 0.1.0 saved one in a scheduler's
+    state (``LinearWarmup.warmup_steps``): its checkpoints load only with these allowed.
+    """
+    import jsonargparse.typing as jsonargparse_types
+
+    from mvcli.commandline import limits
+
+    allowed: list[Any] = []
+    for module, names in (
+        (jsonargparse_types, ("NonNegativeInt", "PositiveInt", "NonNegativeFloat",
+                              "PositiveFloat", "ClosedUnitInterval", "OpenUnitInterval")),
+        (limits, limits.__all__),
+    ):  # fmt: skip
+        for name in names:
+            cls = getattr(module, name)
+            allowed.append(cls)
+            # By its module's path at pickling: the path before the package moved too.
+            allowed.append((cls, f"{cls.__module__}.{name}"))
+            if module is limits:
+                allowed.append((cls, f"mvcli.limits.{name}"))
+    torch.serialization.add_safe_globals(allowed)
+
+
+_allow_limit_checked_numbers()
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """The checkpoint at ``path`` (on the CPU), checked to be one of mvcli's.
 

@@ -269,3 +269,16 @@ def test_limits_are_checked_at_parse_time(synthetic_root, tmp_path, capsys, flag
     with pytest.raises(SystemExit):
         _cli(synthetic_root, tmp_path, *flags)
     assert key in capsys.readouterr().err
+
+
+def test_linear_warmup_keeps_plain_numbers_for_its_checkpoint_state():
+    from jsonargparse.typing import NonNegativeInt
+
+    from mvcli.commandline.limits import UnitIntervalOpenLeft
+
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    warmup = LinearWarmup(
+        optimizer, warmup_steps=NonNegativeInt(3), start_factor=UnitIntervalOpenLeft(0.5)
+    )
+    state = warmup.state_dict()
+    assert type(state["warmup_steps"]) is int and type(state["start_factor"]) is float
