@@ -7,29 +7,16 @@ from typing import Any
 
 from jsonargparse import Namespace
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
-from lightning.pytorch.callbacks import (
-    LearningRateMonitor,
-    ModelCheckpoint,
-    ModelSummary,
-    ProgressBar,
-)
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, ModelSummary, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_info
 
 from mvcli import __version__
-from mvcli.callbacks.augmentation_preview import AugmentationPreview
 from mvcli.callbacks.confusion import ConfusionMatrices
-from mvcli.callbacks.console import ModelSummary as MVModelSummary
-from mvcli.callbacks.console import ProgressBar as MVProgressBar
 from mvcli.callbacks.distributed import DistributedRun
-from mvcli.callbacks.history import TrainingHistory
-from mvcli.callbacks.hparams import RunHParams
 from mvcli.callbacks.nonfinite import NonFiniteGuard
 from mvcli.callbacks.oom import OOMRecovery
 from mvcli.callbacks.prediction_writer import SubmissionWriter
-from mvcli.callbacks.resume import ResumeState
-from mvcli.callbacks.signals import GracefulStop
-from mvcli.callbacks.throughput import Throughput
 from mvcli.commandline.help import (
     DESCRIPTION,
     EPILOG,
@@ -79,11 +66,54 @@ CHECKPOINT_DEFAULTS = {
     # mvcli.callbacks.hparams.RunHParams logs a superset (with the run's best score), once.
     "trainer.enable_autolog_hparams": False,
 }
-# Titles of groups whose class docstring says something else (or the same thing twice).
+# Callbacks every run has unless its config says otherwise: one section each, any callback
+# class (class_path) in it; `--<section> null` (`<section>: null` in YAML) turns it off,
+# `--<section>.class_path other.Callback` replaces it. Section -> (base class, default, title).
+CALLBACK_SECTIONS: dict[str, tuple[type, str, str]] = {
+    "throughput": (Callback, "mvcli.callbacks.throughput.Throughput",
+                   "train/actions_per_s, views_per_s, data_wait_fraction per epoch"),
+    "hparams": (Callback, "mvcli.callbacks.hparams.RunHParams",
+                "the run's key settings and best val/leaderboard, for HParams views"),
+    "lr_monitor": (Callback, "lightning.pytorch.callbacks.LearningRateMonitor",
+                   "LR of each parameter group; only with a trainer.logger"),
+    "progress_bar": (ProgressBar, "mvcli.callbacks.console.ProgressBar",
+                     "unless trainer.enable_progress_bar is false or trainer.callbacks has one"),
+    "model_summary": (ModelSummary, "mvcli.callbacks.console.ModelSummary",
+                      "unless trainer.enable_model_summary is false or trainer.callbacks has one"),
+    "resume": (Callback, "mvcli.callbacks.resume.ResumeState",
+               "RNG states, data position, epoch metrics in checkpoints: exact resume"),
+    "graceful_stop": (Callback, "mvcli.callbacks.signals.GracefulStop",
+                      "SIGTERM/SIGINT: save last.ckpt, exit 128+signal, say how to resume"),
+    "history": (Callback, "mvcli.callbacks.history.TrainingHistory",
+                "history.json, one record per epoch"),
+    "augmentation_preview": (Callback, "mvcli.callbacks.augmentation_preview.AugmentationPreview",
+                             "augmented_batch.png: the first training batch as the model sees it"),
+}  # fmt: skip
+# Titles of groups whose class docstring says something else (or the same thing twice), with
+# how each callback section is turned off.
 GROUP_TITLES = {
     "trainer": "Lightning's Trainer (--trainer.*)",
-    "checkpoint": "Best checkpoints (--checkpoint.*): ModelCheckpoint on val/leaderboard",
-    "last_checkpoint": "Last checkpoint (--last_checkpoint.*): last.ckpt every epoch, to resume",
+    "checkpoint": "Best checkpoints (--checkpoint.*): ModelCheckpoint on val/leaderboard; "
+    "off: --checkpoint.save_top_k 0",
+    "last_checkpoint": "Last checkpoint (--last_checkpoint.*): last.ckpt every epoch, to resume; "
+    "off: --last_checkpoint.save_top_k 0",
+    "prediction_writer": "Predictions (--prediction_writer.*): predictions.json of mvcli "
+    "predict (its output: always on in predict, idle otherwise)",
+    "periodic_checkpoint": "Periodic checkpoints (--periodic_checkpoint.*): kept every N epochs; "
+    "off (the default): --periodic_checkpoint.every_n_epochs 0",
+    "oom_recovery": "Out-of-memory recovery (--oom_recovery.*): batch splitting; "
+    "off: --oom_recovery.enabled false",
+    "freezing": "Backbone freezing (--freezing.*): one class per strategy; "
+    "off (the default): --freezing mvcli.callbacks.freezing.NoFreezing",
+    "nonfinite": "Non-finite guard (--nonfinite.*): NaN/inf steps skipped; "
+    "never stop: --nonfinite.max_steps -1",
+    "distributed": "Distributed runs (--distributed.*): idle on one process with the defaults",
+    "confusion": "Confusion matrices (--confusion.*): validation images off: "
+    "--confusion.log_every_n_epochs 0 (test always writes them)",
+    **{
+        key: f"{default.rsplit('.', 1)[-1]} (--{key}.*): {what}; off: --{key} null"
+        for key, (_, default, what) in CALLBACK_SECTIONS.items()
+    },
 }
 # Subcommands that evaluate or serve a checkpoint: their files go to its run folder, and
 # without one they would use random (or only pretrained) weights, refused unless asked for.
@@ -232,6 +262,11 @@ class MVCLI(LightningCLI):
         return resolved
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        # The callbacks every run has by default, each in a section of its own (null: off);
+        # first, so they run before the sections below, as when they were added in code.
+        for key, (base, default, _) in CALLBACK_SECTIONS.items():
+            parser.add_lightning_class_args(base, key, subclass_mode=True, required=False)
+            parser.set_defaults({key: {"class_path": default}})
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         # Since Lightning 2.6 save_last only writes when a top-k checkpoint is written, so a
         # second checkpoint without a monitor keeps last.ckpt at the latest epoch (resume).
@@ -297,25 +332,21 @@ class MVCLI(LightningCLI):
             logger.init_args.version = subcommand
 
     def instantiate_trainer(self, **kwargs: Any):
-        # Callbacks every run needs, unless the config turns off what they depend on; fresh
-        # instances per run since callbacks hold state.
-        config = self.config_init.get(str(self.subcommand), self.config_init).get("trainer", {})
-        callbacks = list(config.get("callbacks") or [])
-        # RunHParams holds state saved in checkpoints: present in every run, so loading one
-        # never warns about a missing callback; without a logger it (and Throughput) log nothing.
-        extra = [Throughput(), RunHParams()]
-        if config.get("logger") not in (False, None):
-            extra.append(LearningRateMonitor())
-        has_bar = any(isinstance(c, ProgressBar) for c in callbacks)
-        if config.get("enable_progress_bar") is not False and not has_bar:
-            extra.append(MVProgressBar())
-        has_summary = any(isinstance(c, ModelSummary) for c in callbacks)
-        if config.get("enable_model_summary") is not False and not has_summary:
-            extra.append(MVModelSummary())
-        # Exact resume, clean stops on SIGTERM/SIGINT, history.json (mvcli.callbacks.*).
-        extra += [ResumeState(), GracefulStop(), TrainingHistory()]
-        extra.append(AugmentationPreview())  # acts at the first training batch only
-        kwargs["callbacks"] = [*callbacks, *extra]
+        # Every callback comes from the config (trainer.callbacks and the callback sections);
+        # a section set to null is off, and a default one is left out where it cannot act:
+        # the LR monitor without a logger, progress bar and summary when the trainer turns
+        # them off or trainer.callbacks has its own.
+        config = self.config_init.get(str(self.subcommand), self.config_init)
+        settings = config.get("trainer", {})
+        listed = list(settings.get("callbacks") or [])
+        dropped = {key for key in CALLBACK_SECTIONS if config.get(key) is None}
+        if settings.get("logger") in (False, None):
+            dropped.add("lr_monitor")
+        if settings.get("enable_progress_bar") is False or _has(listed, ProgressBar):
+            dropped.add("progress_bar")
+        if settings.get("enable_model_summary") is False or _has(listed, ModelSummary):
+            dropped.add("model_summary")
+        self._dropped_sections = dropped  # read by _instantiate_trainer
         trainer = super().instantiate_trainer(**kwargs)
         # Local checkpoints through mvcli's atomic writer (remote or custom IO left alone).
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
@@ -325,6 +356,17 @@ class MVCLI(LightningCLI):
                 callback.configure_strategy(trainer)
         trainer.output_dir = getattr(self, "_output_dir", None)  # read by mvcli.commandline.outputs
         return trainer
+
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Any:
+        # LightningCLI passes the sections' instances in the parser's callback_keys order.
+        keys = self._parser(self.subcommand).callback_keys
+        dropped = getattr(self, "_dropped_sections", set())
+        kept = [
+            callback
+            for key, callback in zip(keys, callbacks, strict=True)
+            if callback is not None and key not in dropped
+        ]
+        return super()._instantiate_trainer(config, kept)
 
     def after_fit(self) -> None:
         """The run's files, as written: nothing is named that does not exist."""
@@ -354,6 +396,10 @@ class MVCLI(LightningCLI):
         if not written:
             why = " (fast_dev_run writes none)" if trainer.fast_dev_run else ""
             rank_zero_info(f"no checkpoint written{why}")
+
+
+def _has(callbacks: list[Any], kind: type) -> bool:
+    return any(isinstance(c, kind) for c in callbacks)
 
 
 def plain_numbers(config: Namespace) -> None:

@@ -11,7 +11,10 @@ from lightning.pytorch.utilities.model_summary import get_human_readable_count
 
 
 class ProgressBar(RichProgressBar):
-    """Rich progress bar showing the metrics only; the run's version is in its folder name."""
+    """Rich progress bar showing the metrics only; the run's version is in its folder name.
+
+    Lightning's RichProgressBar always adds ``v_num``, which this subclass removes.
+    """
 
     def get_metrics(self, trainer: Trainer, pl_module: LightningModule) -> dict:
         items = super().get_metrics(trainer, pl_module)
@@ -20,7 +23,11 @@ class ProgressBar(RichProgressBar):
 
 
 class ModelSummary(RichModelSummary):
-    """Rich model summary: layers, parameter counts and size, no FLOPs column or total."""
+    """Rich model summary: layers, parameter counts and size, no FLOPs column or total.
+
+    Lightning's RichModelSummary always prints FLOPs (0 without ``example_input_array``) and
+    no frozen count, which this subclass changes.
+    """
 
     @staticmethod
     def summarize(

@@ -33,6 +33,9 @@ class StageFreezing(Callback, ABC):
     """What every strategy shares: which stages are unfrozen, their batch norm modes and LR
     factors, resume. A subclass says when a stage is unfrozen (:meth:`to_unfreeze`).
 
+    Lightning's BaseFinetuning/BackboneFinetuning add a parameter group when a stage thaws;
+    this creates every group up front (LR factor 0), so a resume restores the optimizer exactly.
+
     Args:
         warmup_epochs: a newly unfrozen stage's LR rises linearly from 0 to its scheduled
             value over this many epochs (counted in optimizer steps; 0: no warmup).

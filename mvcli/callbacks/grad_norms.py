@@ -20,6 +20,9 @@ class GradientNorms(Callback):
         norm_type: the p of the p-norm (2.0: Euclidean; ``inf``: largest absolute value).
         every_n_steps: optimizer steps between two logs.
         per_parameter: also log each parameter's norm (Lightning's ``grad_<p>_norm/<name>``).
+
+    Lightning's ``grad_norm`` (used here) gives per-parameter norms and the total only, not
+    one per optimizer parameter group, nor a period or a place outside the module.
     """
 
     def __init__(

@@ -76,9 +76,11 @@ def run_settings(trainer: Trainer, pl_module: LightningModule) -> dict[str, Any]
     model = dict(pl_module.hparams_initial)
     datamodule = getattr(trainer, "datamodule", None)
     data = dict(getattr(datamodule, "hparams_initial", {}) or {})
+    # Keys with a leading underscore are Lightning's bookkeeping, not settings: _class_path,
+    # and _instantiator (LightningCLI's, for load_from_checkpoint; checkpoints keep it).
     params: dict[str, Any] = {
-        **{f"model/{k}": v for k, v in model.items() if k != "_class_path"},
-        **{f"data/{k}": v for k, v in data.items() if k != "_class_path"},
+        **{f"model/{k}": v for k, v in model.items() if not k.startswith("_")},
+        **{f"data/{k}": v for k, v in data.items() if not k.startswith("_")},
     }
     optimizer = trainer.optimizers[0] if trainer.optimizers else None
     if optimizer is not None:

@@ -38,7 +38,11 @@ _HANDLED = (signal.SIGTERM, signal.SIGINT)
 
 
 class GracefulStop(Callback):
-    """Saves the progress and exits with 128 + signum on SIGTERM/SIGINT (see module)."""
+    """Saves the progress and exits with 128 + signum on SIGTERM/SIGINT (see module).
+
+    Lightning's OnExceptionCheckpoint saves on any exception to a fixed file, but does not
+    catch SIGINT, choose the stop point (epoch end vs mid-epoch) or set the exit status.
+    """
 
     def __init__(self) -> None:
         self.signum: int | None = None

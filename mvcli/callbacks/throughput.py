@@ -18,6 +18,9 @@ class Throughput(Callback):
     batch and the start of the next (fetching from the loader and moving it to the device)
     over that time, averaged over processes: near 1 means the GPU waits on decoding (more
     ``data.num_workers``, ``data.cache_dir``), near 0 that it does not.
+
+    Lightning's ThroughputMonitor counts samples and batches only (no real views behind a
+    view mask, no data-wait share), so mvcli keeps this one (section ``throughput``).
     """
 
     def __init__(self) -> None:

@@ -150,7 +150,7 @@ class ArgumentParser(LightningArgumentParser):
         titles = [(group, group.title) for group in ordered]
         for group, title in titles:
             name = names.get(id(group))
-            if name == subcommand:
+            if name == subcommand and subcommand is not None:
                 title = f"Arguments of {self.prog.replace(' [options]', '')}"
             elif title and name and "(--" not in title:
                 title = f"{title.rstrip('.:')} (--{name}.*)"

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
+import yaml
 from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 
 
@@ -39,3 +41,14 @@ def test_hparams_hold_key_settings_and_best_score(events, trained):
     assert best == pytest.approx(float(ckpt.best_model_score))
     assert not math.isnan(events.Scalars("hp/best_epoch")[-1].value)
     assert len(content) == 3  # one hparams summary: Lightning's own is off, no hp_metric=-1
+
+
+def test_logged_hparams_hold_no_instantiator(events, trained):
+    """LightningCLI's ``_instantiator`` (for load_from_checkpoint) is no setting of the run."""
+    _, fit = trained
+    logged = yaml.safe_load((Path(fit.trainer.log_dir) / "hparams.yaml").read_text())
+    assert "model/backbone" in logged and not [k for k in logged if "_instantiator" in k]
+    start = HParamsPluginData.FromString(
+        events.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+    )
+    assert not [k for k in start.session_start_info.hparams if "/_" in k]

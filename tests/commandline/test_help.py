@@ -30,6 +30,8 @@ def test_main_help_names_the_app_and_every_subcommand(capsys):
         line = next(line for line in out.splitlines() if line.strip().startswith(name + " "))
         assert len(line.split(None, 1)[1]) > 10, name  # a one-line purpose
     assert len(re.findall(r"^  mvcli \w+ --config", out, re.M)) >= 2  # two examples
+    titles = [line for line in out.splitlines() if re.match(r"^\S.*:$", line)]
+    assert len(titles) == len(set(titles)), titles  # "Arguments of mvcli:" was there twice
 
 
 def test_subcommand_help_is_short_plain_and_ours_first(capsys):
