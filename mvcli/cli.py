@@ -359,7 +359,8 @@ class MVCLI(LightningCLI):
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Any:
         # LightningCLI passes the sections' instances in the parser's callback_keys order.
-        keys = self._parser(self.subcommand).callback_keys
+        parser = compat.subcommand_parser(self, self.subcommand) if self.subcommand else self.parser
+        keys = parser.callback_keys
         dropped = getattr(self, "_dropped_sections", set())
         kept = [
             callback

@@ -19,6 +19,10 @@ What cannot move here, because it is a method mvcli overrides or a formatter's i
   preprocessing settings become defaults (explicit options still win) and resolves
   ``--ckpt_path last``. There is no public hook between parsing and instantiation that
   runs before ``before_instantiate_classes`` for every subcommand with the parser at hand.
+- ``MVCLI._instantiate_trainer`` (mvcli/cli.py): where LightningCLI appends the callback
+  sections' instances to ``trainer.callbacks``; mvcli leaves out the sections set to null
+  (or that cannot act: the LR monitor without a logger) there, since the public
+  ``instantiate_trainer`` hands it every section's value, None included, with no filter.
 - mvcli/commandline/help.py: argparse's ``HelpFormatter._split_lines`` / ``_fill_text`` /
   ``_format_action_invocation`` overrides and ``ArgumentParser._action_groups`` /
   ``_ArgumentGroup._group_actions``: argparse exposes custom help only through these

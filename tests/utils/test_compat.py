@@ -32,6 +32,7 @@ ALLOWED = {
     ("cli.py", "_add_subcommands"): _OVERRIDE,
     ("cli.py", "_prepare_subcommand_parser"): _OVERRIDE,
     ("cli.py", "_parse_ckpt_path"): _OVERRIDE,
+    ("cli.py", "_instantiate_trainer"): _OVERRIDE,
     ("commandline/help.py", "_split_lines"): _ARGPARSE,
     ("commandline/help.py", "_fill_text"): _ARGPARSE,
     ("commandline/help.py", "_format_action_invocation"): _ARGPARSE,

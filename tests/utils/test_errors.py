@@ -8,11 +8,11 @@ import sys
 
 import pytest
 import torch
-from tests.utils.test_checkpoints import bad_checkpoints
 
 from mvcli.__main__ import run
 from mvcli.utils.errors import report
 from tests.conftest import CONFIGS, REPO, tiny_args
+from tests.utils.test_checkpoints import bad_checkpoints
 
 
 def _fail(args: list[str], capsys) -> tuple[int, str]:
