@@ -30,7 +30,8 @@ class LinearWarmup(LRScheduler):
     as if it had been started after the warmup (torch's SequentialLR, but configurable in YAML
     and able to precede ReduceLROnPlateau). A step is what the module's ``lr_interval`` says:
     an epoch or an optimizer step. Under ``mvcli``, a wrapped scheduler that takes
-    ``total_steps`` (OneCycleLR) gets the run's total minus the warmup.
+    ``total_steps`` (OneCycleLR) or ``T_max`` (CosineAnnealingLR) left unset gets the run's
+    total minus the warmup.
 
     Args:
         optimizer: the optimizer (given by the module).
@@ -203,6 +204,9 @@ def scheduler_kwargs(factory: Any, optimizer: Optimizer, total_steps: int) -> di
     - ``total_steps`` (OneCycleLR), when the config leaves it (and ``epochs``) unset: the
       run's scheduler steps, from ``trainer.estimated_stepping_batches`` (accumulation,
       ``limit_train_batches``, ``max_steps`` and the number of processes included).
+    - ``T_max`` (CosineAnnealingLR), when the config leaves it unset: ``total_steps`` too,
+      so the cosine ends at ``eta_min`` on the run's last scheduler step (``total_steps`` is
+      the run's epochs for a scheduler stepped per epoch, its optimizer steps otherwise).
     - a OneCycleLR ``max_lr`` given as one number peaks the first group (the heads) there and
       every other group in proportion to its LR, keeping discriminative LRs.
     - a LinearWarmup passes the same on to the scheduler it wraps, with its warmup steps
@@ -221,6 +225,8 @@ def scheduler_kwargs(factory: Any, optimizer: Optimizer, total_steps: int) -> di
     if _takes(factory, "total_steps") and keywords.get("total_steps") is None:
         if keywords.get("epochs") is None:
             out["total_steps"] = max(1, int(total_steps))
+    if _takes(factory, "T_max") and keywords.get("T_max") is None:
+        out["T_max"] = max(1, int(total_steps))
     max_lr = keywords.get("max_lr")
     groups = optimizer.param_groups
     if cls is not None and issubclass(cls, OneCycleLR) and isinstance(max_lr, (int, float)):
