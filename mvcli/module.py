@@ -91,9 +91,10 @@ class MVFoulModule(LightningModule):
             loss and the training sampler also balances its classes (``data.sampler``).
         optimizer: optimizer class and arguments (``class_path`` in YAML); its ``lr`` is the
             heads' (and pooling's) learning rate.
-        lr_scheduler: optional LR scheduler (``class_path``): e.g. CosineAnnealingLR
-            (``T_max`` left unset: the run's length, so the LR reaches ``eta_min`` at the
-            end: ``trainer.max_epochs`` stepped per epoch, the optimizer steps of
+        lr_scheduler: optional LR scheduler (``class_path``): e.g.
+            ``mvcli.schedulers.CosineToEnd`` (torch's CosineAnnealingLR; ``T_max`` left
+            unset: the run's length, so the LR reaches ``eta_min`` at the end:
+            ``trainer.max_epochs`` stepped per epoch, the optimizer steps of
             ``trainer.estimated_stepping_batches`` stepped per step), OneCycleLR
             (``total_steps`` filled from ``trainer.estimated_stepping_batches``), StepLR,
             ReduceLROnPlateau (monitors ``val/leaderboard``: use ``mode: max``), or

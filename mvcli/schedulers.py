@@ -10,15 +10,46 @@ import inspect
 from collections.abc import Mapping
 from typing import Any
 
-from jsonargparse.typing import NonNegativeInt
+from jsonargparse.typing import NonNegativeInt, PositiveInt
 from lightning.pytorch.cli import LRSchedulerCallable
 from torch.optim import Optimizer
+from torch.optim import lr_scheduler
 from torch.optim.lr_scheduler import CyclicLR, LRScheduler, OneCycleLR, ReduceLROnPlateau
 
 from mvcli.limits import UnitIntervalOpenLeft
 
 # Schedulers stepped per optimizer step by default (lr_interval: auto); others per epoch.
 STEP_SCHEDULERS: tuple[type, ...] = (OneCycleLR, CyclicLR)
+
+
+class CosineToEnd(lr_scheduler.CosineAnnealingLR):
+    """torch's CosineAnnealingLR, whose length may be left unset in a config: ``mvcli`` then
+    gives it the run's length (the module's ``lr_scheduler``), so the LR reaches ``eta_min``
+    on the run's last scheduler step, whatever ``trainer.max_epochs`` is. (torch's own class
+    needs ``T_max`` in the config: the command line refuses it without one; a ``T_max`` given
+    to either is kept.)
+
+    Args:
+        optimizer: the optimizer (given by the module).
+        T_max: scheduler steps from the start LR to ``eta_min``; None (left unset): the run's
+            epochs, or its optimizer steps when stepped per step, less a LinearWarmup's.
+        eta_min: the LR at the end.
+        last_epoch: torch's resume index; leave at -1.
+    """
+
+    def __init__(
+        self,
+        optimizer: Optimizer,
+        T_max: PositiveInt | None = None,  # noqa: N803 (torch's name)
+        eta_min: float = 0.0,
+        last_epoch: int = -1,
+    ) -> None:
+        if T_max is None:
+            raise ValueError(
+                "CosineToEnd: T_max is unset; the mvcli module fills it from the run, "
+                "elsewhere give it"
+            )
+        super().__init__(optimizer, T_max, eta_min, last_epoch)
 
 
 class LinearWarmup(LRScheduler):
