@@ -12,8 +12,7 @@ from typing import Any
 
 from jsonargparse.typing import NonNegativeInt, PositiveInt
 from lightning.pytorch.cli import LRSchedulerCallable
-from torch.optim import Optimizer
-from torch.optim import lr_scheduler
+from torch.optim import Optimizer, lr_scheduler
 from torch.optim.lr_scheduler import CyclicLR, LRScheduler, OneCycleLR, ReduceLROnPlateau
 
 from mvcli.limits import UnitIntervalOpenLeft
