@@ -29,6 +29,23 @@ def sample_dir() -> Path | None:
     return None
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _session_cwd(tmp_path_factory):
+    """Session fixtures (the shared training run, ...) run in a temporary folder too: set up
+    before any of them, since higher-scoped fixtures are created first."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(tmp_path_factory.mktemp("cwd"))
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _cwd(tmp_path, monkeypatch):
+    """Every test runs in its own temporary folder: what a run writes relative to the working
+    directory (runs/, lightning_logs/, config.yaml, data/) never lands in the checkout. Paths
+    into the repository come from REPO, CONFIGS and CONF."""
+    monkeypatch.chdir(tmp_path)
+
+
 @pytest.fixture(autouse=True)
 def _process_rank_restored():
     """A test that runs mvcli in-process as a simulated torchrun worker (RANK=1) leaves

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -17,8 +18,9 @@ from mvcli.utils.errors import UsageError
 from tests.conftest import CONFIGS, tiny_args
 from tests.evaluator import official_evaluate
 
-# Full recipes; every other file is an overlay.
-BASE_CONFIGS = {"demo.yaml", "mvfoul.yaml", "vars_baseline.yaml", "sota.yaml"}
+# Full recipes; every other file is an overlay (on demo.yaml, or on mvfoul.yaml for these).
+BASE_CONFIGS = {"demo.yaml", "mvfoul.yaml"}
+ON_MVFOUL = {"vars_baseline.yaml", "sota.yaml"}
 # Recipes whose backbone needs its full-size input: smoke-run with the tiny one (their size
 # and weights are checked by test_published_recipes_build_at_full_size).
 FULL_SIZE_ONLY = {"vars_baseline.yaml", "sota.yaml"}
@@ -28,7 +30,8 @@ EXTRAS = {"logger_mlflow.yaml": "mlflow", "logger_wandb.yaml": "wandb"}  # optio
 def _config_stack(name: str) -> list[str]:
     if name in BASE_CONFIGS:
         return ["--config", str(CONFIGS / name)]
-    return ["--config", str(CONFIGS / "demo.yaml"), "--config", str(CONFIGS / name)]
+    base = "mvfoul.yaml" if name in ON_MVFOUL else "demo.yaml"
+    return ["--config", str(CONFIGS / base), "--config", str(CONFIGS / name)]
 
 
 def _log_dir(cli) -> Path:
@@ -121,7 +124,7 @@ def test_published_recipes_build_at_full_size(name, backbone, size, mean, std, w
     """Each recipe builds its backbone at its size, with torchvision's weights (from the hub
     cache), normalised with the mean/std those weights expect."""
     extra = [] if weights else ["--model.pretrained", "null"]
-    cli = main(["--config", str(CONFIGS / name), "--data.cache_dir", "null", *extra], run=False)
+    cli = main([*_config_stack(name), "--data.cache_dir", "null", *extra], run=False)
     hp = cli.model.hparams
     assert (hp.backbone, hp.num_frames, hp.img_height, hp.img_width) == (backbone, *size)
     assert hp.mean == pytest.approx(mean) and hp.std == pytest.approx(std)
@@ -135,8 +138,16 @@ def test_published_recipes_build_at_full_size(name, backbone, size, mean, std, w
         torch.testing.assert_close(net.backbone.state_dict()[key], cached[key])
 
 
-def test_vars_baseline_recipe_values():
-    config = yaml.safe_load((CONFIGS / "vars_baseline.yaml").read_text())
+def _printed(argv: list[str], capsys) -> dict:
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", *argv, "--print_config"])
+    assert exit_info.value.code == 0
+    return yaml.safe_load(capsys.readouterr().out)
+
+
+def test_vars_baseline_recipe_values(capsys):
+    config = _printed(_config_stack("vars_baseline.yaml"), capsys)
     model, data = config["model"], config["data"]
     assert (model["backbone"], model["pretrained"], model["pooling"]) == (
         "mvit_v2_s",
@@ -146,6 +157,275 @@ def test_vars_baseline_recipe_values():
     assert (data["center_frame"], data["target_fps"], data["frames_per_clip"]) == (75, 17.0, 16)
     assert model["optimizer"]["init_args"]["lr"] == 1e-4
     assert (config["trainer"]["max_epochs"], data["batch_size"]) == (60, 2)
+
+
+# What each recipe set before it was an overlay on mvfoul.yaml (sota.yaml, vars_baseline.yaml:
+# standalone files; small_gpu.yaml, high_performance.yaml: overlays restating mvfoul.yaml),
+# copied as they were. Their cosines had a T_max kept equal to the run's epochs (less the
+# warmup) by hand: now unset and filled from the run (mvcli.task.schedulers.CosineToEnd).
+OLD_RECIPES = {
+    "sota.yaml": {
+        "seed_everything": 42,
+        "trainer": {
+            "accelerator": "auto",
+            "devices": "auto",
+            "precision": "bf16-mixed",
+            "max_epochs": 40,
+            "accumulate_grad_batches": 4,
+            "gradient_clip_val": 1.0,
+            "gradient_clip_algorithm": "norm",
+            "log_every_n_steps": 20,
+            "logger": {
+                "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+                "init_args": {"save_dir": "runs", "name": "sota"},
+            },
+        },
+        "model": {
+            "backbone": "swin3d_s",
+            "pretrained": "torchvision",
+            "pooling": "max",
+            "head_dropout": 0.3,
+            "loss": "plain",
+            "label_smoothing": 0.1,
+            "backbone_lr_ratio": 0.1,
+            "optimizer": {
+                "class_path": "torch.optim.AdamW",
+                "init_args": {"lr": 0.0003, "weight_decay": 0.05},
+            },
+            "lr_scheduler": {
+                "class_path": "mvcli.task.schedulers.LinearWarmup",
+                "init_args": {
+                    "warmup_steps": 2,
+                    "scheduler": {
+                        "class_path": "torch.optim.lr_scheduler.CosineAnnealingLR",
+                        "init_args": {"T_max": 38},
+                    },
+                },
+            },
+        },
+        "data": {
+            "root": "data/mvfoul",
+            "frames_per_clip": 32,
+            "center_frame": 75,
+            "source_fps": 25.0,
+            "target_fps": 25.0,
+            "img_height": 224,
+            "img_width": 398,
+            "cache_dir": "data/mvfoul-cache-sota",
+            "num_views": 4,
+            "batch_size": 4,
+            "eval_batch_size": 4,
+            "num_workers": 16,
+            "sampler": "balanced_joint",
+            "augmentation": {"preset": "moderate", "mix_prob": 0.2},
+        },
+    },
+    "vars_baseline.yaml": {
+        "seed_everything": 42,
+        "trainer": {
+            "accelerator": "auto",
+            "devices": "auto",
+            "precision": "32-true",
+            "max_epochs": 60,
+            "log_every_n_steps": 50,
+            "logger": {
+                "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+                "init_args": {"save_dir": "runs", "name": "vars_baseline"},
+            },
+        },
+        "model": {
+            "backbone": "mvit_v2_s",
+            "pretrained": "torchvision",
+            "pooling": "attention",
+            "head_dropout": 0.0,
+            "loss": "weighted",
+            "class_weighting": "inverse",
+            "backbone_lr_ratio": 1.0,
+            "optimizer": {
+                "class_path": "torch.optim.AdamW",
+                "init_args": {
+                    "lr": 0.0001,
+                    "betas": [0.9, 0.999],
+                    "eps": 1e-07,
+                    "weight_decay": 0.001,
+                },
+            },
+            "lr_scheduler": {
+                "class_path": "torch.optim.lr_scheduler.StepLR",
+                "init_args": {"step_size": 3, "gamma": 0.1},
+            },
+            "lr_interval": "epoch",
+        },
+        "data": {
+            "root": "data/mvfoul",
+            "frames_per_clip": 16,
+            "center_frame": 75,
+            "source_fps": 25.0,
+            "target_fps": 17.0,
+            "img_height": 224,
+            "img_width": 224,
+            "cache_dir": "data/mvfoul-cache-vars",
+            "num_views": 5,
+            "batch_size": 2,
+            "eval_batch_size": 2,
+            "num_workers": 8,
+            "augmentation": {
+                "preset": "none",
+                "hflip_prob": 0.5,
+                "crop_prob": 1.0,
+                "crop_scale": [0.8, 1.0],
+                "crop_ratio": [0.9, 1.1],
+                "color_prob": 1.0,
+                "brightness": 0.5,
+                "contrast": 0.5,
+                "saturation": 0.5,
+                "severity_max_strength": 1.0,
+            },
+        },
+    },
+    "high_performance.yaml": {
+        "trainer": {
+            "precision": "bf16-mixed",
+            "max_epochs": 30,
+            "gradient_clip_val": 1.0,
+            "gradient_clip_algorithm": "norm",
+        },
+        "model": {
+            "backbone_lr_ratio": 0.1,
+            "loss": "plain",
+            "label_smoothing": 0.1,
+            "optimizer": {
+                "class_path": "torch.optim.SGD",
+                "init_args": {
+                    "lr": 0.01,
+                    "momentum": 0.9,
+                    "nesterov": True,
+                    "weight_decay": 0.0001,
+                },
+            },
+            "lr_scheduler": {
+                "class_path": "torch.optim.lr_scheduler.OneCycleLR",
+                "init_args": {"max_lr": 0.01, "pct_start": 0.2},
+            },
+            "lr_interval": "step",
+        },
+        "data": {
+            "batch_size": 32,
+            "eval_batch_size": 32,
+            "num_workers": 16,
+            "sampler": "progressive",
+            "progressive_epochs": 10,
+            "progressive_target": "joint",
+            "augmentation": {"preset": "moderate", "gpu": True},
+        },
+        "freezing": {
+            "class_path": "mvcli.callbacks.freezing.AdvancedFreezing",
+            "init_args": {
+                "monitor": "val/leaderboard",
+                "patience": 2,
+                "min_delta": 0.002,
+                "rollback_patience": 3,
+                "warmup_epochs": 1.0,
+                "probe_batches": 2,
+                "gradient_momentum": 0.9,
+            },
+        },
+    },
+    "small_gpu.yaml": {
+        "trainer": {
+            "precision": "16-mixed",
+            "accumulate_grad_batches": 8,
+            "gradient_clip_val": 1.0,
+            "gradient_clip_algorithm": "norm",
+            "callbacks": [
+                {
+                    "class_path": "mvcli.callbacks.memory.MemoryCleanup",
+                    "init_args": {"every_n_steps": 200},
+                }
+            ],
+        },
+        "model": {
+            "backbone_lr_ratio": 0.1,
+            "loss": "weighted",
+            "class_weighting": "effective_number",
+            "effective_beta": 0.999,
+            "max_weight_ratio": 10.0,
+            "label_smoothing": 0.05,
+            "optimizer": {"class_path": "torch.optim.Adam", "init_args": {"lr": 0.0003}},
+            "lr_scheduler": {
+                "class_path": "mvcli.task.schedulers.LinearWarmup",
+                "init_args": {
+                    "warmup_steps": 2,
+                    "scheduler": {
+                        "class_path": "torch.optim.lr_scheduler.CosineAnnealingLR",
+                        "init_args": {"T_max": 28},
+                    },
+                },
+            },
+        },
+        "data": {
+            "frames_per_clip": 8,
+            "target_fps": 12.5,
+            "img_height": 112,
+            "img_width": 200,
+            "batch_size": 4,
+            "eval_batch_size": 8,
+            "num_workers": 4,
+        },
+        "freezing": {
+            "class_path": "mvcli.callbacks.freezing.GradualFreezing",
+            "init_args": {"freeze_epochs": 2, "unfreeze_every": 2, "warmup_epochs": 1.0},
+        },
+    },
+}
+
+# Keys the old standalone files left at their defaults that mvfoul.yaml sets.
+OLD_DEFAULTS = {
+    "sota.yaml": {"trainer": {"callbacks": None}},
+    "vars_baseline.yaml": {
+        "trainer": {"callbacks": None, "gradient_clip_val": None, "gradient_clip_algorithm": None}
+    },
+}
+
+
+def _as_stacked(expected: dict) -> dict:
+    """An old recipe as it reads now: a hand-kept cosine T_max becomes CosineToEnd's unset one
+    (checked to be what the run gives it: the epochs after the warmup)."""
+    model = expected.get("model", {})
+    scheduler = model.get("lr_scheduler", {})
+    warmup = scheduler.get("init_args", {}).get("warmup_steps", 0)
+    cosine = scheduler.get("init_args", {}).get("scheduler", scheduler)
+    if cosine.get("class_path") == "torch.optim.lr_scheduler.CosineAnnealingLR":
+        epochs = expected.get("trainer", {}).get("max_epochs", 30)  # mvfoul.yaml's
+        assert cosine["init_args"].pop("T_max") == epochs - warmup
+        cosine["class_path"] = "mvcli.task.schedulers.CosineToEnd"
+        cosine["init_args"]["T_max"] = None
+    return expected
+
+
+def _holds(printed, expected, where: str = "") -> None:
+    """Every key of ``expected`` has its value in ``printed`` (lists item by item)."""
+    if isinstance(expected, dict):
+        assert isinstance(printed, dict), where
+        for key, value in expected.items():
+            assert key in printed, f"{where}.{key}"
+            _holds(printed[key], value, f"{where}.{key}")
+    elif isinstance(expected, list) and expected and isinstance(expected[0], dict):
+        assert isinstance(printed, list) and len(printed) == len(expected), where
+        for i, (got, value) in enumerate(zip(printed, expected, strict=True)):
+            _holds(got, value, f"{where}[{i}]")
+    else:
+        assert printed == expected, (where, printed, expected)
+
+
+@pytest.mark.parametrize("name", sorted(OLD_RECIPES))
+def test_recipes_stacked_on_mvfoul_keep_their_values(name, capsys):
+    """Each recipe, stacked on mvfoul.yaml, resolves to the values it gave on its own."""
+    printed = _printed(
+        ["--config", str(CONFIGS / "mvfoul.yaml"), "--config", str(CONFIGS / name)], capsys
+    )
+    _holds(printed, _as_stacked(copy.deepcopy(OLD_RECIPES[name])))
+    _holds(printed, OLD_DEFAULTS.get(name, {}))
 
 
 def test_explicit_mean_wins_over_the_backbones(tmp_path, synthetic_root):

@@ -24,7 +24,9 @@ def test_docs_have_env_examples():
 
 @pytest.mark.parametrize(("env", "command", "expected"), ENV_LINES)
 def test_docs_env_example(env, command, expected, monkeypatch, tmp_path, synthetic_root, capsys):
-    monkeypatch.chdir(REPO)  # the docs' paths are relative to the repository
+    # The docs' paths are relative to the repository: its configs, seen from the temporary
+    # working directory (the conftest's), where the commands run.
+    (tmp_path / "configs").symlink_to(REPO / "configs")
     for assignment in env.split():
         name, value = assignment.split("=", 1)
         monkeypatch.setenv(name, value)

@@ -91,10 +91,16 @@ class MVFoulModule(LightningModule):
             loss and the training sampler also balances its classes (``data.sampler``).
         optimizer: optimizer class and arguments (``class_path`` in YAML); its ``lr`` is the
             heads' (and pooling's) learning rate.
-        lr_scheduler: optional LR scheduler (``class_path``): e.g. CosineAnnealingLR,
-            OneCycleLR (``total_steps`` filled from ``trainer.estimated_stepping_batches``),
-            StepLR, ReduceLROnPlateau (monitors ``val/leaderboard``: use ``mode: max``), or
-            ``mvcli.task.schedulers.LinearWarmup`` in front of any of them.
+        lr_scheduler: optional LR scheduler (``class_path``): e.g.
+            ``mvcli.task.schedulers.CosineToEnd`` (torch's CosineAnnealingLR; ``T_max`` left
+            unset: the run's length, so the LR reaches ``eta_min`` at the end:
+            ``trainer.max_epochs`` stepped per epoch, the optimizer steps of
+            ``trainer.estimated_stepping_batches`` stepped per step), OneCycleLR
+            (``total_steps`` filled from ``trainer.estimated_stepping_batches``), StepLR,
+            ReduceLROnPlateau (monitors ``val/leaderboard``: use ``mode: max``), or
+            ``mvcli.task.schedulers.LinearWarmup`` in front of any of them (the scheduler it
+            wraps gets the run's length minus the warmup). A ``T_max`` or ``total_steps``
+            given is kept.
         lr_interval: when the scheduler steps: ``epoch``, ``step`` (optimizer step) or
             ``auto`` (``step`` for OneCycleLR/CyclicLR, ``epoch`` otherwise).
         backbone_lr: learning rate of backbone parameters (default:

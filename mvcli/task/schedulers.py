@@ -10,15 +10,45 @@ import inspect
 from collections.abc import Mapping
 from typing import Any
 
-from jsonargparse.typing import NonNegativeInt
+from jsonargparse.typing import NonNegativeInt, PositiveInt
 from lightning.pytorch.cli import LRSchedulerCallable
-from torch.optim import Optimizer
+from torch.optim import Optimizer, lr_scheduler
 from torch.optim.lr_scheduler import CyclicLR, LRScheduler, OneCycleLR, ReduceLROnPlateau
 
 from mvcli.commandline.limits import UnitIntervalOpenLeft
 
 # Schedulers stepped per optimizer step by default (lr_interval: auto); others per epoch.
 STEP_SCHEDULERS: tuple[type, ...] = (OneCycleLR, CyclicLR)
+
+
+class CosineToEnd(lr_scheduler.CosineAnnealingLR):
+    """torch's CosineAnnealingLR, whose length may be left unset in a config: ``mvcli`` then
+    gives it the run's length (the module's ``lr_scheduler``), so the LR reaches ``eta_min``
+    on the run's last scheduler step, whatever ``trainer.max_epochs`` is. (torch's own class
+    needs ``T_max`` in the config: the command line refuses it without one; a ``T_max`` given
+    to either is kept.)
+
+    Args:
+        optimizer: the optimizer (given by the module).
+        T_max: scheduler steps from the start LR to ``eta_min``; None (left unset): the run's
+            epochs, or its optimizer steps when stepped per step, less a LinearWarmup's.
+        eta_min: the LR at the end.
+        last_epoch: torch's resume index; leave at -1.
+    """
+
+    def __init__(
+        self,
+        optimizer: Optimizer,
+        T_max: PositiveInt | None = None,  # noqa: N803 (torch's name)
+        eta_min: float = 0.0,
+        last_epoch: int = -1,
+    ) -> None:
+        if T_max is None:
+            raise ValueError(
+                "CosineToEnd: T_max is unset; the mvcli module fills it from the run, "
+                "elsewhere give it"
+            )
+        super().__init__(optimizer, T_max, eta_min, last_epoch)
 
 
 class LinearWarmup(LRScheduler):
@@ -30,7 +60,8 @@ class LinearWarmup(LRScheduler):
     as if it had been started after the warmup (torch's SequentialLR, but configurable in YAML
     and able to precede ReduceLROnPlateau). A step is what the module's ``lr_interval`` says:
     an epoch or an optimizer step. Under ``mvcli``, a wrapped scheduler that takes
-    ``total_steps`` (OneCycleLR) gets the run's total minus the warmup.
+    ``total_steps`` (OneCycleLR) or ``T_max`` (CosineAnnealingLR) left unset gets the run's
+    total minus the warmup.
 
     Args:
         optimizer: the optimizer (given by the module).
@@ -203,6 +234,9 @@ def scheduler_kwargs(factory: Any, optimizer: Optimizer, total_steps: int) -> di
     - ``total_steps`` (OneCycleLR), when the config leaves it (and ``epochs``) unset: the
       run's scheduler steps, from ``trainer.estimated_stepping_batches`` (accumulation,
       ``limit_train_batches``, ``max_steps`` and the number of processes included).
+    - ``T_max`` (CosineAnnealingLR), when the config leaves it unset: ``total_steps`` too,
+      so the cosine ends at ``eta_min`` on the run's last scheduler step (``total_steps`` is
+      the run's epochs for a scheduler stepped per epoch, its optimizer steps otherwise).
     - a OneCycleLR ``max_lr`` given as one number peaks the first group (the heads) there and
       every other group in proportion to its LR, keeping discriminative LRs.
     - a LinearWarmup passes the same on to the scheduler it wraps, with its warmup steps
@@ -221,6 +255,8 @@ def scheduler_kwargs(factory: Any, optimizer: Optimizer, total_steps: int) -> di
     if _takes(factory, "total_steps") and keywords.get("total_steps") is None:
         if keywords.get("epochs") is None:
             out["total_steps"] = max(1, int(total_steps))
+    if _takes(factory, "T_max") and keywords.get("T_max") is None:
+        out["T_max"] = max(1, int(total_steps))
     max_lr = keywords.get("max_lr")
     groups = optimizer.param_groups
     if cls is not None and issubclass(cls, OneCycleLR) and isinstance(max_lr, (int, float)):

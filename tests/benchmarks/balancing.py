@@ -75,7 +75,6 @@ def run(
                 *common,
                 *options,
                 f"--trainer.max_epochs={epochs}",
-                f"--model.lr_scheduler.init_args.T_max={epochs}",
                 f"--trainer.logger.init_args.save_dir={runs}",
                 f"--trainer.logger.init_args.name={slug}",
                 "--trainer.enable_progress_bar=false",

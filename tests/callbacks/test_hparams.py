@@ -21,7 +21,7 @@ def test_hparams_hold_key_settings_and_best_score(events, trained):
         "model/pooling": "max",
         "optimizer": "AdamW",
         "lr/heads": 0.006,
-        "lr_scheduler": "CosineAnnealingLR",
+        "lr_scheduler": "CosineToEnd",
         "data/batch_size": 4,
         "accumulate_grad_batches": 1,
         "precision": "32-true",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -64,7 +65,7 @@ def test_synthetic_usage_names_the_command_not_the_file():
         [sys.executable, "-m", "mvcli.data.synthetic", "--help"],
         capture_output=True,
         text=True,
-        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
     )
     assert result.returncode == 0
     assert result.stdout.startswith("usage: python -m mvcli.data.synthetic")

@@ -206,7 +206,8 @@ def test_a_killed_build_leaves_no_entry_and_is_rebuilt(views, tmp_path):
         cache.ClipCache({str(root)!r}).build([{str(views[0])!r}], ClipSpec(**{SPEC.__dict__!r}),
                                              workers=1, progress=False)
     """
-    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], cwd=REPO)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], env=env)
     assert proc.returncode == 9
     leftovers = [p for p in root.rglob("*") if p.is_file()]
     assert leftovers and all(p.name.endswith(".tmp") for p in leftovers)
@@ -259,8 +260,9 @@ def test_concurrent_builders_in_two_processes(views, tmp_path):
         cache.build(views, spec, workers=2, progress=False)
     """
     code = textwrap.dedent(script)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
     procs = [
-        subprocess.Popen([sys.executable, "-c", code, order], cwd=REPO)
+        subprocess.Popen([sys.executable, "-c", code, order], env=env)
         for order in ("forward", "reverse")
     ]
     time.sleep(3)  # both imported and waiting

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections import Counter
@@ -26,6 +27,7 @@ from mvcli.data.taxonomy import (
     SkipAction,
     labels_from_annotation,
 )
+from tests.conftest import REPO
 
 SPLITS = {"Train": "train", "Valid": "valid", "Test": "test", "Chall": "challenge"}
 LABEL_KEYS = {"Offence", "Severity", "Action class"}
@@ -281,7 +283,8 @@ def test_command_line(tmp_path):
     args += ["--chall", "1", "--num_frames", "8", "--event_frame", "4", "--height", "16"]
     args += ["--width", "16", "--imbalance", "real"]
     cmd = [sys.executable, "-m", "mvcli.data.synthetic", *args]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    env = {**os.environ, "PYTHONPATH": str(REPO)}  # mvcli importable from the temporary cwd
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env).stdout
     assert json.loads(out)["splits"]["Train"]["actions"] == 2
     assert (tmp_path / "d/Chall/annotations.json").exists()
 

@@ -4,6 +4,7 @@ scheduler, OneCycle's total steps in a real fit with accumulation, plateau throu
 from __future__ import annotations
 
 import functools
+import math
 
 import pytest
 import torch
@@ -164,6 +165,12 @@ def test_scheduler_kwargs_fill_total_steps_and_per_group_peaks():
     assert inner.keywords["total_steps"] == 30
     assert final_scheduler_class(wrapped) is OneCycleLR
     assert scheduler_kwargs(functools.partial(StepLR, step_size=2), optimizer, 40) == {}
+    # A cosine's length: the run's when unset (after the warmup), the config's when given.
+    cosine = functools.partial(CosineAnnealingLR, T_max=None, eta_min=0.0)
+    assert scheduler_kwargs(cosine, optimizer, 40) == {"T_max": 40}
+    assert scheduler_kwargs(functools.partial(CosineAnnealingLR, T_max=7), optimizer, 40) == {}
+    warm = functools.partial(LinearWarmup, scheduler=cosine, warmup_steps=10)
+    assert scheduler_kwargs(warm, optimizer, 40)["scheduler"].keywords["T_max"] == 30
 
 
 def _cli(root, runs, *extra, configs=("demo.yaml",)):
@@ -195,6 +202,59 @@ def test_onecycle_total_steps_under_accumulation(synthetic_root, tmp_path):
     assert used.lrs[0] == pytest.approx(groups[0]["initial_lr"])
     assert used.lrs[-1] == pytest.approx(groups[0]["min_lr"])
     assert max(used.lrs) > used.lrs[0]
+
+
+COSINE_WARMUP = {
+    "class_path": "mvcli.task.schedulers.LinearWarmup",
+    "init_args": {
+        "warmup_steps": 2,
+        "scheduler": {
+            "class_path": "mvcli.task.schedulers.CosineToEnd",
+            "init_args": {"eta_min": 1e-4},
+        },
+    },
+}
+
+
+@pytest.mark.parametrize(
+    ("flags", "interval", "length"),
+    [
+        # demo.yaml's cosine, without T_max: 3 epochs
+        ([], "epoch", 3),
+        # per optimizer step: 3 epochs x 4 batches / 2 accumulated
+        (["--model.lr_interval", "step", "--trainer.accumulate_grad_batches", "2"], "step", 6),
+        # behind a 2-epoch warmup: the cosine gets the 1 epoch left
+        (["--model.lr_scheduler", yaml.safe_dump(COSINE_WARMUP)], "epoch", 1),
+    ],
+    ids=["epoch", "step", "warmup"],
+)
+def test_cosine_length_follows_the_run(synthetic_root, tmp_path, flags, interval, length):
+    """CosineAnnealingLR without T_max ends the run at eta_min, stepped per epoch or per
+    optimizer step, alone or behind a LinearWarmup."""
+    cli = _cli(synthetic_root, tmp_path, "--model.lr_scheduler.init_args.eta_min", "1e-4",
+               "--trainer.max_epochs", "3", "--trainer.limit_train_batches", "4",
+               *flags)  # fmt: skip
+    used = _UsedLRs()
+    cli.trainer.callbacks.append(used)
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    (config,) = cli.trainer.lr_scheduler_configs
+    cosine = inner_scheduler(config.scheduler)
+    assert isinstance(cosine, CosineAnnealingLR) and config.interval == interval
+    assert cosine.T_max == length
+    heads = cli.trainer.optimizers[0].param_groups[0]
+    assert max(used.lrs) == pytest.approx(0.006)  # demo.yaml's lr
+    assert used.lrs[-1] > 1e-4  # the last step trained above the floor...
+    assert heads["lr"] == pytest.approx(1e-4, abs=1e-12)  # ...which the last step reaches
+
+
+def test_an_explicit_cosine_length_is_kept(synthetic_root, tmp_path):
+    cli = _cli(synthetic_root, tmp_path, "--model.lr_scheduler.init_args.T_max", "10",
+               "--trainer.max_epochs", "2", "--trainer.limit_train_batches", "1")  # fmt: skip
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    (config,) = cli.trainer.lr_scheduler_configs
+    assert inner_scheduler(config.scheduler).T_max == 10
+    lr = cli.trainer.optimizers[0].param_groups[0]["lr"]
+    assert lr == pytest.approx(0.003 * (1 + math.cos(math.pi * 2 / 10)))  # 2 of 10 epochs
 
 
 class _UsedLRs(Callback):
@@ -235,7 +295,7 @@ def test_plateau_through_warmup_gets_the_metric(synthetic_root, tmp_path):
 @pytest.mark.parametrize(
     ("overlay", "optimizer", "scheduler"),
     [
-        (None, "torch.optim.AdamW", "torch.optim.lr_scheduler.CosineAnnealingLR"),
+        (None, "torch.optim.AdamW", "mvcli.task.schedulers.CosineToEnd"),
         ("small_gpu.yaml", "torch.optim.Adam", "mvcli.task.schedulers.LinearWarmup"),
         ("high_performance.yaml", "torch.optim.SGD", "torch.optim.lr_scheduler.OneCycleLR"),
     ],

@@ -155,8 +155,10 @@ def test_help_documents_the_search(capsys):
 
 
 @pytest.mark.parametrize("path", sorted((CONFIGS / "search").glob("*.yaml")), ids=lambda p: p.name)
-def test_search_configs_parse(path, capsys, monkeypatch):
-    monkeypatch.chdir(REPO)  # run_config paths are relative to the repository, as documented
+def test_search_configs_parse(path, capsys, tmp_path):
+    # run_config paths are relative to the repository, as documented: its configs, seen from
+    # the temporary working directory (the conftest's)
+    (tmp_path / "configs").symlink_to(REPO / "configs")
     with pytest.raises(SystemExit) as exit_info:
         run(["search", "--config", str(path), "--print_config"])
     assert exit_info.value.code == 0

@@ -49,7 +49,7 @@ def test_mlflow_logger_offline(synthetic_root, tmp_path):
     client = MlflowClient(uri)
     run = client.get_run(cli.trainer.logger.run_id)
     assert run.data.params["optimizer"] == "AdamW"
-    assert run.data.params["lr_scheduler"] == "CosineAnnealingLR"
+    assert run.data.params["lr_scheduler"] == "CosineToEnd"
     metrics = run.data.metrics
     assert metrics["hp_metric"] == pytest.approx(
         float(cli.trainer.checkpoint_callback.best_model_score)
