@@ -82,9 +82,9 @@ def test_links_carry_data_values_to_the_model(tmp_path, synthetic_root):
         run=False,
     )
     hparams = cli.model.hparams
-    assert hparams.num_frames == 6
-    assert (hparams.img_height, hparams.img_width) == (32, 56)
-    assert tuple(hparams.mean) == (0.5, 0.5, 0.5)
+    assert hparams.clip["num_frames"] == 6
+    assert (hparams.clip["height"], hparams.clip["width"]) == (32, 56)
+    assert tuple(hparams.clip["mean"]) == (0.5, 0.5, 0.5)
     assert hparams.num_classes == {"offence_severity": 4, "action": 8}
 
 
@@ -151,14 +151,14 @@ def test_vars_baseline_recipe_values():
 def test_explicit_mean_wins_over_the_backbones(tmp_path, synthetic_root):
     args = [*_config_stack("demo.yaml"), *tiny_args(synthetic_root, tmp_path)]
     cli = main([*args, "--model.backbone", "swin3d_t", "--data.std", "[0.5,0.5,0.5]"], run=False)
-    assert cli.model.hparams.std == (0.5, 0.5, 0.5)
-    assert cli.model.hparams.mean == pytest.approx((0.485, 0.456, 0.406))  # still the weights'
+    assert cli.model.hparams.clip["std"] == (0.5, 0.5, 0.5)
+    assert cli.model.hparams.clip["mean"] == pytest.approx((0.485, 0.456, 0.406))  # still the weights'
 
 
 def test_checkpoint_keeps_normalisation_and_drops_old_flip_key(trained, tmp_path):
     _, fit = trained
     ckpt = torch.load(fit.trainer.checkpoint_callback.best_model_path, weights_only=True)
-    assert ckpt["hyper_parameters"]["mean"] == pytest.approx((0.43216, 0.394666, 0.37645))
+    assert ckpt["hyper_parameters"]["clip"]["mean"] == pytest.approx((0.43216, 0.394666, 0.37645))
     assert ckpt["datamodule_hyper_parameters"]["augmentation"]["preset"] == "mild"
     # A checkpoint of an older mvcli (flip in the model) still restores.
     ckpt["hyper_parameters"]["hflip_prob"] = 0.5

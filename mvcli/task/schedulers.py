@@ -49,8 +49,9 @@ class LinearWarmup(LRScheduler):
         start_factor: UnitIntervalOpenLeft = 0.01,
         last_epoch: int = -1,
     ) -> None:
-        self.warmup_steps = warmup_steps
-        self.start_factor = start_factor
+        # Plain numbers: they are saved in the scheduler's state (weights_only checkpoints).
+        self.warmup_steps = int(warmup_steps)
+        self.start_factor = float(start_factor)
         # Built first: its constructor sets the LRs it starts from, which the warmup reaches.
         self.scheduler = scheduler(optimizer) if scheduler is not None else None
         self.targets = [group["lr"] for group in optimizer.param_groups]
