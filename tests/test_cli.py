@@ -122,9 +122,9 @@ def test_published_recipes_build_at_full_size(name, backbone, size, mean, std, w
     cache), normalised with the mean/std those weights expect."""
     extra = [] if weights else ["--model.pretrained", "null"]
     cli = main(["--config", str(CONFIGS / name), "--data.cache_dir", "null", *extra], run=False)
-    hp = cli.model.hparams
-    assert (hp.backbone, hp.num_frames, hp.img_height, hp.img_width) == (backbone, *size)
-    assert hp.mean == pytest.approx(mean) and hp.std == pytest.approx(std)
+    hp, clip = cli.model.hparams, cli.model.hparams.clip
+    assert (hp.backbone, clip["num_frames"], clip["height"], clip["width"]) == (backbone, *size)
+    assert clip["mean"] == pytest.approx(mean) and clip["std"] == pytest.approx(std)
     assert cli.datamodule.hparams.mean is None  # unset: the backbone's, resolved once
     net = cli.model.network
     torch.testing.assert_close(net.shift.flatten(), -torch.tensor(mean) / torch.tensor(std))
@@ -224,9 +224,11 @@ def test_limit_checked_values_are_plain_numbers_where_saved(trained):
     _, fit = trained
     last = torch.load(_log_dir(fit) / "checkpoints/last.ckpt", weights_only=True)
     data, model = last["datamodule_hyper_parameters"], last["hyper_parameters"]
-    assert (data["batch_size"], data["frames_per_clip"], model["num_frames"]) == (4, 8, 8)
-    for value in (data["batch_size"], data["img_height"], model["num_frames"], model["img_width"]):
+    clip = model["clip"]
+    assert (data["batch_size"], data["frames_per_clip"], clip["num_frames"]) == (4, 8, 8)
+    for value in (data["batch_size"], data["img_height"], clip["num_frames"], clip["width"]):
         assert type(value) is int
+    assert type(model["loss"]["effective_beta"]) is float  # UnitIntervalClosedOpen when parsed
     assert type(fit.datamodule.hparams.batch_size) is int
 
 
