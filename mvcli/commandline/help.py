@@ -113,6 +113,10 @@ class _HelpAll(argparse.Action):
         parser.exit()
 
 
+# Sections whose every option is linked from data.* (nothing to give): shown by --help-all.
+LINKED_GROUPS = ("model.clip",)
+
+
 class ArgumentParser(LightningArgumentParser):
     """LightningCLI's parser with mvcli's help: plain text, own groups first, short form."""
 
@@ -157,7 +161,7 @@ class ArgumentParser(LightningArgumentParser):
             shown = []
             for group in ordered:
                 name = names.get(id(group))
-                if group.title == "Linked arguments":
+                if group.title == "Linked arguments" or name in LINKED_GROUPS:
                     continue  # follow from data.*; --help-all shows them
                 if name is None or _own(name) or group is trainer or name == subcommand:
                     shown.append(group)
