@@ -31,6 +31,7 @@ from mvcli.callbacks.prediction_writer import SubmissionWriter
 from mvcli.callbacks.resume import ResumeState
 from mvcli.callbacks.signals import GracefulStop
 from mvcli.callbacks.throughput import Throughput
+from mvcli.commandline import renamed
 from mvcli.commandline.help import (
     DESCRIPTION,
     EPILOG,
@@ -38,7 +39,6 @@ from mvcli.commandline.help import (
     SUBCOMMAND_HELP,
     ArgumentParser,
 )
-from mvcli.commandline import renamed
 from mvcli.commandline.outputs import run_dir_of
 from mvcli.commandline.subcommands import EXTRA_SUBCOMMANDS, MVTrainer
 from mvcli.data.datamodule import PREPROCESSING_KEYS, MVFoulDataModule

@@ -77,7 +77,8 @@ def translate_config(config: Any) -> tuple[Any, list[str]]:
         out |= {f"model.{k}": v for k, v in _flatten(model).items()}
         renames += more
     for key, value in out.items():
-        if key != "model" and isinstance(value, Mapping) and isinstance(value.get("model"), Mapping):
+        nested = isinstance(value, Mapping) and isinstance(value.get("model"), Mapping)
+        if key != "model" and nested:
             out[key], more = translate_config(value)
             renames += more
     return out, renames

@@ -253,7 +253,9 @@ def per_head(value, heads: Sequence[str], name: str) -> dict:
     """A value given once for every head, or as a mapping head -> value (all heads named)."""
     if isinstance(value, Mapping):
         if set(value) != set(heads):
-            raise ValueError(f"model.loss.{name} must name every head {list(heads)}, got {list(value)}")
+            raise ValueError(
+                f"model.loss.{name} must name every head {list(heads)}, got {list(value)}"
+            )
         return {h: value[h] for h in heads}
     return {h: value for h in heads}
 
@@ -339,14 +341,10 @@ def apply_class_weights(
     for head, w in weights.items():
         criterion.set_class_weights(head, w)
     absent = {h: [HEADS[h][i] for i, n in enumerate(counts[h]) if n == 0] for h in heads}
-    note = "".join(
-        f"\n  absent from training ({h}, weight 0): {a}" for h, a in absent.items() if a
-    )
+    note = "".join(f"\n  absent from training ({h}, weight 0): {a}" for h, a in absent.items() if a)
     rank_zero_info(
         f"class weights ({config.class_weighting}) from training label counts "
-        f"{ {h: list(counts[h]) for h in heads} }:\n"
-        + format_class_weights(weights, HEADS)
-        + note
+        f"{ {h: list(counts[h]) for h in heads} }:\n" + format_class_weights(weights, HEADS) + note
     )
     double = sorted(set(data.balanced_heads) & set(heads))
     if double and not config.allow_double_balancing:

@@ -82,6 +82,9 @@ class ClipInput:
     std: tuple[float, float, float] | None = None
 
 
+DEFAULT_LOSS, DEFAULT_CLIP = LossConfig(), ClipInput()  # frozen: safe as shared defaults
+
+
 class MVFoulModule(LightningModule):
     """Multi-view, multi-task foul classifier.
 
@@ -123,14 +126,14 @@ class MVFoulModule(LightningModule):
         pretrained: str | None = None,
         pooling: PoolingName = "max",
         head_dropout: UnitIntervalClosedOpen = 0.2,
-        loss: LossConfig = LossConfig(),
+        loss: LossConfig = DEFAULT_LOSS,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         lr_scheduler: LRSchedulerCallable | None = None,
         lr_interval: Literal["auto", "epoch", "step"] = "auto",
         backbone_lr: NonNegativeFloat | None = None,
         backbone_lr_ratio: NonNegativeFloat = 1.0,
         num_classes: dict[str, int] | None = None,
-        clip: ClipInput = ClipInput(),
+        clip: ClipInput = DEFAULT_CLIP,
     ) -> None:
         super().__init__()
         # The sections go into hparams as plain dicts (checkpoints load with weights_only,
