@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from mvcli.callbacks.distributed import DistributedRun
 from mvcli.callbacks.nonfinite import NonFiniteGuard
 from mvcli.callbacks.oom import OOMRecovery
 from mvcli.callbacks.prediction_writer import SubmissionWriter
+from mvcli.commandline import renamed
 from mvcli.commandline.help import (
     DESCRIPTION,
     EPILOG,
@@ -46,12 +48,13 @@ LOGGER_DEFAULT = {
 # Link targets (sizes, classes) follow from the data values; locations and loader settings
 # belong to the machine the run is on. Other keys of a checkpoint are dropped (model.hflip_prob
 # of older runs: the flip is now part of data.augmentation, which only training uses).
+# Keys of the model section, dotted into its sections (mvcli 0.1's flat loss keys translated).
 _MODEL_KEYS = {
     "backbone",
     "pooling",
     "head_dropout",
-    "task_weights",
-    "label_smoothing",
+    "loss.task_weights",
+    "loss.label_smoothing",
 }
 _DATA_KEYS = {*PREPROCESSING_KEYS, "num_views", "min_frames"}
 CHECKPOINT_DEFAULTS = {
@@ -288,11 +291,11 @@ class MVCLI(LightningCLI):
         parser.add_lightning_class_args(DistributedRun, "distributed")
         parser.add_lightning_class_args(ConfusionMatrices, "confusion")
         # What the model must agree on with the data is stated once, in the data section.
-        parser.link_arguments("data.frames_per_clip", "model.num_frames")
-        parser.link_arguments("data.img_height", "model.img_height")
-        parser.link_arguments("data.img_width", "model.img_width")
-        parser.link_arguments("data.mean", "model.mean")
-        parser.link_arguments("data.std", "model.std")
+        parser.link_arguments("data.frames_per_clip", "model.clip.num_frames")
+        parser.link_arguments("data.img_height", "model.clip.height")
+        parser.link_arguments("data.img_width", "model.clip.width")
+        parser.link_arguments("data.mean", "model.clip.mean")
+        parser.link_arguments("data.std", "model.clip.std")
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
 
     def instantiate_classes(self) -> None:
@@ -434,9 +437,12 @@ def checkpoint_defaults(ckpt_path: Path) -> dict[str, Any]:
         DataError: the file is not a readable mvcli checkpoint (see ``mvcli.utils.checkpoints``).
     """
     checkpoint = load_checkpoint(ckpt_path)
-    model = checkpoint.get("hyper_parameters", {})
+    model, _ = renamed.translate_model(checkpoint.get("hyper_parameters", {}))
     data = checkpoint.get("datamodule_hyper_parameters", {})
-    defaults = {f"model.{k}": v for k, v in model.items() if k in _MODEL_KEYS}
+    dotted = {k: v for k, v in model.items() if not isinstance(v, Mapping)}
+    for section in ("loss",):
+        dotted |= {f"{section}.{k}": v for k, v in (model.get(section) or {}).items()}
+    defaults = {f"model.{k}": v for k, v in dotted.items() if k in _MODEL_KEYS}
     defaults |= {f"data.{k}": v for k, v in data.items() if k in _DATA_KEYS}
     return defaults
 

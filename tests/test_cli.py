@@ -85,9 +85,9 @@ def test_links_carry_data_values_to_the_model(tmp_path, synthetic_root):
         run=False,
     )
     hparams = cli.model.hparams
-    assert hparams.num_frames == 6
-    assert (hparams.img_height, hparams.img_width) == (32, 56)
-    assert tuple(hparams.mean) == (0.5, 0.5, 0.5)
+    assert hparams.clip["num_frames"] == 6
+    assert (hparams.clip["height"], hparams.clip["width"]) == (32, 56)
+    assert tuple(hparams.clip["mean"]) == (0.5, 0.5, 0.5)
     assert hparams.num_classes == {"offence_severity": 4, "action": 8}
 
 
@@ -125,9 +125,9 @@ def test_published_recipes_build_at_full_size(name, backbone, size, mean, std, w
     cache), normalised with the mean/std those weights expect."""
     extra = [] if weights else ["--model.pretrained", "null"]
     cli = main([*_config_stack(name), "--data.cache_dir", "null", *extra], run=False)
-    hp = cli.model.hparams
-    assert (hp.backbone, hp.num_frames, hp.img_height, hp.img_width) == (backbone, *size)
-    assert hp.mean == pytest.approx(mean) and hp.std == pytest.approx(std)
+    hp, clip = cli.model.hparams, cli.model.hparams.clip
+    assert (hp.backbone, clip["num_frames"], clip["height"], clip["width"]) == (backbone, *size)
+    assert clip["mean"] == pytest.approx(mean) and clip["std"] == pytest.approx(std)
     assert cli.datamodule.hparams.mean is None  # unset: the backbone's, resolved once
     net = cli.model.network
     torch.testing.assert_close(net.shift.flatten(), -torch.tensor(mean) / torch.tensor(std))
@@ -431,14 +431,15 @@ def test_recipes_stacked_on_mvfoul_keep_their_values(name, capsys):
 def test_explicit_mean_wins_over_the_backbones(tmp_path, synthetic_root):
     args = [*_config_stack("demo.yaml"), *tiny_args(synthetic_root, tmp_path)]
     cli = main([*args, "--model.backbone", "swin3d_t", "--data.std", "[0.5,0.5,0.5]"], run=False)
-    assert cli.model.hparams.std == (0.5, 0.5, 0.5)
-    assert cli.model.hparams.mean == pytest.approx((0.485, 0.456, 0.406))  # still the weights'
+    assert cli.model.hparams.clip["std"] == (0.5, 0.5, 0.5)
+    clip = cli.model.hparams.clip
+    assert clip["mean"] == pytest.approx((0.485, 0.456, 0.406))  # still the weights'
 
 
 def test_checkpoint_keeps_normalisation_and_drops_old_flip_key(trained, tmp_path):
     _, fit = trained
     ckpt = torch.load(fit.trainer.checkpoint_callback.best_model_path, weights_only=True)
-    assert ckpt["hyper_parameters"]["mean"] == pytest.approx((0.43216, 0.394666, 0.37645))
+    assert ckpt["hyper_parameters"]["clip"]["mean"] == pytest.approx((0.43216, 0.394666, 0.37645))
     assert ckpt["datamodule_hyper_parameters"]["augmentation"]["preset"] == "mild"
     # A checkpoint of an older mvcli (flip in the model) still restores.
     ckpt["hyper_parameters"]["hflip_prob"] = 0.5
@@ -504,9 +505,11 @@ def test_limit_checked_values_are_plain_numbers_where_saved(trained):
     _, fit = trained
     last = torch.load(_log_dir(fit) / "checkpoints/last.ckpt", weights_only=True)
     data, model = last["datamodule_hyper_parameters"], last["hyper_parameters"]
-    assert (data["batch_size"], data["frames_per_clip"], model["num_frames"]) == (4, 8, 8)
-    for value in (data["batch_size"], data["img_height"], model["num_frames"], model["img_width"]):
+    clip = model["clip"]
+    assert (data["batch_size"], data["frames_per_clip"], clip["num_frames"]) == (4, 8, 8)
+    for value in (data["batch_size"], data["img_height"], clip["num_frames"], clip["width"]):
         assert type(value) is int
+    assert type(model["loss"]["effective_beta"]) is float  # UnitIntervalClosedOpen when parsed
     assert type(fit.datamodule.hparams.batch_size) is int
 
 

@@ -89,13 +89,13 @@ def test_predict_needs_only_the_checkpoint(synthetic_root, tmp_path):
         72,
         20.0,
     )
-    assert cli.model.hparams.backbone == "tiny" and cli.model.hparams.num_frames == 6
+    assert cli.model.hparams.backbone == "tiny" and cli.model.hparams.clip["num_frames"] == 6
     assert len(json.loads(out.read_text())["Actions"]) == 4
     cli = main(["predict", "--ckpt_path", str(ckpt), "--data.predict_root",
                 str(synthetic_root / "Chall"), "--data.img_height", "48",
                 "--prediction_writer.output_path", str(tmp_path / "q.json"),
                 "--trainer.logger", "false", "--trainer.default_root_dir", str(runs)])  # fmt: skip
-    assert (cli.datamodule.spec.height, cli.model.hparams.img_height) == (48, 48)
+    assert (cli.datamodule.spec.height, cli.model.hparams.clip["height"]) == (48, 48)
 
 
 def test_predict_any_container_codec_size_and_fps(trained, sample_root, tmp_path):

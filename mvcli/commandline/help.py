@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import argparse
 import re
+import sys
 from collections.abc import Iterable
 
 from jsonargparse import ActionSubCommands, DefaultHelpFormatter
 from lightning.pytorch.cli import LightningArgumentParser
 
+from mvcli.commandline import renamed
 from mvcli.utils import compat
 
 # One line per subcommand, shown by ``mvcli --help``; others fall back to their docstring.
@@ -111,6 +113,10 @@ class _HelpAll(argparse.Action):
         parser.exit()
 
 
+# Sections whose every option is linked from data.* (nothing to give): shown by --help-all.
+LINKED_GROUPS = ("model.clip",)
+
+
 class ArgumentParser(LightningArgumentParser):
     """LightningCLI's parser with mvcli's help: plain text, own groups first, short form."""
 
@@ -119,6 +125,23 @@ class ArgumentParser(LightningArgumentParser):
     def __init__(self, *args, **kwargs) -> None:
         kwargs.setdefault("formatter_class", HelpFormatter)
         super().__init__(*args, **kwargs)
+
+    # mvcli 0.1's option keys, translated before anything is validated (commandline.renamed).
+    def parse_args(self, args=None, *rest, **kwargs):
+        args = sys.argv[1:] if args is None else list(args)
+        args, renames = renamed.translate_args(args)
+        renamed.warn_renamed(renames, "the command line")
+        return super().parse_args(args, *rest, **kwargs)
+
+    def parse_string(self, content: str, path="", *rest, **kwargs):
+        content = renamed.translate_config_text(content, str(path or "a config string"))
+        return super().parse_string(content, path, *rest, **kwargs)
+
+    def parse_object(self, obj, *rest, **kwargs):
+        if isinstance(obj, dict):
+            obj, renames = renamed.translate_config(obj)
+            renamed.warn_renamed(renames, "the arguments")
+        return super().parse_object(obj, *rest, **kwargs)
 
     def add_help_all(self) -> None:
         self.add_argument(
@@ -138,7 +161,7 @@ class ArgumentParser(LightningArgumentParser):
             shown = []
             for group in ordered:
                 name = names.get(id(group))
-                if group.title == "Linked arguments":
+                if group.title == "Linked arguments" or name in LINKED_GROUPS:
                     continue  # follow from data.*; --help-all shows them
                 if name is None or _own(name) or group is trainer or name == subcommand:
                     shown.append(group)

@@ -121,13 +121,14 @@ class MVTrainer(Trainer):
         hparams = getattr(datamodule, "hparams", {})
         preprocessing = {k: hparams[k] for k in PREPROCESSING_KEYS if k in hparams}
         # The normalisation the model really applies (data.mean/std None: the backbone's).
-        preprocessing |= {k: list(model.hparams[k]) for k in ("mean", "std")}
+        clip = model.hparams.clip
+        preprocessing |= {k: list(clip[k]) for k in ("mean", "std")}
         manifest = export_network(
             model.network,
             output_dir,
-            frames=model.hparams.num_frames,
-            height=model.hparams.img_height,
-            width=model.hparams.img_width,
+            frames=clip["num_frames"],
+            height=clip["height"],
+            width=clip["width"],
             formats=formats,
             metadata={
                 "checkpoint": str(ckpt_path),
@@ -143,8 +144,7 @@ class MVTrainer(Trainer):
         for fmt, errors in manifest["parity_max_abs_error"].items():
             rank_zero_info(f"  {fmt}: max |logit difference| vs PyTorch {max(errors.values()):.2e}")
         if quantize or half:
-            hp = model.hparams
-            size = {"frames": hp.num_frames, "height": hp.img_height, "width": hp.img_width}
+            size = {"frames": clip["num_frames"], "height": clip["height"], "width": clip["width"]}
             manifest["compression"] = compress_export(
                 output_dir / manifest["files"]["onnx"],
                 datamodule,

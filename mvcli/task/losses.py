@@ -1,20 +1,82 @@
 """Multi-task loss: one loss per head (plain / class-weighted cross-entropy or focal), summed
-with task weights; and the class weights themselves, computed from training label counts."""
+with task weights; its options (:class:`LossConfig`, the ``model.loss`` section); and the
+class weights, computed from training label counts (:func:`apply_class_weights`)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Literal
+from dataclasses import asdict, dataclass
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import torch
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 from torch.nn import functional as F
 
-from mvcli.data.taxonomy import NUM_CLASSES
+from mvcli.commandline.limits import AtLeastOne, UnitIntervalClosedOpen
+from mvcli.data.taxonomy import HEADS, NUM_CLASSES
 
 LossName = Literal["plain", "weighted", "focal"]
 ClassWeighting = Literal["inverse", "sqrt_inverse", "effective_number"]
 LOSSES: tuple[str, ...] = LossName.__args__
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """The training loss (``model.loss.*``): one loss per head, summed with task weights.
+
+    Args:
+        kind: loss of every head, or per head (``{offence_severity: focal, action:
+            weighted}``): ``plain`` cross-entropy, ``weighted`` cross-entropy with class
+            weights computed from the training labels (``class_weighting``), or ``focal``.
+        task_weights: loss weight per head (``offence_severity``, ``action``); unset: 1 each.
+        label_smoothing: label smoothing, for every head or per head.
+        focal_gamma: focal-loss focusing parameter, for every head or per head.
+        focal_alpha: per-class alpha of focal heads: ``{head: class_weights}`` (the class
+            weights of ``class_weighting``) or ``{head: [a_0, a_1, ...]}``; unset: none.
+        class_weighting: how class weights are computed from the training label counts n_c:
+            ``inverse`` (1/n_c), ``sqrt_inverse`` (1/sqrt(n_c)) or ``effective_number``
+            ((1-beta)/(1-beta^n_c)); scaled so the average training sample weighs 1; a class
+            absent from training gets 0. Logged once at the start of a fit.
+        effective_beta: beta of ``effective_number`` weighting, in [0, 1).
+        max_weight_ratio: cap on the largest / smallest class weight of a head.
+        allow_double_balancing: silence the warning given when a head has class-weighted
+            loss and the training sampler also balances its classes (``data.sampler``).
+    """
+
+    kind: LossName | dict[str, LossName] = "plain"
+    task_weights: dict[str, float] | None = None
+    label_smoothing: float | dict[str, float] = 0.0
+    focal_gamma: float | dict[str, float] = 2.0
+    focal_alpha: dict[str, Literal["class_weights"] | list[float]] | None = None
+    class_weighting: ClassWeighting = "inverse"
+    effective_beta: UnitIntervalClosedOpen = 0.999
+    max_weight_ratio: AtLeastOne | None = None
+    allow_double_balancing: bool = False
+
+    @classmethod
+    def of(cls, value: LossConfig | Mapping[str, Any] | None) -> LossConfig:
+        """A LossConfig from itself, its ``asdict`` form (hparams, checkpoints) or None."""
+        if value is None:
+            return cls()
+        return value if isinstance(value, cls) else cls(**dict(value))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values (what hparams and checkpoints keep)."""
+        return asdict(self)
+
+
+@runtime_checkable
+class TrainingLabelCounts(Protocol):
+    """What class-weighted losses need from the data module (MVFoulDataModule has both)."""
+
+    @property
+    def class_counts(self) -> dict[str, list[int]]:
+        """Training actions per class of each head."""
+
+    @property
+    def balanced_heads(self) -> tuple[str, ...]:
+        """Heads whose classes the training sampler already balances."""
 
 
 def class_weights(
@@ -191,7 +253,9 @@ def per_head(value, heads: Sequence[str], name: str) -> dict:
     """A value given once for every head, or as a mapping head -> value (all heads named)."""
     if isinstance(value, Mapping):
         if set(value) != set(heads):
-            raise ValueError(f"model.{name} must name every head {list(heads)}, got {list(value)}")
+            raise ValueError(
+                f"model.loss.{name} must name every head {list(heads)}, got {list(value)}"
+            )
         return {h: value[h] for h in heads}
     return {h: value for h in heads}
 
@@ -222,13 +286,13 @@ class MultiTaskLoss(nn.Module):
         heads = list(self.task_weights)
         num_classes = dict(num_classes or NUM_CLASSES)
         smoothing = per_head(label_smoothing, heads, "label_smoothing")
-        kinds = per_head(kinds, heads, "loss")
+        kinds = per_head(kinds, heads, "kind")
         gammas = per_head(focal_gamma, heads, "focal_gamma")
         alphas = dict(focal_alpha or {})
         unknown = set(alphas) - {h for h in heads if kinds[h] == "focal"}
         if unknown:
             raise ValueError(
-                f"model.focal_alpha names heads without a focal loss: {sorted(unknown)}"
+                f"model.loss.focal_alpha names heads without a focal loss: {sorted(unknown)}"
             )
         self.losses = nn.ModuleDict(
             {
@@ -257,6 +321,42 @@ class MultiTaskLoss(nn.Module):
         return total, parts
 
 
+def apply_class_weights(
+    criterion: MultiTaskLoss, config: LossConfig, data: TrainingLabelCounts
+) -> dict[str, torch.Tensor]:
+    """Class weights of the heads that need them, from the training label counts of ``data``:
+    computed (:func:`class_weights` with ``config``'s weighting), set on ``criterion``, logged
+    once, and a warning when the training sampler balances the same heads (unless
+    ``config.allow_double_balancing``). Returns the weights set (none: ``{}``)."""
+    heads = criterion.heads_needing_class_weights
+    if not heads:
+        return {}
+    counts = data.class_counts
+    weights = {
+        h: class_weights(
+            counts[h], config.class_weighting, config.effective_beta, config.max_weight_ratio
+        )
+        for h in heads
+    }
+    for head, w in weights.items():
+        criterion.set_class_weights(head, w)
+    absent = {h: [HEADS[h][i] for i, n in enumerate(counts[h]) if n == 0] for h in heads}
+    note = "".join(f"\n  absent from training ({h}, weight 0): {a}" for h, a in absent.items() if a)
+    rank_zero_info(
+        f"class weights ({config.class_weighting}) from training label counts "
+        f"{ {h: list(counts[h]) for h in heads} }:\n" + format_class_weights(weights, HEADS) + note
+    )
+    double = sorted(set(data.balanced_heads) & set(heads))
+    if double and not config.allow_double_balancing:
+        rank_zero_warn(
+            f"double balancing: head(s) {double} have a class-weighted loss and the training "
+            "sampler (data.sampler) also balances their classes, so rare classes are boosted "
+            "twice. Use one of the two, or set model.loss.allow_double_balancing=true if this "
+            "is intended."
+        )
+    return weights
+
+
 def format_class_weights(weights: Mapping[str, torch.Tensor], names: Mapping[str, Sequence[str]]):
     """One line per head: ``head: name=w, ...`` (what is logged once at the start of a fit)."""
     lines = []
@@ -270,8 +370,11 @@ def format_class_weights(weights: Mapping[str, torch.Tensor], names: Mapping[str
 __all__ = [
     "ClassWeighting",
     "HeadLoss",
+    "LossConfig",
     "LossName",
     "MultiTaskLoss",
+    "TrainingLabelCounts",
+    "apply_class_weights",
     "class_weights",
     "focal_loss",
     "format_class_weights",

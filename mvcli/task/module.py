@@ -5,6 +5,8 @@ from __future__ import annotations
 import functools
 import inspect
 import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
 from typing import Literal
 
 import torch
@@ -12,25 +14,24 @@ from jsonargparse.typing import NonNegativeFloat
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.trainer.states import TrainerFn
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from torchmetrics import MeanMetric, SumMetric
 from torchmetrics.classification import MulticlassConfusionMatrix
 
 from mvcli import __version__
-from mvcli.commandline.limits import AtLeastOne, UnitIntervalClosedOpen
+from mvcli.commandline.limits import UnitIntervalClosedOpen
 from mvcli.commandline.outputs import output_dir
-from mvcli.data.taxonomy import HEADS, NUM_CLASSES
+from mvcli.data.taxonomy import NUM_CLASSES
 from mvcli.data.video import ClipSpec
 from mvcli.models.backbones import BackboneName, build_backbone, normalization
 from mvcli.models.network import MultiViewNetwork
 from mvcli.models.pooling import PoolingName
 from mvcli.task.losses import (
-    ClassWeighting,
-    LossName,
+    LossConfig,
     MultiTaskLoss,
-    class_weights,
-    format_class_weights,
+    TrainingLabelCounts,
+    apply_class_weights,
 )
 from mvcli.task.metrics import (
     flat_compute,
@@ -60,6 +61,30 @@ _DAMAGE_COUNTS = {
 }
 
 
+@dataclass(frozen=True)
+class ClipInput:
+    """The clips the network is built for (``model.clip.*``): all linked from ``data.*``.
+
+    Args:
+        num_frames: frames per clip (linked from ``data.frames_per_clip``).
+        height: clip height (linked from ``data.img_height``).
+        width: clip width (linked from ``data.img_width``).
+        mean: per-channel normalisation mean in [0, 1] units (linked from ``data.mean``);
+            None: the backbone's pretrained weights' (:func:`mvcli.models.backbones.normalization`).
+            The values used are kept in ``hparams`` (so in checkpoints and export manifests).
+        std: per-channel normalisation std in [0, 1] units (``data.std``); None: the backbone's.
+    """
+
+    num_frames: int = ClipSpec.num_frames
+    height: int = ClipSpec.height
+    width: int = ClipSpec.width
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
+
+
+DEFAULT_LOSS, DEFAULT_CLIP = LossConfig(), ClipInput()  # frozen: safe as shared defaults
+
+
 class MVFoulModule(LightningModule):
     """Multi-view, multi-task foul classifier.
 
@@ -73,22 +98,10 @@ class MVFoulModule(LightningModule):
         pooling: how the views of an action are combined: ``max``, ``mean`` or ``attention``
             (all ignore padded views).
         head_dropout: dropout before each classification head.
-        task_weights: loss weight per head (``offence_severity``, ``action``).
-        loss: loss of every head, or per head (``{offence_severity: focal, action:
-            weighted}``): ``plain`` cross-entropy, ``weighted`` cross-entropy with class
-            weights computed from the training labels (``class_weighting``), or ``focal``.
-        label_smoothing: label smoothing, for every head or per head.
-        focal_gamma: focal-loss focusing parameter, for every head or per head.
-        focal_alpha: per-class alpha of focal heads: ``{head: class_weights}`` (the class
-            weights of ``class_weighting``) or ``{head: [a_0, a_1, ...]}``; unset: none.
-        class_weighting: how class weights are computed from the training label counts n_c:
-            ``inverse`` (1/n_c), ``sqrt_inverse`` (1/sqrt(n_c)) or ``effective_number``
-            ((1-beta)/(1-beta^n_c)); scaled so the average training sample weighs 1; a class
-            absent from training gets 0. Logged once at the start of a fit.
-        effective_beta: beta of ``effective_number`` weighting, in [0, 1).
-        max_weight_ratio: cap on the largest / smallest class weight of a head.
-        allow_double_balancing: silence the warning given when a head has class-weighted
-            loss and the training sampler also balances its classes (``data.sampler``).
+        loss: the training loss (``--model.loss.kind``, ``--model.loss.label_smoothing``,
+            ...: :class:`mvcli.task.losses.LossConfig`). Class weights come from the data
+            module's training label counts (:class:`mvcli.task.losses.TrainingLabelCounts`)
+            at the start of a fit.
         optimizer: optimizer class and arguments (``class_path`` in YAML); its ``lr`` is the
             heads' (and pooling's) learning rate.
         lr_scheduler: optional LR scheduler (``class_path``): e.g.
@@ -109,13 +122,8 @@ class MVFoulModule(LightningModule):
             0, see ``freezing``).
         backbone_lr_ratio: backbone LR / heads LR, when ``backbone_lr`` is unset.
         num_classes: classes per head (linked from the data module).
-        num_frames: frames per clip (linked from ``data.frames_per_clip``).
-        img_height: clip height (linked from the data module).
-        img_width: clip width (linked from the data module).
-        mean: per-channel normalisation mean in [0, 1] units (linked from the data module);
-            None: the backbone's pretrained weights' (:func:`mvcli.models.backbones.normalization`).
-            The values used are kept in ``hparams`` (so in checkpoints and export manifests).
-        std: per-channel normalisation std in [0, 1] units; None: the backbone's.
+        clip: frames, size and normalisation of the clips (linked from the data module:
+            :class:`ClipInput`).
     """
 
     def __init__(
@@ -124,41 +132,38 @@ class MVFoulModule(LightningModule):
         pretrained: str | None = None,
         pooling: PoolingName = "max",
         head_dropout: UnitIntervalClosedOpen = 0.2,
-        task_weights: dict[str, float] | None = None,
-        loss: LossName | dict[str, LossName] = "plain",
-        label_smoothing: float | dict[str, float] = 0.0,
-        focal_gamma: float | dict[str, float] = 2.0,
-        focal_alpha: dict[str, Literal["class_weights"] | list[float]] | None = None,
-        class_weighting: ClassWeighting = "inverse",
-        effective_beta: UnitIntervalClosedOpen = 0.999,
-        max_weight_ratio: AtLeastOne | None = None,
-        allow_double_balancing: bool = False,
+        loss: LossConfig = DEFAULT_LOSS,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         lr_scheduler: LRSchedulerCallable | None = None,
         lr_interval: Literal["auto", "epoch", "step"] = "auto",
         backbone_lr: NonNegativeFloat | None = None,
         backbone_lr_ratio: NonNegativeFloat = 1.0,
         num_classes: dict[str, int] | None = None,
-        num_frames: int = ClipSpec.num_frames,
-        img_height: int = ClipSpec.height,
-        img_width: int = ClipSpec.width,
-        mean: tuple[float, float, float] | None = None,
-        std: tuple[float, float, float] | None = None,
+        clip: ClipInput = DEFAULT_CLIP,
     ) -> None:
         super().__init__()
+        # The sections go into hparams as plain dicts (checkpoints load with weights_only,
+        # YAML writes them); a dict is accepted back (hparams of a checkpoint).
+        self.loss_config = LossConfig.of(loss)
+        clip_input = ClipInput(**clip) if isinstance(clip, Mapping) else clip
+        loss, clip = self.loss_config.to_dict(), asdict(clip_input)
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
         self.optimizer = optimizer
         self.lr_scheduler = lr_scheduler
+        loss, clip = self.loss_config, clip_input
         num_classes = dict(num_classes or NUM_CLASSES)
         self.heads = list(num_classes)
-        weights = {h: 1.0 for h in self.heads} | dict(task_weights or {})
+        weights = {h: 1.0 for h in self.heads} | dict(loss.task_weights or {})
         if set(weights) != set(self.heads):
-            raise ValueError(f"model.task_weights keys must be {self.heads}, got {sorted(weights)}")
+            raise ValueError(
+                f"model.loss.task_weights keys must be {self.heads}, got {sorted(weights)}"
+            )
         # Resolved once, here: None means "what the backbone's weights expect".
         default_mean, default_std = normalization(backbone)
-        self.hparams.mean = mean = tuple(mean) if mean is not None else default_mean
-        self.hparams.std = std = tuple(std) if std is not None else default_std
-        spec = build_backbone(backbone, num_frames, img_height, img_width, pretrained)
+        mean = tuple(clip.mean) if clip.mean is not None else default_mean
+        std = tuple(clip.std) if clip.std is not None else default_std
+        self.hparams.clip = asdict(clip) | {"mean": mean, "std": std}
+        spec = build_backbone(backbone, clip.num_frames, clip.height, clip.width, pretrained)
         self.network = MultiViewNetwork(spec, pooling, num_classes, mean, std, head_dropout)
         self.backbone_stages = spec.stages
         self.backbone_stage_names = _stage_names(self.network.backbone, spec.stages)
@@ -166,10 +171,10 @@ class MVFoulModule(LightningModule):
         self.lr_factors: dict[str, float] = {}
         self.criterion = MultiTaskLoss(
             weights,
-            label_smoothing=label_smoothing,
-            kinds=loss,
-            focal_gamma=focal_gamma,
-            focal_alpha=focal_alpha,
+            label_smoothing=loss.label_smoothing,
+            kinds=loss.kind,
+            focal_gamma=loss.focal_gamma,
+            focal_alpha=loss.focal_alpha,
             num_classes=num_classes,
         )
         heads = {h: head_metrics(n) for h, n in num_classes.items()}
@@ -348,47 +353,19 @@ class MVFoulModule(LightningModule):
 
     # -- class weights ---------------------------------------------------------------------
     def setup(self, stage: str) -> None:
-        if stage == "fit":
-            self._set_class_weights()
+        if stage == "fit" and self.criterion.heads_needing_class_weights:
+            self._set_class_weights(self.trainer.datamodule)
 
-    def _set_class_weights(self) -> None:
-        """Class weights from the training labels of the data module, logged once."""
-        heads = self.criterion.heads_needing_class_weights
-        if not heads:
-            return
-        datamodule = getattr(self.trainer, "datamodule", None)
-        counts = getattr(datamodule, "class_counts", None)
-        if counts is None:
+    def _set_class_weights(self, datamodule: object) -> None:
+        """Class weights from the training label counts of the data module (logged once)."""
+        if not isinstance(datamodule, TrainingLabelCounts):
             raise ValueError(
-                f"class-weighted losses (heads {heads}) need the training label counts: the "
-                "data module must expose `class_counts` (MVFoulDataModule does)"
+                f"class-weighted losses (heads {self.criterion.heads_needing_class_weights}) "
+                "need the training label counts: the data module must provide `class_counts` "
+                "and `balanced_heads` (mvcli.task.losses.TrainingLabelCounts; MVFoulDataModule "
+                "does)"
             )
-        hp = self.hparams
-        weights = {
-            h: class_weights(counts[h], hp.class_weighting, hp.effective_beta, hp.max_weight_ratio)
-            for h in heads
-        }
-        for head, w in weights.items():
-            self.criterion.set_class_weights(head, w)
-        absent = {h: [HEADS[h][i] for i, n in enumerate(counts[h]) if n == 0] for h in heads}
-        note = "".join(
-            f"\n  absent from training ({h}, weight 0): {a}" for h, a in absent.items() if a
-        )
-        rank_zero_info(
-            f"class weights ({hp.class_weighting}) from training label counts "
-            f"{ {h: list(counts[h]) for h in heads} }:\n"
-            + format_class_weights(weights, HEADS)
-            + note
-        )
-        balanced = set(getattr(datamodule, "balanced_heads", ()) or ())
-        double = sorted(balanced & set(heads))
-        if double and not hp.allow_double_balancing:
-            rank_zero_warn(
-                f"double balancing: head(s) {double} have a class-weighted loss and the training "
-                f"sampler (data.sampler={datamodule.hparams.sampler!r}) also balances their "
-                "classes, so rare classes are boosted twice. Use one of the two, or set "
-                "model.allow_double_balancing=true if this is intended."
-            )
+        apply_class_weights(self.criterion, self.loss_config, datamodule)
 
     # -- optimisation ----------------------------------------------------------------------
     @property

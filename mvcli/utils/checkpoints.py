@@ -18,6 +18,7 @@ from typing import Any
 
 import fsspec
 import torch
+from jsonargparse import typing as jsonargparse_typing
 from jsonargparse.typing import NonNegativeInt
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch import Trainer
@@ -30,6 +31,15 @@ from mvcli.utils.io import atomic_write
 # Lightning's own ckpt_path values, resolved by the Trainer (not files).
 SPECIAL_CKPT_PATHS = frozenset({"last", "best", "hpc", "registry"})
 VERSION_KEY = "mvcli_version"
+# Limit-checked numbers (int/float subclasses that only validate their value): checkpoints of
+# mvcli <= 0.1.0 hold some in scheduler states (LinearWarmup.warmup_steps); allowed for the
+# weights_only loading of this module and of Lightning's resume.
+torch.serialization.add_safe_globals(
+    [
+        getattr(jsonargparse_typing, name)
+        for name in ("PositiveInt", "NonNegativeInt", "PositiveFloat", "NonNegativeFloat")
+    ]
+)
 _HOW = "pass --ckpt_path with a .ckpt written by `mvcli fit` (in <log_dir>/checkpoints/)"
 
 

@@ -36,8 +36,8 @@ RUNS: dict[str, list[str]] = {
         "--data.progressive_epochs=5",
     ],
     "weighted loss (sqrt_inverse)": [
-        "--model.loss=weighted",
-        "--model.class_weighting=sqrt_inverse",
+        "--model.loss.kind=weighted",
+        "--model.loss.class_weighting=sqrt_inverse",
     ],
 }
 

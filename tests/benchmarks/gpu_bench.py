@@ -31,7 +31,7 @@ if __package__ in (None, ""):  # run as a script: make `mvcli` and `tests` impor
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from mvcli.data.augment import Augmentation, BatchAugmenter  # noqa: E402
-from mvcli.task.module import MVFoulModule  # noqa: E402
+from mvcli.task.module import ClipInput, MVFoulModule  # noqa: E402
 from tests.benchmarks.common import report, table  # noqa: E402
 
 PRECISIONS = {"fp32": None, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
@@ -60,9 +60,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 def _model(args, memory_format: str, compiled: bool) -> MVFoulModule:
     module = MVFoulModule(
         backbone=args.backbone,
-        num_frames=args.frames,
-        img_height=args.height,
-        img_width=args.width,
+        clip=ClipInput(num_frames=args.frames, height=args.height, width=args.width),
     ).to(args.device)
     if memory_format == "channels_last_3d":
         module = module.to(memory_format=torch.channels_last_3d)

@@ -27,7 +27,7 @@ from lightning.pytorch import Trainer, seed_everything  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
 from mvcli.callbacks.oom import FAULT_ENV, OOMRecovery  # noqa: E402
-from mvcli.task.module import MVFoulModule  # noqa: E402
+from mvcli.task.module import ClipInput, MVFoulModule  # noqa: E402
 from tests.conftest import without_batch_norm  # noqa: E402
 
 
@@ -52,7 +52,7 @@ def run(args, fault: int | None) -> tuple[dict, OOMRecovery]:
     if fault is not None:
         os.environ[FAULT_ENV] = str(fault)
     seed_everything(0)
-    model = MVFoulModule(backbone="tiny", num_frames=8, img_height=32, img_width=56,
+    model = MVFoulModule(backbone="tiny", clip=ClipInput(num_frames=8, height=32, width=56),
                          head_dropout=0.0,
                          optimizer=lambda p: torch.optim.SGD(p, lr=0.05))  # fmt: skip
     without_batch_norm(model.network.backbone)

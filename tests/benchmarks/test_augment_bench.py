@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from mvcli.data.augment import Augmentation, BatchAugmenter
-from mvcli.task.module import MVFoulModule
+from mvcli.task.module import ClipInput, MVFoulModule
 from tests.benchmarks.common import env_int, interleaved, median, report, spread, table
 
 # name -> (backbone, frames, height, width, views per action)
@@ -62,7 +62,7 @@ def measure(actions: int, rounds: int, recipes: dict, views_cap: int = 2) -> dic
         n = 8 if backbone == "tiny" else actions
         batch = make_batch(n, views, frames, height, width)
         module = MVFoulModule(
-            backbone=backbone, num_frames=frames, img_height=height, img_width=width
+            backbone=backbone, clip=ClipInput(num_frames=frames, height=height, width=width)
         )
         funcs = {"model step": step_fn(module, batch)}
         for preset in ("moderate", "aggressive"):

@@ -29,7 +29,7 @@ def test_hparams_hold_key_settings_and_best_score(events, trained):
         "data/img_height": 32,
         "freezing": "NoFreezing",
         "data/sampler": "natural",
-        "model/loss": "plain",
+        "model/loss/kind": "plain",
         "seed": "42",
     }
     assert {k: values.get(k) for k in expected} == pytest.approx(expected)

@@ -355,9 +355,9 @@ def test_normalization_from_the_weights(name, mean, std):
 
 def test_pretrained_from_an_mvcli_checkpoint(tmp_path):
     """A checkpoint of ours (backbone under network.backbone.) seeds a new backbone."""
-    from mvcli.task.module import MVFoulModule
+    from mvcli.task.module import ClipInput, MVFoulModule
 
-    module = MVFoulModule(backbone="tiny", num_frames=4, img_height=16, img_width=16)
+    module = MVFoulModule(backbone="tiny", clip=ClipInput(num_frames=4, height=16, width=16))
     path = tmp_path / "run.ckpt"
     torch.save({"state_dict": module.state_dict()}, path)
     fresh = build_backbone("tiny", 4, 16, 16, pretrained=str(path))

@@ -169,8 +169,8 @@ def _fit(root, runs, *extra):
 def test_fit_computes_class_weights_from_training_labels(synthetic_root, tmp_path, caplog):
     with caplog.at_level(logging.INFO), warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
-        cli = _fit(synthetic_root, tmp_path, "--model.loss", "weighted",
-                   "--model.class_weighting", "sqrt_inverse")  # fmt: skip
+        cli = _fit(synthetic_root, tmp_path, "--model.loss.kind", "weighted",
+                   "--model.loss.class_weighting", "sqrt_inverse")  # fmt: skip
     assert not any("double balancing" in str(w.message) for w in record)  # natural sampler
     counts = cli.datamodule.class_counts
     for head in ("offence_severity", "action"):
@@ -183,14 +183,14 @@ def test_fit_computes_class_weights_from_training_labels(synthetic_root, tmp_pat
 
 
 def test_double_balancing_is_warned_once_unless_asked(synthetic_root, tmp_path):
-    both = ["--model.loss", "{offence_severity: plain, action: weighted}",
+    both = ["--model.loss.kind", "{offence_severity: plain, action: weighted}",
             "--data.sampler", "balanced_action"]  # fmt: skip
     with pytest.warns(UserWarning, match="double balancing") as record:
         _fit(synthetic_root, tmp_path, *both)
     assert sum("double balancing" in str(w.message) for w in record) == 1
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
-        _fit(synthetic_root, tmp_path, *both, "--model.allow_double_balancing", "true")
+        _fit(synthetic_root, tmp_path, *both, "--model.loss.allow_double_balancing", "true")
     assert not any("double balancing" in str(w.message) for w in record)
 
 

@@ -13,7 +13,7 @@ from lightning.pytorch import Callback
 from mvcli.cli import main
 from mvcli.data.annotations import read_split
 from mvcli.deploy.scoring import score
-from mvcli.task.module import MVFoulModule
+from mvcli.task.module import ClipInput, MVFoulModule
 from tests.conftest import CONFIGS, tiny_args
 from tests.evaluator import official_evaluate
 
@@ -80,7 +80,7 @@ def test_test_metrics_equal_predict_plus_official_evaluator(
 
 
 def test_unreadable_actions_are_wrong_on_both_heads():
-    model = MVFoulModule(backbone="tiny", num_frames=4, img_height=16, img_width=16)
+    model = MVFoulModule(backbone="tiny", clip=ClipInput(num_frames=4, height=16, width=16))
     failed = [
         {"action_id": "7", "skipped_views": [{"view": "a.mp4"}, {"view": "b.mp4"}]},
         {"action_id": "8", "skipped_views": [{"view": "", "reason": "no_views"}]},
