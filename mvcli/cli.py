@@ -22,8 +22,10 @@ from mvcli.callbacks.confusion import ConfusionMatrices
 from mvcli.callbacks.console import ModelSummary as MVModelSummary
 from mvcli.callbacks.console import ProgressBar as MVProgressBar
 from mvcli.callbacks.distributed import DistributedRun
+from mvcli.callbacks.freezing import StageFreezing
 from mvcli.callbacks.history import TrainingHistory
 from mvcli.callbacks.hparams import RunHParams
+from mvcli.callbacks.metrics_writer import MetricsWriter
 from mvcli.callbacks.nonfinite import NonFiniteGuard
 from mvcli.callbacks.oom import OOMRecovery
 from mvcli.callbacks.prediction_writer import SubmissionWriter
@@ -90,6 +92,14 @@ GROUP_TITLES = {
 EVAL_SUBCOMMANDS = ("validate", "test", "predict")
 # Loggers whose folder is <save_dir>/<name>/<version>, redirected into that run folder.
 _FILE_LOGGERS = ("TensorBoardLogger", "CSVLogger")
+# Sections whose callback writes the files of validate/test/predict: their ``output_dir``
+# defaults to --output_dir, else the run folder of --ckpt_path (filled in the config, so the
+# saved config.yaml says where the files went).
+OUTPUT_SECTIONS = ("prediction_writer", "metrics_writer", "confusion")
+# Sections whose callback runs first at every hook, before trainer.callbacks and the other
+# sections: freezing sets the trainable stages and LRs that the others (LearningRateMonitor,
+# checkpoints) observe at the same hook.
+FIRST_SECTIONS = ("freezing",)
 
 
 class SaveConfig(SaveConfigCallback):
@@ -243,15 +253,17 @@ class MVCLI(LightningCLI):
         # Out-of-memory recovery by batch splitting (on by default on one CUDA device).
         parser.add_lightning_class_args(OOMRecovery, "oom_recovery")
         # Backbone freezing: one callback class per strategy (class_path), NoFreezing default.
-        from mvcli.callbacks.freezing import StageFreezing
-
-        parser.add_lightning_class_args(StageFreezing, "freezing", subclass_mode=True)
+        # Added as LightningCLI adds a callback section, but placed by instantiate_trainer
+        # (FIRST_SECTIONS) rather than appended after the others.
+        parser.add_subclass_arguments(StageFreezing, "freezing", fail_untyped=False, required=True)
         parser.set_defaults({"freezing": {"class_path": "mvcli.callbacks.freezing.NoFreezing"}})
         # NaN/inf loss or gradient: step skipped on every rank, counted, run stopped past a limit.
         parser.add_lightning_class_args(NonFiniteGuard, "nonfinite")
         # DDP timeout / find_unused_parameters as plain options, effective batch, LR scaling.
         parser.add_lightning_class_args(DistributedRun, "distributed")
         parser.add_lightning_class_args(ConfusionMatrices, "confusion")
+        # validate_metrics.json / test_metrics.json (the module writes no file).
+        parser.add_lightning_class_args(MetricsWriter, "metrics_writer")
         # What the model must agree on with the data is stated once, in the data section.
         parser.link_arguments("data.frames_per_clip", "model.num_frames")
         parser.link_arguments("data.img_height", "model.img_height")
@@ -277,7 +289,6 @@ class MVCLI(LightningCLI):
         new ``runs/<name>/version_<n>``; their config.yaml lands there too, so the fit's own
         config.yaml is never overwritten.
         """
-        self._output_dir = None
         subcommand = self.subcommand
         plain_numbers(self.config[subcommand] if subcommand else self.config)
         if subcommand not in EVAL_SUBCOMMANDS:
@@ -289,7 +300,9 @@ class MVCLI(LightningCLI):
             folder = run_dir_of(Path(ckpt_path))
         if folder is None:
             return
-        self._output_dir = Path(folder)
+        for section in OUTPUT_SECTIONS:  # unless the section names its own folder
+            if config.get(f"{section}.output_dir") is None:
+                config[f"{section}.output_dir"] = Path(folder)
         logger = config.trainer.get("logger")
         if isinstance(logger, Namespace) and str(logger.class_path).endswith(_FILE_LOGGERS):
             logger.init_args.save_dir = str(folder)
@@ -299,7 +312,8 @@ class MVCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs: Any):
         # Callbacks every run needs, unless the config turns off what they depend on; fresh
         # instances per run since callbacks hold state.
-        config = self.config_init.get(str(self.subcommand), self.config_init).get("trainer", {})
+        init = self.config_init.get(str(self.subcommand), self.config_init)
+        config = init.get("trainer", {})
         callbacks = list(config.get("callbacks") or [])
         # RunHParams holds state saved in checkpoints: present in every run, so loading one
         # never warns about a missing callback; without a logger it (and Throughput) log nothing.
@@ -315,7 +329,8 @@ class MVCLI(LightningCLI):
         # Exact resume, clean stops on SIGTERM/SIGINT, history.json (mvcli.callbacks.*).
         extra += [ResumeState(), GracefulStop(), TrainingHistory()]
         extra.append(AugmentationPreview())  # acts at the first training batch only
-        kwargs["callbacks"] = [*callbacks, *extra]
+        first = [init[key] for key in FIRST_SECTIONS]
+        kwargs["callbacks"] = [*first, *callbacks, *extra]
         trainer = super().instantiate_trainer(**kwargs)
         # Local checkpoints through mvcli's atomic writer (remote or custom IO left alone).
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
@@ -323,7 +338,6 @@ class MVCLI(LightningCLI):
         for callback in trainer.callbacks:
             if isinstance(callback, DistributedRun):
                 callback.configure_strategy(trainer)
-        trainer.output_dir = getattr(self, "_output_dir", None)  # read by mvcli.commandline.outputs
         return trainer
 
     def after_fit(self) -> None:
