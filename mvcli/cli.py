@@ -15,6 +15,8 @@ from lightning.pytorch.utilities import rank_zero_info
 from mvcli import __version__
 from mvcli.callbacks.confusion import ConfusionMatrices
 from mvcli.callbacks.distributed import DistributedRun
+from mvcli.callbacks.freezing import StageFreezing
+from mvcli.callbacks.metrics_writer import MetricsWriter
 from mvcli.callbacks.nonfinite import NonFiniteGuard
 from mvcli.callbacks.oom import OOMRecovery
 from mvcli.callbacks.prediction_writer import SubmissionWriter
@@ -123,6 +125,14 @@ GROUP_TITLES = {
 EVAL_SUBCOMMANDS = ("validate", "test", "predict")
 # Loggers whose folder is <save_dir>/<name>/<version>, redirected into that run folder.
 _FILE_LOGGERS = ("TensorBoardLogger", "CSVLogger")
+# Sections whose callback writes the files of validate/test/predict: their ``output_dir``
+# defaults to --output_dir, else the run folder of --ckpt_path (filled in the config, so the
+# saved config.yaml says where the files went).
+OUTPUT_SECTIONS = ("prediction_writer", "metrics_writer", "confusion")
+# Sections whose callback runs first at every hook, before trainer.callbacks and the other
+# sections: freezing sets the trainable stages and LRs that the others (LearningRateMonitor,
+# checkpoints) observe at the same hook.
+FIRST_SECTIONS = ("freezing",)
 
 
 class SaveConfig(SaveConfigCallback):
@@ -281,15 +291,17 @@ class MVCLI(LightningCLI):
         # Out-of-memory recovery by batch splitting (on by default on one CUDA device).
         parser.add_lightning_class_args(OOMRecovery, "oom_recovery")
         # Backbone freezing: one callback class per strategy (class_path), NoFreezing default.
-        from mvcli.callbacks.freezing import StageFreezing
-
-        parser.add_lightning_class_args(StageFreezing, "freezing", subclass_mode=True)
+        # Added as LightningCLI adds a callback section, but placed by instantiate_trainer
+        # (FIRST_SECTIONS) rather than appended after the others.
+        parser.add_subclass_arguments(StageFreezing, "freezing", fail_untyped=False, required=True)
         parser.set_defaults({"freezing": {"class_path": "mvcli.callbacks.freezing.NoFreezing"}})
         # NaN/inf loss or gradient: step skipped on every rank, counted, run stopped past a limit.
         parser.add_lightning_class_args(NonFiniteGuard, "nonfinite")
         # DDP timeout / find_unused_parameters as plain options, effective batch, LR scaling.
         parser.add_lightning_class_args(DistributedRun, "distributed")
         parser.add_lightning_class_args(ConfusionMatrices, "confusion")
+        # validate_metrics.json / test_metrics.json (the module writes no file).
+        parser.add_lightning_class_args(MetricsWriter, "metrics_writer")
         # What the model must agree on with the data is stated once, in the data section.
         parser.link_arguments("data.frames_per_clip", "model.clip.num_frames")
         parser.link_arguments("data.img_height", "model.clip.height")
@@ -315,7 +327,6 @@ class MVCLI(LightningCLI):
         new ``runs/<name>/version_<n>``; their config.yaml lands there too, so the fit's own
         config.yaml is never overwritten.
         """
-        self._output_dir = None
         subcommand = self.subcommand
         plain_numbers(self.config[subcommand] if subcommand else self.config)
         if subcommand not in EVAL_SUBCOMMANDS:
@@ -327,7 +338,9 @@ class MVCLI(LightningCLI):
             folder = run_dir_of(Path(ckpt_path))
         if folder is None:
             return
-        self._output_dir = Path(folder)
+        for section in OUTPUT_SECTIONS:  # unless the section names its own folder
+            if config.get(f"{section}.output_dir") is None:
+                config[f"{section}.output_dir"] = Path(folder)
         logger = config.trainer.get("logger")
         if isinstance(logger, Namespace) and str(logger.class_path).endswith(_FILE_LOGGERS):
             logger.init_args.save_dir = str(folder)
@@ -350,6 +363,9 @@ class MVCLI(LightningCLI):
         if settings.get("enable_model_summary") is False or _has(listed, ModelSummary):
             dropped.add("model_summary")
         self._dropped_sections = dropped  # read by _instantiate_trainer
+        # FIRST_SECTIONS ahead of trainer.callbacks and the other sections.
+        first = [config[key] for key in FIRST_SECTIONS if config.get(key) is not None]
+        kwargs["callbacks"] = [*first, *listed]
         trainer = super().instantiate_trainer(**kwargs)
         # Local checkpoints through mvcli's atomic writer (remote or custom IO left alone).
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
@@ -357,7 +373,6 @@ class MVCLI(LightningCLI):
         for callback in trainer.callbacks:
             if isinstance(callback, DistributedRun):
                 callback.configure_strategy(trainer)
-        trainer.output_dir = getattr(self, "_output_dir", None)  # read by mvcli.commandline.outputs
         return trainer
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Any:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import warnings
+from pathlib import Path
 
 import torch
 from jsonargparse.typing import NonNegativeInt
@@ -38,13 +39,20 @@ class ConfusionMatrices(Callback):
         log_every_n_epochs: log the validation images every n epochs (the last epoch of a
             fit and ``validate`` always log); 0 turns validation images off.
         top_pairs: how many most-confused (true, predicted) pairs to list per head.
+        output_dir: folder of the files ``test`` writes; None: the run's log folder.
+            ``mvcli test`` fills it from ``--output_dir``, else the run folder of
+            ``--ckpt_path``.
     """
 
     def __init__(
-        self, log_every_n_epochs: NonNegativeInt = 1, top_pairs: NonNegativeInt = 5
+        self,
+        log_every_n_epochs: NonNegativeInt = 1,
+        top_pairs: NonNegativeInt = 5,
+        output_dir: Path | None = None,
     ) -> None:
         self.log_every_n_epochs = log_every_n_epochs
         self.top_pairs = top_pairs
+        self.output_dir = Path(output_dir) if output_dir is not None else None
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         matrices = _compute(pl_module, "val")
@@ -55,10 +63,12 @@ class ConfusionMatrices(Callback):
 
     def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         matrices = _compute(pl_module, "test")
-        if not matrices or not trainer.is_global_zero:
+        if not matrices:
+            return
+        folder = output_dir(trainer, self.output_dir)  # every rank: may be a broadcast
+        if not trainer.is_global_zero:
             return
         self._log(trainer, "test", matrices)
-        folder = output_dir(trainer)
         written = []
         for head, matrix in matrices.items():
             names = class_names(head, len(matrix))

@@ -33,6 +33,8 @@ class DistributedRun(Callback):
         scale_lr: ``linear`` multiplies the optimizer's learning rate (every parameter group,
             schedulers included) by effective batch / ``reference_batch``; an absolute
             ``model.backbone_lr`` is kept as given. ``none`` uses the configured LR as is.
+            Through the module's ``lr`` property (read and set, as LR finders do; the
+            module's ``configure_optimizers`` builds every group from it), for the fit only.
         reference_batch: the effective batch the configured LR was tuned for (default:
             ``data.batch_size``, i.e. one process without gradient accumulation).
     """
@@ -48,7 +50,7 @@ class DistributedRun(Callback):
         self.find_unused_parameters = find_unused_parameters
         self.scale_lr = scale_lr
         self.reference_batch = reference_batch
-        self._original_optimizer = None
+        self._original_lr: float | None = None
 
     def configure_strategy(self, trainer: Trainer) -> None:
         """Apply the options to the trainer's DDP strategy, before its process group exists
@@ -81,19 +83,19 @@ class DistributedRun(Callback):
             f"{trainer.world_size} processes x batch_size {batch} x "
             f"accumulate_grad_batches {trainer.accumulate_grad_batches}"
         )
-        if self.scale_lr == "linear" and hasattr(pl_module, "optimizer"):
+        if self.scale_lr == "linear" and _has_lr(pl_module):
             factor = effective / (self.reference_batch or batch)
             rank_zero_info(
                 f"linear LR scaling: learning rates x {factor:g} (effective batch {effective} / "
                 f"reference batch {self.reference_batch or batch})"
             )
-            self._original_optimizer = pl_module.optimizer
-            pl_module.optimizer = _scaled(pl_module.optimizer, factor)
+            self._original_lr = pl_module.lr
+            pl_module.lr = self._original_lr * factor
 
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        if self._original_optimizer is not None:
-            pl_module.optimizer = self._original_optimizer  # a second fit scales afresh
-            self._original_optimizer = None
+        if self._original_lr is not None:
+            pl_module.lr = self._original_lr  # a second fit scales afresh
+            self._original_lr = None
 
     # -- a lost process ------------------------------------------------------------------------
     def on_exception(
@@ -139,14 +141,7 @@ def _batch_size(trainer: Trainer) -> int:
     return int(hparams.get("batch_size") or 1)
 
 
-def _scaled(factory, factor: float):
-    """The optimizer factory with every group's LR (and the default) multiplied by factor."""
-
-    def build(params):
-        optimizer = factory(params)
-        for group in optimizer.param_groups:
-            group["lr"] *= factor
-        optimizer.defaults["lr"] *= factor
-        return optimizer
-
-    return build
+def _has_lr(pl_module: LightningModule) -> bool:
+    """Whether the module declares a settable ``lr`` property (MVFoulModule does)."""
+    prop = getattr(type(pl_module), "lr", None)
+    return isinstance(prop, property) and prop.fset is not None

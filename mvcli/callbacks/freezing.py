@@ -8,7 +8,12 @@ optimizer from the start (``backbone.<stage>``, see ``MVFoulModule.configure_opt
 A frozen stage has ``requires_grad`` False, its batch norm layers in eval mode (unless
 ``train_bn``) and an LR factor of 0; an unfrozen stage trains (batch norm included) and its
 LR factor rises linearly from 0 to 1 over ``warmup_epochs``. The factors multiply whatever the
-configured LR scheduler gives each group (``mvcli.task.schedulers.GroupFactorLR``).
+configured LR scheduler gives each group: they are set on the module's
+``mvcli.task.schedulers.GroupFactorLR`` (found in ``trainer.lr_scheduler_configs``).
+
+The freezing callback runs first at every hook (``mvcli.cli`` puts the ``freezing`` section's
+callback at the head of the trainer's callbacks), so the LearningRateMonitor, the checkpoint
+callbacks and the others see the freezing state and LRs of the step they run at.
 """
 
 from __future__ import annotations
@@ -82,12 +87,7 @@ class StageFreezing(Callback, ABC):
         self._names, self._params = list(stages), list(stages.values())
         for i in range(len(self._names)):
             self._apply(i)
-        self._refresh_lrs(trainer)  # before configure_optimizers builds the scheduler
-        if self in trainer.callbacks:
-            # First at every hook: the LearningRateMonitor, the checkpoint callbacks and the
-            # others then see the freezing state and LRs of the step they run at.
-            trainer.callbacks.remove(self)
-            trainer.callbacks.insert(0, self)
+        # The LR factors reach the scheduler configure_optimizers builds at on_fit_start.
 
     # -- freezing state -> the module ----------------------------------------------------------
     def _apply(self, i: int) -> None:
@@ -123,11 +123,16 @@ class StageFreezing(Callback, ABC):
                 bn.train(training)
 
     def _refresh_lrs(self, trainer: Trainer) -> None:
-        """Each stage's LR factor, brought to the optimizer."""
-        for i, name in enumerate(self._names):
-            self._module.set_stage_lr_factor(name, self._factor(trainer, i))
+        """Each stage's LR factor, brought to the optimizer (through the GroupFactorLR of the
+        module's ``configure_optimizers``)."""
+        factors = {
+            self._module.stage_group(name): self._factor(trainer, i)
+            for i, name in enumerate(self._names)
+        }
         for config in trainer.lr_scheduler_configs:
             if isinstance(config.scheduler, GroupFactorLR):
+                for group, factor in factors.items():
+                    config.scheduler.set_factor(group, factor)
                 config.scheduler.apply()
 
     # -- unfreezing ----------------------------------------------------------------------------

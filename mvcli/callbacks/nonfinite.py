@@ -39,6 +39,7 @@ class NonFiniteGuard(Callback):
         self.skipped = 0
         self.offending: list[str] = []
         self._batch_ids: list[str] = []
+        self._losses_finite: torch.Tensor | None = None  # since the last optimizer step
         self._stop = False
 
     def state_dict(self) -> dict:
@@ -53,11 +54,21 @@ class NonFiniteGuard(Callback):
         ids = batch.get("action_id", []) if isinstance(batch, dict) else []
         self._batch_ids.extend(str(i) for i in ids)
 
+    def on_before_backward(
+        self, trainer: Trainer, pl_module: LightningModule, loss: torch.Tensor
+    ) -> None:
+        # Every loss accumulated into the coming optimizer step; checked (one device sync)
+        # before that step.
+        finite = torch.isfinite(loss.detach()).all()
+        seen = self._losses_finite
+        self._losses_finite = finite if seen is None else seen & finite
+
     def on_before_optimizer_step(
         self, trainer: Trainer, pl_module: LightningModule, optimizer
     ) -> None:
         ids, self._batch_ids = self._batch_ids, []
-        local = self._is_nonfinite(trainer, pl_module, optimizer)
+        finite, self._losses_finite = self._losses_finite, None
+        local = self._is_nonfinite(trainer, finite, optimizer)
         if not trainer.strategy.reduce_boolean_decision(local, all=False):
             return
         # No gradient: the optimizer leaves every parameter (and its state) as it was.
@@ -87,9 +98,8 @@ class NonFiniteGuard(Callback):
         )
 
     @staticmethod
-    def _is_nonfinite(trainer: Trainer, pl_module: LightningModule, optimizer) -> bool:
-        loss = getattr(pl_module, "last_train_loss", None)
-        if loss is not None and not bool(torch.isfinite(loss).all()):
+    def _is_nonfinite(trainer: Trainer, losses_finite: torch.Tensor | None, optimizer) -> bool:
+        if losses_finite is not None and not bool(losses_finite):
             return True
         if getattr(trainer.precision_plugin, "scaler", None) is not None:
             return False  # fp16 loss scaling: inf gradients are the scaler's to skip

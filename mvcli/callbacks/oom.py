@@ -12,6 +12,10 @@ logged as a warning and counted in ``train/oom_events``. If one action alone doe
 Batch statistics are the one thing a split changes: batch-norm layers in train mode see
 micro-batches, not the batch (and dropout draws different masks).
 
+The split happens through the module's declared extension point: OOMRecovery is a
+``mvcli.task.module.StepRunner``, set as ``MVFoulModule.step_runner`` for a fit, so the
+module's ``training_step`` hands it ``batch_training_step`` and the batch.
+
 Testing without a GPU: ``MVCLI_FAULT_OOM_ABOVE=<n>`` makes the training step raise
 ``torch.OutOfMemoryError`` whenever a micro-batch holds more than n actions.
 """
@@ -46,7 +50,8 @@ class OOMRecovery(Callback):
 
     Args:
         enabled: on or off; unset: on when training on one CUDA device (multi-process runs
-            need every process to take the same steps, so they stop on OOM instead).
+            need every process to take the same steps, so they stop on OOM instead). Needs a
+            module with a ``step_runner`` property (MVFoulModule), else it stays off.
     """
 
     def __init__(self, enabled: bool | None = None) -> None:
@@ -55,10 +60,11 @@ class OOMRecovery(Callback):
         self.events = 0
         self._active = False
         self._trainer: Trainer | None = None
+        self._module: LightningModule | None = None
 
     # -- wiring ------------------------------------------------------------------------------
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        if stage != "fit" or "training_step" in vars(pl_module):
+        if stage != "fit":
             return
         on = self.enabled
         if on is None:
@@ -69,17 +75,22 @@ class OOMRecovery(Callback):
         self._active = bool(on)
         if not self._active and _fault_limit() is None:
             return
+        if not _runs_steps(pl_module):
+            if self._active:
+                rank_zero_warn(
+                    f"oom_recovery is off: {type(pl_module).__name__} has no `step_runner` "
+                    "property (mvcli.task.module.MVFoulModule's extension point)"
+                )
+            self._active = False
+            return
         self._trainer = trainer
-        original = pl_module.training_step
-
-        def training_step(batch: Any, batch_idx: int, *args, **kwargs):
-            return self._step(original, pl_module, batch, batch_idx, *args, **kwargs)
-
-        pl_module.training_step = training_step  # an instance attribute: Lightning calls it
+        self._module = pl_module
+        pl_module.step_runner = self  # the module's declared extension point
 
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        if "training_step" in vars(pl_module):
-            del pl_module.training_step
+        if self._module is not None and self._module.step_runner is self:
+            self._module.step_runner = None
+        self._module = None
         self._trainer = None
 
     def state_dict(self) -> dict[str, Any]:
@@ -89,29 +100,32 @@ class OOMRecovery(Callback):
         self.micro_batch = state_dict.get("micro_batch")
         self.events = int(state_dict.get("events", 0))
 
-    # -- the guarded step --------------------------------------------------------------------
-    def _step(self, original, pl_module: LightningModule, batch, batch_idx: int, *args, **kw):
+    # -- the guarded step (mvcli.task.module.StepRunner) ------------------------------------
+    def run_training_step(self, step, batch: Any, batch_idx: int):
+        """``step`` (the module's ``batch_training_step``) on ``batch``, split into
+        micro-batches as memory requires; the loss whose gradient is the whole batch's."""
+        pl_module = self._module
         size = _batch_size(batch)
         if not self._active:  # fault injection alone: fail as a real OOM would
             _inject(size)
-            return original(batch, batch_idx, *args, **kw)
+            return step(batch, batch_idx)
         if size == 0:
-            return original(batch, batch_idx, *args, **kw)
+            return step(batch, batch_idx)
         params = [p for p in pl_module.parameters() if p.requires_grad]
         acc = _Accumulator(params, self._trainer)
-        self._run(original, pl_module, batch, batch_idx, 0, size, size, acc, args, kw)
+        self._run(step, pl_module, batch, batch_idx, 0, size, size, acc)
         if self.events:
             pl_module.log("train/oom_events", float(self.events), on_step=True, on_epoch=True,
                           reduce_fx="max", batch_size=size)  # fmt: skip
         return acc.surrogate()
 
-    def _run(self, original, pl_module, batch, batch_idx, lo, hi, total, acc, args, kw) -> None:
+    def _run(self, step, pl_module, batch, batch_idx, lo, hi, total, acc) -> None:
         """Forward and backward of actions [lo, hi) of the batch, split as far as needed."""
         if self.micro_batch is not None and hi - lo > self.micro_batch:
             start = lo
             while start < hi:  # the micro-batch may shrink on the way
                 end = min(hi, start + self.micro_batch)
-                self._run(original, pl_module, batch, batch_idx, start, end, total, acc, args, kw)
+                self._run(step, pl_module, batch, batch_idx, start, end, total, acc)
                 start = end
             return
         snapshot = _Snapshot(pl_module, self._trainer)
@@ -119,7 +133,7 @@ class OOMRecovery(Callback):
         try:
             _inject(hi - lo)
             part = _slice(batch, lo, hi, total)  # a new dict: the step may replace its entries
-            out = original(part, batch_idx, *args, **kw)
+            out = step(part, batch_idx)
             acc.add(out, (hi - lo) / total)
         except torch.OutOfMemoryError:
             failed = True  # handled outside the except block: its traceback holds the tensors
@@ -129,7 +143,7 @@ class OOMRecovery(Callback):
         free_memory()
         snapshot.restore()  # metrics and logged sums of the attempt are not counted twice
         self._on_oom(pl_module, hi - lo)
-        self._run(original, pl_module, batch, batch_idx, lo, hi, total, acc, args, kw)
+        self._run(step, pl_module, batch, batch_idx, lo, hi, total, acc)
 
     def _on_oom(self, pl_module: LightningModule, size: int) -> None:
         trainer = self._trainer
@@ -210,6 +224,12 @@ class _Snapshot:
         for metric, state in self.results.values():
             for key, value in state.items():
                 setattr(metric, key, value)
+
+
+def _runs_steps(pl_module: LightningModule) -> bool:
+    """Whether the module declares a settable ``step_runner`` (MVFoulModule does)."""
+    prop = getattr(type(pl_module), "step_runner", None)
+    return isinstance(prop, property) and prop.fset is not None
 
 
 def _fault_limit() -> int | None:

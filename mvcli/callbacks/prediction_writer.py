@@ -32,13 +32,20 @@ class SubmissionWriter(BasePredictionWriter):
         output_path: the JSON submission to write; default ``predictions.json`` in the run
             folder of ``--ckpt_path`` (or ``--output_dir``). Not a ``.csv`` name: the CSV is
             always a separate file.
+        output_dir: folder of ``predictions.json`` when ``output_path`` is unset; None: the
+            run's log folder. ``mvcli predict`` fills it from ``--output_dir``, else the run
+            folder of ``--ckpt_path``.
         overwrite: replace existing output files instead of stopping before predicting.
         csv: also write a CSV next to the JSON (``predictions.json`` ->
             ``predictions.csv``), one row per action (for spreadsheets).
     """
 
     def __init__(
-        self, output_path: Path | None = None, overwrite: bool = False, csv: bool = False
+        self,
+        output_path: Path | None = None,
+        overwrite: bool = False,
+        csv: bool = False,
+        output_dir: Path | None = None,
     ) -> None:
         super().__init__(write_interval="batch")
         if output_path is not None and Path(output_path).suffix.lower() == ".csv":
@@ -49,6 +56,7 @@ class SubmissionWriter(BasePredictionWriter):
                 f"{Path(output_path).name})"
             )
         self.output_path = Path(output_path) if output_path is not None else None
+        self.output_dir = Path(output_dir) if output_dir is not None else None
         self.overwrite = overwrite
         self.csv = csv
         self._part: Path | None = None
@@ -57,7 +65,7 @@ class SubmissionWriter(BasePredictionWriter):
     def resolve_path(self, trainer: Trainer) -> Path:
         if self.output_path is not None:
             return self.output_path
-        return output_dir(trainer) / "predictions.json"
+        return output_dir(trainer, self.output_dir) / "predictions.json"
 
     def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         path = self.resolve_path(trainer)

@@ -7,13 +7,14 @@ from pathlib import Path
 from lightning.pytorch import Trainer
 
 
-def output_dir(trainer: Trainer) -> Path:
-    """Folder for the files of validate/test/predict.
+def output_dir(trainer: Trainer, chosen: Path | str | None = None) -> Path:
+    """Folder for the files of validate/test/predict: ``chosen`` (a writer callback's
+    ``output_dir`` argument, which the CLI fills from ``--output_dir`` or the run folder of
+    ``--ckpt_path``), else the run's log folder (:func:`log_folder`).
 
-    ``trainer.output_dir`` when the CLI set it (``--output_dir``, or the run folder of
-    ``--ckpt_path``), else the logger's folder, else ``trainer.default_root_dir``.
+    Without ``chosen`` this asks ``trainer.log_dir``, a broadcast under DDP: every rank must
+    call it, together.
     """
-    chosen = getattr(trainer, "output_dir", None)
     return Path(chosen) if chosen else log_folder(trainer)
 
 

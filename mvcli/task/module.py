@@ -4,24 +4,20 @@ from __future__ import annotations
 
 import functools
 import inspect
-import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
-from typing import Literal
+from typing import Literal, Protocol
 
 import torch
 from jsonargparse.typing import NonNegativeFloat
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from lightning.pytorch.trainer.states import TrainerFn
-from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from torchmetrics import MeanMetric, SumMetric
 from torchmetrics.classification import MulticlassConfusionMatrix
 
 from mvcli import __version__
 from mvcli.commandline.limits import UnitIntervalClosedOpen
-from mvcli.commandline.outputs import output_dir
 from mvcli.data.taxonomy import NUM_CLASSES
 from mvcli.data.video import ClipSpec
 from mvcli.models.backbones import BackboneName, build_backbone, normalization
@@ -49,7 +45,6 @@ from mvcli.task.schedulers import (
 )
 from mvcli.utils.checkpoints import VERSION_KEY
 from mvcli.utils.errors import DataError
-from mvcli.utils.io import atomic_write_text
 
 _EVAL_STAGES = ("val", "test")
 # Per stage, what is counted besides the metrics: views that could not be decoded, evaluation
@@ -59,6 +54,18 @@ _DAMAGE_COUNTS = {
     "val": ("skipped_views", "unreadable_actions"),
     "test": ("skipped_views", "unreadable_actions"),
 }
+# The module's own training step on a batch (or part of one): its loss, or None.
+TrainingStep = Callable[[dict, int], "torch.Tensor | None"]
+
+
+class StepRunner(Protocol):
+    """Runs the training step on a batch for :class:`MVFoulModule` (its ``step_runner``):
+    e.g. :class:`mvcli.callbacks.oom.OOMRecovery`, which splits a batch that runs out of
+    memory into micro-batches and accumulates their gradients."""
+
+    def run_training_step(self, step: TrainingStep, batch: dict, batch_idx: int):
+        """Call ``step`` (on the batch, or on parts of it) and return the loss Lightning
+        backpropagates (None: skip the step)."""
 
 
 @dataclass(frozen=True)
@@ -167,8 +174,7 @@ class MVFoulModule(LightningModule):
         self.network = MultiViewNetwork(spec, pooling, num_classes, mean, std, head_dropout)
         self.backbone_stages = spec.stages
         self.backbone_stage_names = _stage_names(self.network.backbone, spec.stages)
-        # Parameter group name -> LR factor (1 when absent), set by the freezing callback.
-        self.lr_factors: dict[str, float] = {}
+        self._step_runner: StepRunner | None = None
         self.criterion = MultiTaskLoss(
             weights,
             label_smoothing=loss.label_smoothing,
@@ -216,8 +222,6 @@ class MVFoulModule(LightningModule):
             return None  # every action of the batch was unreadable; already warned about
         logits = self(batch["video"], batch["view_mask"])
         loss, parts = self.criterion(logits, batch)
-        if stage == "train":
-            self.last_train_loss = loss.detach()  # read by NonFiniteGuard before the step
         size = len(batch["action_id"])
         self._log_loss(stage, "loss", loss, size, prog_bar=True)
         for head, part in parts.items():
@@ -272,7 +276,26 @@ class MVFoulModule(LightningModule):
         metric.update(value.detach(), weight=size)
         self.log(f"{stage}/{name}", metric, prog_bar=prog_bar)
 
+    @property
+    def step_runner(self) -> StepRunner | None:
+        """What runs :meth:`batch_training_step` for :meth:`training_step`: None calls it once
+        on the batch; a :class:`StepRunner` gets it with the batch (OOMRecovery sets itself
+        here for a fit, to split batches that run out of memory, and unsets itself at its
+        teardown)."""
+        return self._step_runner
+
+    @step_runner.setter
+    def step_runner(self, runner: StepRunner | None) -> None:
+        self._step_runner = runner
+
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor | None:
+        if self._step_runner is not None:
+            return self._step_runner.run_training_step(self.batch_training_step, batch, batch_idx)
+        return self.batch_training_step(batch, batch_idx)
+
+    def batch_training_step(self, batch: dict, batch_idx: int) -> torch.Tensor | None:
+        """The training step on ``batch`` (a whole batch, or a part a step runner split off):
+        its loss; metrics and logged values updated."""
         if batch["video"] is None:
             # The training data layer replaces unreadable actions, so this means a loader
             # without that (a custom data module): never return None (DDP ranks would hang).
@@ -307,14 +330,6 @@ class MVFoulModule(LightningModule):
     def on_test_epoch_end(self) -> None:
         self._log_epoch("test")
 
-    # Written once the epoch-level aggregates (losses included) are in callback_metrics.
-    def on_validation_end(self) -> None:
-        if self.trainer.state.fn == TrainerFn.VALIDATING:
-            self._write_metrics("validate", "val")
-
-    def on_test_end(self) -> None:
-        self._write_metrics("test", "test")
-
     def _log_epoch(self, stage: str) -> None:
         counts = self.damage[f"{stage}_damage"]
         metrics = self.metrics[f"{stage}_metrics"]
@@ -332,20 +347,6 @@ class MVFoulModule(LightningModule):
         self.log_dict(values)
         board = leaderboard(values, self.heads, stage)
         self.log(f"{stage}/leaderboard", board, prog_bar=stage != "train")
-
-    def _write_metrics(self, stage: str, prefix: str) -> None:
-        # The checkpoint's run folder, or --output_dir, else trainer.log_dir: a broadcast, so
-        # every rank asks and rank 0 alone writes (the metrics are already reduced).
-        log_dir = output_dir(self.trainer)
-        if not self.trainer.is_global_zero:
-            return
-        metrics = self.trainer.callback_metrics
-        values = {k: float(v) for k, v in sorted(metrics.items()) if k.startswith(f"{prefix}/")}
-        if not values:
-            return
-        path = log_dir / f"{stage}_metrics.json"
-        atomic_write_text(path, json.dumps(values, indent=2) + "\n")
-        rank_zero_info(f"wrote {path}")
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # Lets an older mvcli refuse the file clearly instead of failing on unknown keys.
@@ -408,17 +409,12 @@ class MVFoulModule(LightningModule):
         """The parameter group (and LearningRateMonitor curve ``lr-<Opt>/<group>``) of a stage."""
         return stage if stage == "backbone" else f"backbone.{stage}"
 
-    def set_stage_lr_factor(self, stage: str, factor: float) -> None:
-        """Multiply a stage's scheduled LR by ``factor`` from now on (0: frozen; the freezing
-        callback's warmup ramp); applied by the GroupFactorLR of ``configure_optimizers``."""
-        self.lr_factors[self.stage_group(stage)] = factor
-
     def configure_optimizers(self):
         """One parameter group ``heads`` (pooling and heads, at the optimizer's ``lr``) and
         one ``backbone.<stage>`` per backbone stage (at the backbone LR), all created here,
-        frozen or not: freezing sets ``requires_grad`` and the stage's LR factor
-        (:meth:`set_stage_lr_factor`), which a GroupFactorLR applies on top of the
-        configured scheduler."""
+        frozen or not: freezing sets ``requires_grad`` and each stage's LR factor, through
+        the GroupFactorLR returned here (on top of the configured scheduler; see
+        :meth:`GroupFactorLR.set_factor`)."""
         stages = self.backbone_stage_parameters()
         in_backbone = {id(p) for params in stages.values() for p in params}
         heads = [p for p in self.parameters() if id(p) not in in_backbone]
@@ -432,7 +428,7 @@ class MVFoulModule(LightningModule):
                 )
         if self.lr_scheduler is None:
             # The factors still need a scheduler; per step, so a ramp reaches every step.
-            scheduler = GroupFactorLR(optimizer, self.lr_factors)
+            scheduler = GroupFactorLR(optimizer)
             return {
                 "optimizer": optimizer,
                 "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
@@ -450,9 +446,7 @@ class MVFoulModule(LightningModule):
         if total is None or total < 0 or total == float("inf"):
             total = 1  # only reached by schedulers needing total steps on an endless run
         kwargs = scheduler_kwargs(self.lr_scheduler, optimizer, int(total))
-        scheduler = GroupFactorLR(
-            optimizer, self.lr_factors, self.lr_scheduler(optimizer, **kwargs)
-        )
+        scheduler = GroupFactorLR(optimizer, scheduler=self.lr_scheduler(optimizer, **kwargs))
         config = {"scheduler": scheduler, "interval": interval}
         if final is not None and issubclass(final, torch.optim.lr_scheduler.ReduceLROnPlateau):
             if inner_scheduler(scheduler).mode != "max":

@@ -126,18 +126,19 @@ class LinearWarmup(LRScheduler):
 class GroupFactorLR(LRScheduler):
     """Per-group LR factors on top of another scheduler (or of a constant LR).
 
-    Each parameter group's LR is the LR ``scheduler`` gives it times
-    ``factors[group["name"]]`` (1 for a name not in ``factors``). ``factors`` is a live
-    mapping owned by someone else: the freezing callback keeps a frozen stage's group at 0 and
-    ramps a newly unfrozen one from 0 to 1. :meth:`apply` brings changed factors to the
-    optimizer between two steps of the wrapped scheduler, so a ramp counted in optimizer
-    steps also works under a scheduler stepped per epoch. The wrapped scheduler always sees
+    Each parameter group's LR is the LR ``scheduler`` gives it times its factor (1 for a
+    group without one). The factors are this scheduler's own, changed through
+    :meth:`set_factor`: the freezing callback keeps a frozen stage's group at 0 and ramps a
+    newly unfrozen one from 0 to 1 (it finds this scheduler in
+    ``trainer.lr_scheduler_configs``). :meth:`apply` brings changed factors to the optimizer
+    between two steps of the wrapped scheduler, so a ramp counted in optimizer steps also
+    works under a scheduler stepped per epoch. The wrapped scheduler always sees
     the LRs it set itself (unscaled), so recursive schedulers (StepLR, cosine,
     ReduceLROnPlateau, LinearWarmup) and closed forms (OneCycleLR, LambdaLR) compose alike.
 
     Args:
         optimizer: the optimizer; its groups are all there from the start.
-        factors: group name -> LR factor, read at every :meth:`step` and :meth:`apply`.
+        factors: the initial factors, group name -> LR factor (copied; None: none).
         scheduler: the scheduler that sets the pace, already built on ``optimizer``; None:
             constant LRs.
     """
@@ -145,10 +146,10 @@ class GroupFactorLR(LRScheduler):
     def __init__(
         self,
         optimizer: Optimizer,
-        factors: Mapping[str, float],
+        factors: Mapping[str, float] | None = None,
         scheduler: LRScheduler | ReduceLROnPlateau | None = None,
     ) -> None:
-        self.factors = factors
+        self._factors = dict(factors or {})
         self.scheduler = scheduler
         self.scheduled = [group["lr"] for group in optimizer.param_groups]
         super().__init__(optimizer)  # calls step() once: applies the factors
@@ -163,10 +164,20 @@ class GroupFactorLR(LRScheduler):
             self.scheduled = [group["lr"] for group in self.optimizer.param_groups]
         self.apply()
 
+    @property
+    def factors(self) -> dict[str, float]:
+        """The current factors, group name -> LR factor (a copy)."""
+        return dict(self._factors)
+
+    def set_factor(self, group: str, factor: float) -> None:
+        """The LR factor of parameter group ``group`` (its ``name``), from the next
+        :meth:`apply` or :meth:`step` on."""
+        self._factors[group] = factor
+
     def apply(self) -> None:
         """Set every group's LR to its scheduled LR times its current factor."""
         for group, lr in zip(self.optimizer.param_groups, self.scheduled, strict=True):
-            group["lr"] = lr * self.factors.get(group.get("name"), 1.0)
+            group["lr"] = lr * self._factors.get(group.get("name"), 1.0)
 
     def get_lr(self) -> list[float]:
         return [group["lr"] for group in self.optimizer.param_groups]

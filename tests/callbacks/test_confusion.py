@@ -11,7 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-from mvcli.callbacks.confusion import confused_pairs, per_class_rows, table_markdown
+from mvcli.callbacks.confusion import (
+    ConfusionMatrices,
+    confused_pairs,
+    per_class_rows,
+    table_markdown,
+)
+from mvcli.callbacks.metrics_writer import MetricsWriter
 from mvcli.cli import main
 from mvcli.data.taxonomy import HEADS
 from tests.conftest import _check_png
@@ -37,7 +43,9 @@ def test_test_writes_pngs_and_tables_next_to_metrics(trained, caplog):
     common, fit = trained
     cli = main(["test", *common, "--ckpt_path", fit.trainer.checkpoint_callback.best_model_path])
     folder = Path(fit.trainer.log_dir)  # the checkpoint's run
-    assert cli.trainer.output_dir == folder
+    # The CLI filled the writers' output_dir with the checkpoint's run folder.
+    for kind in (ConfusionMatrices, MetricsWriter):
+        assert next(c for c in cli.trainer.callbacks if isinstance(c, kind)).output_dir == folder
     assert (folder / "test_metrics.json").is_file()
     for head in HEADS:
         _check_png(folder / f"test_confusion_{head}.png", (500, 250))

@@ -415,3 +415,12 @@ def test_ddp_ranks_stay_in_sync_and_draw_disjoint_shards(synthetic_root, tmp_pat
         assert a["ids"] == [records[i].action_id for i in a["shard"]]
     unfrozen = [s for r in ranks[0] for s, trainable in r["trainable"].items() if trainable]
     assert unfrozen  # stages were unfrozen (and trained identically on both processes)
+
+
+def test_the_cli_puts_freezing_first():
+    """Before trainer.callbacks (a LearningRateMonitor there logs the LRs freezing set) and
+    the other sections: the order comes from the CLI (FIRST_SECTIONS), fixed at construction."""
+    cli = main(["--model.backbone", "tiny", "--freezing", "FixedFreezing",
+                "--trainer.callbacks+=LearningRateMonitor"], run=False)  # fmt: skip
+    names = [type(c).__name__ for c in cli.trainer.callbacks]
+    assert names[:2] == ["FixedFreezing", "LearningRateMonitor"]

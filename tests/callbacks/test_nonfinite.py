@@ -28,7 +28,6 @@ class Poisoned(LightningModule):
         loss = out.pow(2).mean()
         if bad and self.fault == "loss":
             loss = loss * float("nan")
-        self.last_train_loss = loss.detach()
         return loss
 
     def configure_optimizers(self):

@@ -128,7 +128,10 @@ def test_group_factors_compose_with_every_scheduler(name):
         factors["g2"] = min(1.0, i / 4)  # a ramp
         if i == 3:
             factors["g1"] = 0.5
-        scheduler.apply()  # what the freezing callback does at every batch
+        for group, factor in factors.items():  # what the freezing callback does at every batch
+            scheduler.set_factor(group, factor)
+        scheduler.apply()
+        assert scheduler.factors == factors
         expected = [lr * factors.get(f"g{g}", 1.0) for g, lr in enumerate(_lrs(twin))]
         assert _lrs(optimizer) == pytest.approx(expected)
         assert scheduler.get_last_lr() == _lrs(optimizer)
