@@ -3,6 +3,7 @@ predict: old module paths import as the new modules, with a warning."""
 
 from __future__ import annotations
 
+import ast
 import importlib
 import json
 import shutil
@@ -67,3 +68,62 @@ def test_a_0_1_checkpoint_predicts_alone(old_run):
     predictions = json.loads((old_run / "predictions.json").read_text())
     tested = json.loads(Path("data/Test/annotations.json").read_text())["Actions"]
     assert set(predictions["Actions"]) <= set(tested) and predictions["Actions"]
+
+
+# -- the package's shape: folders by role, no import circles, tests mirror it ------------------
+PACKAGE = Path(mvcli.__file__).parent
+
+
+def _modules() -> dict[str, Path]:
+    return {
+        ".".join(p for p in path.relative_to(PACKAGE.parent).with_suffix("").parts
+                 if p != "__init__"): path
+        for path in PACKAGE.rglob("*.py")
+    }  # fmt: skip
+
+
+def _imports(path: Path, modules: dict[str, Path]) -> set[str]:
+    """mvcli modules ``path`` imports, at the top or inside a function."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+        else:
+            continue
+        found |= {n for n in names if n in modules}
+    return found
+
+
+def test_at_most_eight_modules_at_the_top():
+    assert len(list(PACKAGE.glob("*.py"))) <= 8
+
+
+def test_no_circle_of_imports():
+    modules = _modules()
+    graph = {m: _imports(p, modules) - {m} for m, p in modules.items()}
+
+    def reaches(start: str, goal: str) -> bool:
+        seen, todo = set(), [start]
+        while todo:
+            for nxt in graph[todo.pop()] - seen:
+                if nxt == goal:
+                    return True
+                seen.add(nxt)
+                todo.append(nxt)
+        return False
+
+    circles = sorted(f"{m} -> {d}" for m, deps in graph.items() for d in deps if reaches(d, m))
+    assert not circles, circles
+
+
+def test_every_module_has_its_test_file():
+    tests = Path(__file__).parent
+    missing = [
+        str(path.relative_to(PACKAGE.parent))
+        for path in PACKAGE.rglob("*.py")
+        if path.name != "__init__.py"
+        and not (tests / path.parent.relative_to(PACKAGE) / f"test_{path.name}").is_file()
+    ]
+    assert not missing, missing

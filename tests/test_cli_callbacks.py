@@ -58,11 +58,11 @@ def test_every_callback_of_a_demo_fit_is_in_its_config_yaml(synthetic_root, tmp_
     acting = [c for c in fit.trainer.callbacks if not isinstance(c, SaveConfigCallback)]
     found = Counter(type(c) for c in acting)
     assert not {cls: n for cls, n in found.items() if n > places[cls]}, (found, places)
-    # The demo's 8 callbacks that used to be added in code are all there, by their sections.
+    # The defaults of every run are there, by their sections.
     for cls in (Throughput, LearningRateMonitor, MVProgressBar, MVModelSummary,
                 TrainingHistory, AugmentationPreview):  # fmt: skip
         assert cls in found
-    assert len(acting) == 18, found
+    assert len(acting) == 19, found  # MetricsWriter included
 
 
 def test_a_section_is_turned_off_or_replaced_from_yaml(synthetic_root, tmp_path):

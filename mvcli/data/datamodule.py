@@ -152,7 +152,7 @@ class MVFoulDataModule(LightningDataModule):
         self.augmentation.resolved()  # bad values fail at start-up, not at the first batch
         self.hparams["augmentation"] = self.augmentation.to_dict()
         self.augmenter: BatchAugmenter | None = None
-        self.root = Path(root) if root is not None else None
+        self._root = Path(root) if root is not None else None
         self.predict_root = Path(predict_root) if predict_root is not None else None
         self.spec = ClipSpec(
             num_frames=frames_per_clip,
@@ -216,6 +216,18 @@ class MVFoulDataModule(LightningDataModule):
         return ClassBalancedSampler(groups, progressive_epochs=epochs, seed=run_seed())
 
     # -- reading -----------------------------------------------------------------------------
+    @property
+    def root(self) -> Path | None:
+        """The dataset folder (``data.root``). ``mvcli export`` points an unset one at the
+        checkpoint's training data to measure its variants; setting it forgets the splits
+        read so far."""
+        return self._root
+
+    @root.setter
+    def root(self, value: Path | None) -> None:
+        self._root = Path(value) if value is not None else None
+        self._records = {}
+
     def split_dir(self, split: str) -> Path:
         if self.root is None:
             raise UsageError(

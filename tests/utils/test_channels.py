@@ -84,11 +84,6 @@ ALLOWED = {
         "mvcli search adds the trial's Optuna pruning callback to the trainer it built, before "
         "fit: the trial object cannot travel through the command line"
     ),
-    ("deploy/compress.py", "datamodule.root"): (
-        "mvcli export evaluates on the checkpoint's dataset when data.root is unset; the data "
-        "module is built by the CLI before the checkpoint is read (left to a data.root default "
-        "from the checkpoint)"
-    ),
 }
 
 
