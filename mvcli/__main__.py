@@ -1,7 +1,8 @@
 """The ``mvcli`` console command and ``python -m mvcli``: every subcommand under one error policy.
 
-LightningCLI's subcommands go through :func:`mvcli.cli.main`; ``score`` and ``search`` are
-plain functions (jsonargparse's ``CLI``) dispatched here, so neither imports the other.
+LightningCLI's subcommands go through :func:`mvcli.cli.main`; ``score``, ``review`` and
+``search`` are plain functions (jsonargparse's ``CLI``) dispatched here, so neither imports
+the other.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from mvcli.utils.errors import report
 
 
 def run(argv: list[str] | None = None) -> None:
-    """Console script: :func:`main`, ``mvcli score`` and ``mvcli search``, under one error
-    policy.
+    """Console script: :func:`main`, ``mvcli score``, ``mvcli review`` and ``mvcli search``,
+    under one error policy.
 
     Usage errors (arguments, options) exit 2, data and runtime errors exit 1, each as one
     ``mvcli: ...`` paragraph naming the file, field or argument; ``MVCLI_DEBUG=1`` adds the
@@ -30,6 +31,13 @@ def run(argv: list[str] | None = None) -> None:
     try:
         if command[:1] == ["score"]:
             CLI(score_command, args=command[1:], prog="mvcli score", formatter_class=HelpFormatter)
+            return
+        if command[:1] == ["review"]:
+            from mvcli.deploy.review import review_command
+
+            CLI(
+                review_command, args=command[1:], prog="mvcli review", formatter_class=HelpFormatter
+            )
             return
         if command[:1] == ["search"]:
             from mvcli.tools.search import search  # Optuna is an optional extra

@@ -29,10 +29,11 @@ SUBCOMMAND_HELP = {
     "cache": "decode every view once, ahead of training",
     "lr_find": "learning-rate range test: suggested LR and its plot",
     "score": "score predictions.json against annotations.json",
+    "review": "a web page of every prediction beside its clips",
     "search": "hyper-parameter search (Optuna) over any config keys",
 }
 # Subcommands run outside LightningCLI (see mvcli.__main__.run), listed with the others.
-STANDALONE_SUBCOMMANDS = ("score", "search")
+STANDALONE_SUBCOMMANDS = ("score", "review", "search")
 DESCRIPTION = (
     "mvcli: train, evaluate and serve multi-view, multi-task video classifiers for "
     "soccer foul recognition (SoccerNet-MVFoul)."

@@ -15,7 +15,13 @@ from pathlib import Path
 import numpy as np
 
 from mvcli.data.annotations import label_field_error, load_annotations
-from mvcli.data.taxonomy import NUM_CLASSES, SkipAction, labels_from_annotation, submission_entry
+from mvcli.data.taxonomy import (
+    NUM_CLASSES,
+    Labels,
+    SkipAction,
+    labels_from_annotation,
+    submission_entry,
+)
 
 
 def score(predictions_file: Path, annotations_file: Path) -> dict[str, float]:
@@ -41,13 +47,21 @@ def score(predictions_file: Path, annotations_file: Path) -> dict[str, float]:
         if guess is None:
             missing += 1
             continue
-        # The evaluator compares the raw ground-truth Offence string and a normalised severity.
-        expected = _expected_severity(entry, labels.offence_severity)
-        if entry.get("Offence") == guess.get("Offence") and expected == guess.get("Severity"):
-            correct["offence_severity"][labels.offence_severity] += 1
-        if entry.get("Action class") == guess.get("Action class"):
-            correct["action"][labels.action] += 1
+        for head, right in heads_correct(entry, labels, guess).items():
+            correct[head][getattr(labels, head)] += right
     return _summary(support, correct, missing)
+
+
+def heads_correct(entry: dict, labels: Labels, guess: dict) -> dict[str, bool]:
+    """Whether a submission entry gets each head of one counted action right, by the
+    evaluator's own string comparisons (``mvcli review`` marks actions with it)."""
+    # The evaluator compares the raw ground-truth Offence string and a normalised severity.
+    expected = _expected_severity(entry, labels.offence_severity)
+    return {
+        "offence_severity": entry.get("Offence") == guess.get("Offence")
+        and expected == guess.get("Severity"),
+        "action": entry.get("Action class") == guess.get("Action class"),
+    }
 
 
 def _expected_severity(entry: dict, offence_severity: int) -> str:
