@@ -2,7 +2,7 @@
 
 ``--remote-debugging-pipe`` makes Chromium read protocol commands from file descriptor 3 and
 write replies to descriptor 4, each message NUL-terminated JSON: no port, no websocket
-client. Tests that need a real browser use :func:`chromium_or_skip` then :class:`Browser`.
+client. Tests that need a real browser use :func:`browser_or_skip`.
 """
 
 from __future__ import annotations
@@ -42,17 +42,22 @@ def chromium_path() -> str | None:
     return None
 
 
-def chromium_or_skip() -> str:
-    """The executable, or skip the test with the reason (absent, or it cannot start here)."""
+def browser_or_skip(timeout: float = 60.0) -> Browser:
+    """A started :class:`Browser` (close it, or use it in ``with``), else skip the test with
+    the reason: no Chromium here, or it cannot start headless."""
     path = chromium_path()
     if path is None:
         pytest.skip("no Chromium on PATH (CI installs Debian's `chromium`; or set $MVCLI_CHROMIUM)")
+    browser = None
     try:
-        with Browser(path, timeout=60) as browser:
-            browser.evaluate("1 + 1")
-    except (OSError, RuntimeError, TimeoutError) as err:
+        browser = Browser(path, timeout=timeout)
+        browser.__enter__()
+        assert browser.evaluate("1 + 1") == 2
+    except (OSError, RuntimeError, TimeoutError, StopIteration) as err:
+        if browser is not None:
+            browser.close()
         pytest.skip(f"Chromium ({path}) cannot run headless here: {err}")
-    return path
+    return browser
 
 
 class Browser:

@@ -308,8 +308,9 @@ class _Clips:
 
     def _playable(self, path: Path) -> tuple[bool, str]:
         """Whether a browser plays the file, and its container/codec/pixels for the page."""
-        stat = path.stat()
-        key = (str(path), stat.st_size, stat.st_mtime_ns)
+        real = path.resolve()  # a clip shared by several actions (links) is probed once
+        stat = real.stat()
+        key = (str(real), stat.st_size, stat.st_mtime_ns)
         if key not in self._probed:
             self._probed[key] = _probe(path)
         return self._probed[key]
