@@ -16,6 +16,7 @@ from jsonargparse import CLI
 from mvcli.cli import main
 from mvcli.commandline.quiet import quiet_third_party
 from mvcli.data.synthetic import write_synthetic_dataset
+from mvcli.deploy.review import format_size, write_review
 from mvcli.deploy.scoring import score
 
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
@@ -94,6 +95,7 @@ def run_demo(
     )
     metrics = json.loads((log_dir / "test_metrics.json").read_text())
     official = score(predictions, data_root / "Test" / "annotations.json")
+    review = write_review(predictions, data_root / "Test" / "annotations.json")
     minutes = (time.perf_counter() - start) / 60
     summary = {
         "minutes": round(minutes, 2),
@@ -102,6 +104,8 @@ def run_demo(
         "log_dir": str(log_dir),
         "checkpoint": best,
         "predictions": str(predictions),
+        "review": str(review.path),
+        "review_size": review.size,
     }
     (log_dir / "demo_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     _print_summary(summary, data_root)
@@ -120,7 +124,9 @@ def _print_summary(summary: dict, data_root: Path) -> None:
         f"(balanced acc: offence-severity {test['test/bacc_offence_severity']:.3f}, "
         f"action {test['test/bacc_action']:.3f})\n"
         f"  scored like the official evaluator: leaderboard "
-        f"{summary['official']['leaderboard_value']:.1f}"
+        f"{summary['official']['leaderboard_value']:.1f}\n"
+        f"  review page  {summary['review']}   ({format_size(summary['review_size'])}; "
+        "open it in a browser: every Test action's views beside the model's answers)"
     )
 
 

@@ -40,5 +40,10 @@ def test_demo_trains_tests_predicts_and_scores(synthetic_root, tmp_path, capsys,
     acc = 100 * summary["test"]["test/acc_action"]
     assert summary["official"]["accuracy_action"] == pytest.approx(acc, abs=1e-4)
     assert "writing synthetic dataset" not in out  # the set was there: not written again
+    # The review page of the Test predictions, beside them, printed last.
+    review = Path(summary["review"])
+    assert review == log_dir / "predictions.html"
+    assert review.stat().st_size == summary["review_size"]
+    assert out.rstrip().splitlines()[-1].lstrip().startswith(f"review page  {review}")
     for path in (summary["log_dir"], summary["checkpoint"], summary["predictions"]):
         assert path in out
