@@ -64,8 +64,8 @@ def test_readme_is_a_front_page():
     assert "make demo   #" in setup and "make test   #" in setup
     makefile = (REPO / "Makefile").read_text()
     assert re.search(r"^demo:", makefile, re.M) and re.search(r"^test:", makefile, re.M)
-    for command in ["fit", "validate", "test", "predict", "score", "export", "search", "cache",
-                    "lr_find"]:  # fmt: skip
+    for command in ["fit", "validate", "test", "predict", "score", "review", "export", "search",
+                    "cache", "lr_find"]:  # fmt: skip
         assert re.search(rf"^mvcli {command} ", section("Commands"), re.M), command
 
 

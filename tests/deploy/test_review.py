@@ -297,3 +297,15 @@ def test_review_errors_are_one_paragraph(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         run(["review", str(tmp_path / "p.json"), "--output", str(tmp_path / "p.txt")])
     assert exit_.value.code == 2 and "needs an .html name" in capsys.readouterr().err
+
+
+def test_review_is_a_listed_subcommand_with_plain_help(capsys):
+    with pytest.raises(SystemExit):
+        run(["--help"])
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.strip().startswith("review "))
+    assert "web page" in line
+    with pytest.raises(SystemExit) as exit_:
+        run(["review", "--help"])
+    out = capsys.readouterr().out
+    assert exit_.value.code == 0 and out.startswith("usage: mvcli review")
+    assert "--annotations" in out and "--transcode" in out and "``" not in out
