@@ -47,7 +47,12 @@ def browser_or_skip(timeout: float = 60.0) -> Browser:
     the reason: no Chromium here, or it cannot start headless."""
     path = chromium_path()
     if path is None:
-        pytest.skip("no Chromium on PATH (CI installs Debian's `chromium`; or set $MVCLI_CHROMIUM)")
+        explicit = os.environ.get("MVCLI_CHROMIUM")
+        pytest.skip(
+            f"$MVCLI_CHROMIUM={explicit} is not a file"
+            if explicit
+            else "no Chromium on PATH (CI installs Debian's `chromium`; or set $MVCLI_CHROMIUM)"
+        )
     browser = None
     try:
         browser = Browser(path, timeout=timeout)

@@ -1,4 +1,4 @@
-"""The demo: synthetic data -> fit -> test -> predict -> official score, on CPU.
+"""The demo: synthetic data -> fit -> test -> predict -> official score -> review page, on CPU.
 
 ``make demo`` runs ``python -m mvcli.tools.demo``; every step goes through :func:`mvcli.cli.main`,
 the entry point users call.
