@@ -13,6 +13,7 @@ import re
 import sys
 from collections.abc import Iterable
 
+import jsonargparse
 from jsonargparse import ActionSubCommands, DefaultHelpFormatter
 from lightning.pytorch.cli import LightningArgumentParser
 
@@ -205,6 +206,31 @@ class ArgumentParser(LightningArgumentParser):
                 group.title = title
             if trainer is not None:
                 trainer._group_actions = kept_trainer_actions
+
+
+class StandaloneParser(jsonargparse.ArgumentParser):
+    """The parser of ``mvcli score`` and ``mvcli search`` (jsonargparse's CLI, outside
+    LightningCLI): mvcli's help formatter, no abbreviated options, one-line errors."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def parse_args(self, args=None, *rest, **kwargs):
+        args = sys.argv[1:] if args is None else list(args)
+        with usage.parsing_args(args):
+            return super().parse_args(args, *rest, **kwargs)
+
+    def parse_path(self, path, *rest, **kwargs):
+        with usage.reading_file(path):
+            return super().parse_path(path, *rest, **kwargs)
+
+    def error(self, message: str, ex: Exception | None = None):
+        unknown = usage.unknown_options(self)  # else reported as a wrong positional value
+        if unknown:
+            message = f"unrecognized arguments: {' '.join(unknown)}"
+        return super().error(usage.one_line(self, message), ex)
 
 
 def _own(name: str) -> bool:

@@ -92,6 +92,13 @@ def one_line(parser: Any, message: str) -> str:
     return f"{file}: {text}" if file and file not in text else text
 
 
+def unknown_options(parser: Any) -> list[str]:
+    """Options of the command line being parsed that ``parser`` does not have (for a parser
+    without subcommands, where jsonargparse may take an unknown option as a positional)."""
+    known = set(compat.option_strings(parser))
+    return [a for a in _ARGV.get() if a.startswith("--") and a.split("=", 1)[0] not in known]
+
+
 def did_you_mean(given: str, candidates: list[str]) -> str:
     """`` (did you mean X?)`` for the closest candidates of ``given``, or ``""``."""
     name = given.split("=", 1)[0]
@@ -128,12 +135,12 @@ def _expected(detail: str) -> str:
 
 def _source(key: str) -> str:
     """``"<file>: "`` when ``key`` came from a config file (not from the command line)."""
+    file = _FILE.get()
+    if file is not None:  # raised while that file was read
+        return f"{file}: "
     argv = _ARGV.get()
     if any(a == f"--{key}" or a.startswith(f"--{key}=") for a in argv):
         return ""
-    file = _FILE.get()
-    if file is not None:
-        return f"{file}: "
     found = None
     for path in _config_files(argv):
         if _has_key(path, key):
