@@ -239,8 +239,10 @@ class MVFoulDataModule(LightningDataModule):
             raise DataError(
                 f"{path / 'annotations.json'} not found: data.root must hold "
                 f"{'/'.join(SPLITS)} folders with annotations.json"
-                + (_split_folder_hint(self.root) or " (make a synthetic set with "
-                   "`python -m mvcli.data.synthetic --root DIR`)")
+                + (
+                    _split_folder_hint(self.root)
+                    or " (make a synthetic set with `python -m mvcli.data.synthetic --root DIR`)"
+                )
             )
         return path
 

@@ -209,7 +209,8 @@ def _check_settings(study, settings: dict[str, Any], where: str) -> None:
         study.set_user_attr("run_settings", settings)
         return
     differences = [
-        f"{key} {stored.get(key)!r} -> {value!r}" if key != "run_config_sha256"
+        f"{key} {stored.get(key)!r} -> {value!r}"
+        if key != "run_config_sha256"
         else "the content of a run_config file changed"
         for key, value in settings.items()
         if stored.get(key) != value

@@ -42,6 +42,9 @@ def test_row_labels_name_the_action_class_and_severity():
 
     from mvcli.callbacks.augmentation_preview import row_labels
 
-    batch = {"action_id": ["7", "12"], "action": torch.tensor([1, 0]),
-             "offence_severity": torch.tensor([[0.2, 0.0, 0.8, 0.0], [1.0, 0.0, 0.0, 0.0]])}  # fmt: skip
-    assert row_labels(batch, 2) == [["#7 Standing tackling", "Yellow card"], ["#12 Tackling", "No offence"]]
+    severity = torch.tensor([[0.2, 0.0, 0.8, 0.0], [1.0, 0.0, 0.0, 0.0]])  # mixed, plain
+    batch = {"action_id": ["7", "12"], "action": torch.tensor([1, 0]), "offence_severity": severity}
+    assert row_labels(batch, 2) == [
+        ["#7 Standing tackling", "Yellow card"],
+        ["#12 Tackling", "No offence"],
+    ]

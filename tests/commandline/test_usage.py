@@ -20,7 +20,7 @@ def _error(capsys, argv: list[str]) -> str:
     lines = [line for line in err.splitlines() if line.startswith("error: ")]
     assert len(lines) == 1, err
     assert "Does not validate" not in err and "Subtypes" not in err, err
-    return lines[0][len("error: "):]
+    return lines[0][len("error: ") :]
 
 
 def _fit(synthetic_root, tmp_path, *extra: str) -> list[str]:
@@ -38,7 +38,9 @@ def test_an_abbreviated_option_is_refused_with_the_full_name(synthetic_root, tmp
 def test_an_unknown_option_suggests_the_closest(synthetic_root, tmp_path, capsys):
     # The complaint: --data.batchsize 4 -> "unrecognized arguments" with no hint.
     line = _error(capsys, _fit(synthetic_root, tmp_path, "--data.batchsize", "4"))
-    assert line.startswith("unrecognized arguments: --data.batchsize 4 (did you mean --data.batch_size")
+    assert line.startswith(
+        "unrecognized arguments: --data.batchsize 4 (did you mean --data.batch_size"
+    )
 
 
 def test_a_wrong_type_is_one_line_with_the_expected_type(synthetic_root, tmp_path, capsys):
@@ -83,7 +85,11 @@ def test_did_you_mean():
 
 
 def test_search_and_score_take_no_abbreviation_either(capsys):
-    line = _error(capsys, ["search", "--config", str(CONFIGS / "search/demo.yaml"), "--n_trial", "2"])
+    line = _error(
+        capsys, ["search", "--config", str(CONFIGS / "search/demo.yaml"), "--n_trial", "2"]
+    )
     assert line == "unrecognized arguments: --n_trial (did you mean --n_trials?)"
-    line = _error(capsys, ["search", "--config", str(CONFIGS / "search/demo.yaml"), "--n_trials", "two"])
+    line = _error(
+        capsys, ["search", "--config", str(CONFIGS / "search/demo.yaml"), "--n_trials", "two"]
+    )
     assert line == "--n_trials: expected int or null, got 'two'"

@@ -233,7 +233,8 @@ def test_the_logged_augmentation_is_the_effective_one(synthetic_root, tmp_path, 
     args = ["fit", "--config", str(CONFIGS / "demo.yaml"), "--config", str(CONF / "fast_fit.yaml"),
             *tiny_args(synthetic_root, tmp_path), "--trainer.max_epochs", "1",
             "--data.augmentation.preset", "none", "--data.augmentation.hflip_prob", "0.5",
-            "--data.augmentation.color_prob", "1.0", "--data.augmentation.brightness", "0.5"]  # fmt: skip
+            "--data.augmentation.color_prob", "1.0",
+            "--data.augmentation.brightness", "0.5"]  # fmt: skip
     with caplog.at_level(logging.INFO):
         main(args)
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("augmentation:")]

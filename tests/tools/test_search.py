@@ -185,8 +185,8 @@ def test_a_resumed_search_draws_new_values_and_refuses_other_settings(
     assert len(values) == 4 and len(set(values)) == 4, values
 
     with pytest.raises(SystemExit) as exit_info:
-        run(["search", "--config", str(config), "--n_trials", "6",
-             "--overrides", f'["--data.root={synthetic_root}", "--trainer.max_epochs=2"]'])  # fmt: skip
+        overrides = f'["--data.root={synthetic_root}", "--trainer.max_epochs=2"]'
+        run(["search", "--config", str(config), "--n_trials", "6", "--overrides", overrides])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     line = next(line for line in err.splitlines() if line.startswith("mvcli: "))
