@@ -82,6 +82,10 @@ def one_line(parser: Any, message: str) -> str:
         hint = did_you_mean(full, keys)
         return f"{_source(full)}{full} is not an option of {where}{hint}"
     typed = re.match(r'Parser key "([^"]+)":\s*(.*)', message, re.S)
+    if typed and re.search(r"NestedArg|class_path|init_args|Parser key", typed.group(2)):
+        # A component's (class_path) own error: jsonargparse's report, the file named.
+        file = _source(typed.group(1))
+        return f"{file}{message}" if file else message
     if typed:
         key, detail = typed.groups()
         source = _source(key)
@@ -126,6 +130,10 @@ def _expected(detail: str) -> str:
     names = list(dict.fromkeys(_TYPE_NAMES.get(n, n) for n in names))
     given = re.search(r"Given value: (.*)", detail)
     value = given.group(1).strip() if given else None
+    restriction = re.search(r"(\S+) does not conform to restriction (.+)", detail)
+    if restriction:  # jsonargparse's limit types: "0 does not conform to restriction v>0"
+        names = [f"{n} ({restriction.group(2)})" for n in names]
+        value = value or restriction.group(1)
     if value is None:
         quoted = re.findall(r"'([^']*)'", detail.splitlines()[-1] if detail else "")
         value = quoted[-1] if quoted else None
