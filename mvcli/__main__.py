@@ -12,10 +12,13 @@ import sys
 from jsonargparse import CLI
 
 from mvcli.cli import main
-from mvcli.commandline.help import HelpFormatter
+from mvcli.commandline.help import StandaloneParser
 from mvcli.commandline.quiet import quiet_third_party
 from mvcli.deploy.scoring import score_command
 from mvcli.utils.errors import report
+
+# score and search parse as the other subcommands do: mvcli's help, no abbreviated options.
+_PARSER = {"parser_class": StandaloneParser}
 
 
 def run(argv: list[str] | None = None) -> None:
@@ -30,7 +33,7 @@ def run(argv: list[str] | None = None) -> None:
     command = sys.argv[1:] if argv is None else argv
     try:
         if command[:1] == ["score"]:
-            CLI(score_command, args=command[1:], prog="mvcli score", formatter_class=HelpFormatter)
+            CLI(score_command, args=command[1:], prog="mvcli score", **_PARSER)
             return
         if command[:1] == ["review"]:
             from mvcli.deploy.review import review_command
@@ -42,7 +45,7 @@ def run(argv: list[str] | None = None) -> None:
         if command[:1] == ["search"]:
             from mvcli.tools.search import search  # Optuna is an optional extra
 
-            CLI(search, args=command[1:], prog="mvcli search", formatter_class=HelpFormatter)
+            CLI(search, args=command[1:], prog="mvcli search", **_PARSER)
             return
         main(argv)  # None from the console: LightningCLI reads sys.argv itself
     except (SystemExit, KeyboardInterrupt):

@@ -135,3 +135,53 @@ def _same(given: str, value) -> bool:
         return float(given) == float(value)
     except (TypeError, ValueError):
         return str(value) == given or str(value).endswith("." + given.rsplit(".", 1)[-1])
+
+
+def _commands_block() -> list[list[str]]:
+    """The README's Commands block, one argv per line (comments dropped)."""
+    block = re.search(r"```bash\n(.*?)```", section("Commands"), re.S).group(1)
+    return [shlex.split(line.split("  #")[0]) for line in block.splitlines() if line.strip()]
+
+
+def test_readme_says_how_to_reach_the_mvcli_command():
+    # The complaint: `make demo && mvcli --help` -> "bash: mvcli: command not found"; the
+    # README never said that the command lives in the virtual environment make made.
+    text = section("Commands")
+    venv = re.search(r"^VENV \?= (\S+)$", (REPO / "Makefile").read_text(), re.M).group(1)
+    assert f"source {venv}/bin/activate" in text and f"{venv}/bin/mvcli" in text
+    assert text.index("activate") < text.index("```bash")  # before the first command
+    assert 'mvcli = "mvcli.__main__:run"' in (REPO / "pyproject.toml").read_text()
+
+
+def test_readme_commands_are_real_subcommands(capsys):
+    from mvcli.__main__ import run
+
+    commands = _commands_block()
+    assert len(commands) >= 8 and all(argv[0] == "mvcli" for argv in commands)
+    for argv in commands:
+        with pytest.raises(SystemExit) as exit_info:
+            run([argv[1], "--help"])
+        assert exit_info.value.code == 0, argv
+        usage = capsys.readouterr().out.splitlines()[0]
+        assert usage.startswith("usage: mvcli ") and f" {argv[1]}" in usage, (argv, usage)
+
+
+def test_the_installed_console_script_answers_help_and_version(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import mvcli
+
+    # The environment's own `mvcli` (what `source .venv/bin/activate` puts on PATH), else
+    # `python -m mvcli`, the same entry point.
+    script = Path(sys.executable).parent / "mvcli"
+    command = [str(script)] if script.is_file() else [sys.executable, "-m", "mvcli"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    for args, expected in ((["--help"], "usage: mvcli"), (["--version"], mvcli.__version__)):
+        result = subprocess.run(
+            [*command, *args], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120
+        )
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert expected in result.stdout, result.stdout[:500]

@@ -13,10 +13,11 @@ import re
 import sys
 from collections.abc import Iterable
 
+import jsonargparse
 from jsonargparse import ActionSubCommands, DefaultHelpFormatter
 from lightning.pytorch.cli import LightningArgumentParser
 
-from mvcli.commandline import renamed
+from mvcli.commandline import renamed, usage
 from mvcli.utils import compat
 
 # One line per subcommand, shown by ``mvcli --help``; others fall back to their docstring.
@@ -119,12 +120,14 @@ LINKED_GROUPS = ("model.clip",)
 
 
 class ArgumentParser(LightningArgumentParser):
-    """LightningCLI's parser with mvcli's help: plain text, own groups first, short form."""
+    """LightningCLI's parser with mvcli's help: plain text, own groups first, short form;
+    options never abbreviated, errors in one line (commandline.usage)."""
 
     full_help = False
 
     def __init__(self, *args, **kwargs) -> None:
         kwargs.setdefault("formatter_class", HelpFormatter)
+        kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
 
     # mvcli 0.1's option keys, translated before anything is validated (commandline.renamed).
@@ -132,7 +135,15 @@ class ArgumentParser(LightningArgumentParser):
         args = sys.argv[1:] if args is None else list(args)
         args, renames = renamed.translate_args(args)
         renamed.warn_renamed(renames, "the command line")
-        return super().parse_args(args, *rest, **kwargs)
+        with usage.parsing_args(args):
+            return super().parse_args(args, *rest, **kwargs)
+
+    def parse_path(self, path, *rest, **kwargs):
+        with usage.reading_file(path):
+            return super().parse_path(path, *rest, **kwargs)
+
+    def error(self, message: str, ex: Exception | None = None):
+        return super().error(usage.one_line(self, message), ex)
 
     def parse_string(self, content: str, path="", *rest, **kwargs):
         content = renamed.translate_config_text(content, str(path or "a config string"))
@@ -196,6 +207,31 @@ class ArgumentParser(LightningArgumentParser):
                 group.title = title
             if trainer is not None:
                 trainer._group_actions = kept_trainer_actions
+
+
+class StandaloneParser(jsonargparse.ArgumentParser):
+    """The parser of ``mvcli score`` and ``mvcli search`` (jsonargparse's CLI, outside
+    LightningCLI): mvcli's help formatter, no abbreviated options, one-line errors."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def parse_args(self, args=None, *rest, **kwargs):
+        args = sys.argv[1:] if args is None else list(args)
+        with usage.parsing_args(args):
+            return super().parse_args(args, *rest, **kwargs)
+
+    def parse_path(self, path, *rest, **kwargs):
+        with usage.reading_file(path):
+            return super().parse_path(path, *rest, **kwargs)
+
+    def error(self, message: str, ex: Exception | None = None):
+        unknown = usage.unknown_options(self)  # else reported as a wrong positional value
+        if unknown:
+            message = f"unrecognized arguments: {' '.join(unknown)}"
+        return super().error(usage.one_line(self, message), ex)
 
 
 def _own(name: str) -> bool:

@@ -24,6 +24,9 @@ IGNORED_WARNINGS = (
     # mvcli's own drivers (make demo, mvcli search) call main(args) while their own options
     # are in sys.argv, which is intended.
     r"LightningCLI's args parameter is intended to run from within Python.*",
+    # torch.onnx, once per input after the first sharing a dynamic axis (the video and its
+    # view mask share batch and views): the axis keeps its name, nothing to act on.
+    r"# The axis name: \w+ will not be used, since it shares the same shape constraints.*",
 )
 # Log lines that advertise (litlogger), or report a choice mvcli made (its model summary).
 IGNORED_LOG_LINES = ("litlogger", "Trainer already configured with model summary callbacks")

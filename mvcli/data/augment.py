@@ -178,8 +178,25 @@ class Augmentation:
             raise ValueError("data.augmentation.severity_max_strength must be >= 1")
         return values
 
+    def describe(self) -> str:
+        """The effective augmentation in words: ``preset none + hflip_prob 0.5, crop_prob 1.0``
+        (the fields set apart from the preset's values), or ``preset mild`` alone."""
+        preset = PRESETS.get(self.preset, {})
+        changed = [
+            f"{name} {_short(value)}"
+            for name, value in self.resolved().items()
+            if getattr(self, name) is not None and preset.get(name) != value
+        ]
+        return f"preset {self.preset}" + (" + " + ", ".join(changed) if changed else "")
+
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def _short(value: object) -> str:
+    if isinstance(value, tuple):
+        return "[" + ", ".join(_short(v) for v in value) + "]"
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def _check(values: dict) -> None:

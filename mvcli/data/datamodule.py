@@ -238,8 +238,11 @@ class MVFoulDataModule(LightningDataModule):
         if not (path / "annotations.json").is_file():
             raise DataError(
                 f"{path / 'annotations.json'} not found: data.root must hold "
-                f"{'/'.join(SPLITS)} folders with annotations.json (make a synthetic set with "
-                "`python -m mvcli.data.synthetic --root DIR`)"
+                f"{'/'.join(SPLITS)} folders with annotations.json"
+                + (
+                    _split_folder_hint(self.root)
+                    or " (make a synthetic set with `python -m mvcli.data.synthetic --root DIR`)"
+                )
             )
         return path
 
@@ -300,7 +303,7 @@ class MVFoulDataModule(LightningDataModule):
         augmenter = BatchAugmenter(config, strength)
         if augmenter.active:
             rank_zero_info(
-                f"augmentation: preset {config.preset}, on the "
+                f"augmentation: {config.describe()}, on the "
                 f"{'device' if config.gpu else 'loader workers'}, severity strength "
                 f"{[round(s, 2) for s in strength]}"
             )
@@ -453,3 +456,13 @@ class MVFoulDataModule(LightningDataModule):
 
 def _has_accelerator() -> bool:
     return torch.cuda.is_available()
+
+
+def _split_folder_hint(root: Path) -> str:
+    """``; data.root X looks like a split folder ...`` when ``root`` is one split, not the set."""
+    if root.name in SPLITS or (root / "annotations.json").is_file():
+        return (
+            f"; data.root {root} looks like a split folder (its name is a split or it holds "
+            f"annotations.json itself): pass its parent, --data.root {root.parent}"
+        )
+    return ""

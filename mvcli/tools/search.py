@@ -6,10 +6,18 @@ options (``--model.optimizer.init_args.lr=...``), built by :func:`mvcli.cli.main
 by Optuna's Lightning pruning callback. The study lives in a storage (SQLite by default), so a
 killed search started again with the same ``output_dir`` continues where it stopped: trials
 that were running when the process died are marked failed (Optuna's heartbeat) and run again.
+
+A resumed study draws new values: its sampler is seeded from ``seed`` and the number of trials
+the study already holds, so a rerun never repeats the draws of the first invocation. The run
+settings that decide what a trial's value means (run configs and their content, overrides,
+monitor, direction, search space) are stored with the study; a search resumed with other
+settings is refused with the differences named, since trials of another budget (more epochs)
+would be ranked and pruned against each other.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import warnings
@@ -115,7 +123,8 @@ def search(
         pruner_startup_trials: trials run to the end before any pruning.
         pruner_warmup_epochs: epochs of each trial never pruned.
         sampler: how values are proposed: ``tpe`` (Bayesian) or ``random``.
-        seed: seed of the sampler (null: random).
+        seed: seed of the sampler (null: random); a resumed study seeds it from (seed,
+            trials so far), so it draws new values.
         heartbeat_interval: seconds between a running trial's heartbeats; a trial silent for
             twice as long (its process died) is failed and queued again.
         overrides: extra ``mvcli fit`` options given to every trial
@@ -137,10 +146,13 @@ def search(
         ),
         study_name=study_name,
         direction=direction,
-        sampler=_sampler(optuna, sampler, seed),
         pruner=_pruner(optuna, pruner, pruner_startup_trials, pruner_warmup_epochs),
         load_if_exists=True,
     )
+    settings = _run_settings(run_config, overrides, monitor, direction, search_space)
+    _check_settings(study, settings, storage or str(output_dir / "study.db"))
+    # Seeded from (seed, trials so far): a resumed study draws new values, not the same ones.
+    study.sampler = _sampler(optuna, sampler, _resumed_seed(seed, len(study.trials)))
     base_args = [a for c in run_config for a in ("--config", str(c))] + list(overrides or [])
     logger_off = _logger_disabled(run_config)
 
@@ -162,6 +174,65 @@ def search(
             callbacks.append(optuna.study.MaxTrialsCallback(n_trials, states=states))
         study.optimize(objective, n_trials=remaining, timeout=timeout, callbacks=callbacks)
     return _report(optuna, study, output_dir, monitor)
+
+
+def _run_settings(
+    run_config: list[Path],
+    overrides: list[str] | None,
+    monitor: str,
+    direction: str,
+    search_space: dict[str, Distribution],
+) -> dict[str, Any]:
+    """What a trial's value depends on besides its sampled values (stored with the study)."""
+    return {
+        "run_config": [str(p) for p in run_config],
+        "run_config_sha256": [_digest(p) for p in run_config],
+        "overrides": list(overrides or []),
+        "monitor": monitor,
+        "direction": direction,
+        "search_space": {k: _plain_distribution(d) for k, d in search_space.items()},
+    }
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
+def _plain_distribution(dist: Distribution) -> dict[str, Any]:
+    return {k: v for k, v in vars(dist).items() if v is not None and v is not False}
+
+
+def _check_settings(study, settings: dict[str, Any], where: str) -> None:
+    """Store the run settings in a new study; refuse to resume one run with other settings."""
+    stored = study.user_attrs.get("run_settings")
+    if stored is None:
+        study.set_user_attr("run_settings", settings)
+        return
+    differences = [
+        f"{key} {stored.get(key)!r} -> {value!r}"
+        if key != "run_config_sha256"
+        else "the content of a run_config file changed"
+        for key, value in settings.items()
+        if stored.get(key) != value
+    ]
+    if differences:
+        from mvcli.utils.errors import UsageError
+
+        raise UsageError(
+            f"study {study.study_name!r} ({where}) was run with other settings: "
+            + "; ".join(differences)
+            + ". Its trials would be compared with trials of another run; start a new study "
+            "(another --study_name or --output_dir) or resume with the study's settings"
+        )
+
+
+def _resumed_seed(seed: int | None, trials_so_far: int) -> int | None:
+    """The sampler's seed: ``seed`` for a new study, a different one for each resumption."""
+    if seed is None or trials_so_far == 0:
+        return seed
+    import numpy as np
+
+    return int(np.random.SeedSequence([seed, trials_so_far]).generate_state(1)[0])
 
 
 def _import_optuna():

@@ -216,7 +216,23 @@ def rewrite_subcommand_help(parser: Any, help_lines: dict[str, str], extra: list
     line after ``add_subcommand`` or to list a name without a parser.
     """
     action = parser._subcommands_action
+    # The usage line's {a,b,...} lists them all too (argparse builds it from the choices).
+    action.metavar = "{" + ",".join([*action.choices, *extra]) + "}"
     for choice in action._choices_actions:
         choice.help = help_lines.get(choice.dest, choice.help)
     for name in extra:
         action._choices_actions.append(action._ChoicesPseudoAction(name, (), help_lines[name]))
+
+
+def option_strings(parser: Any) -> list[str]:
+    """Every option string of ``parser`` (``--data.batch_size``, ...): the candidates of the
+    "did you mean" hint of an unknown option. argparse keeps them in ``_actions`` only."""
+    return [option for action in parser._actions for option in action.option_strings]
+
+
+def parser_of_subcommand(parser: Any, name: str) -> Any:
+    """The parser of subcommand ``name`` under ``parser`` (None without one): argparse keeps
+    them in the subparsers action's ``_name_parser_map``, reached through jsonargparse's
+    ``_subcommands_action``."""
+    action = getattr(parser, "_subcommands_action", None)
+    return None if action is None else action._name_parser_map.get(name)

@@ -80,3 +80,18 @@ def test_score_help_is_plain(capsys):
         run(["score", "--help"])
     out = capsys.readouterr().out
     assert out.startswith("usage: mvcli score") and not RST.search(out)
+
+
+def test_main_usage_line_lists_every_subcommand(capsys):
+    # The complaint: the usage line read {fit,validate,test,predict,export,cache,lr_find}.
+    out = _help(capsys, "--help")
+    usage = " ".join(out.split("\n\n")[0].split())
+    assert "{fit,validate,test,predict,export,cache,lr_find,score,search}" in usage
+
+
+def test_pyproject_license_is_a_string():
+    # `pip install` warned "project.license as a TOML table is deprecated".
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert isinstance(project["license"], str) and project["license"]

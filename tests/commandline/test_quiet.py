@@ -36,3 +36,19 @@ def test_console_run_is_quiet(trained, tmp_path):
     output = result.stdout + result.stderr
     assert "validate_metrics.json" in output  # says where the metrics went
     assert [noise for noise in NOISE if noise in output] == []
+
+
+def test_console_export_is_quiet(ckpt, tmp_path):
+    # The complaint: two torch.onnx UserWarnings ("The axis name: batch will not be used,
+    # since it shares the same shape constraints with another axis: batch.") leaked.
+    env = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "200"}
+    env.pop("MVCLI_DEBUG", None)
+    out = tmp_path / "export"
+    result = subprocess.run(
+        [sys.executable, "-m", "mvcli", "export", "--ckpt_path", str(ckpt),
+         "--output_dir", str(out)],  # fmt: skip
+        capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "exported" in result.stdout + result.stderr
+    assert "UserWarning" not in result.stderr and "The axis name" not in result.stderr

@@ -212,3 +212,32 @@ def test_worker_path_has_the_same_distribution():
     n = len(in_workers)
     critical = 1.63 * math.sqrt(2 / n)  # two-sample KS at alpha = 0.01
     assert _ks_statistic(in_workers, on_device) < critical
+
+
+def test_the_logged_augmentation_is_the_effective_one(synthetic_root, tmp_path, caplog):
+    # The complaint: vars_baseline's run logged "augmentation: preset none" while flip, crop
+    # and colour are configured on top of that preset.
+    import logging
+
+    import yaml
+
+    from mvcli.cli import main
+    from tests.conftest import CONF, CONFIGS, tiny_args
+
+    section = yaml.safe_load((CONFIGS / "vars_baseline.yaml").read_text())["data"]["augmentation"]
+    described = Augmentation(**section).describe()
+    assert described.startswith("preset none + hflip_prob 0.5, crop_prob 1")
+    assert "color_prob 1" in described and "brightness 0.5" in described
+    assert Augmentation(preset="mild").describe() == "preset mild"
+
+    args = ["fit", "--config", str(CONFIGS / "demo.yaml"), "--config", str(CONF / "fast_fit.yaml"),
+            *tiny_args(synthetic_root, tmp_path), "--trainer.max_epochs", "1",
+            "--data.augmentation.preset", "none", "--data.augmentation.hflip_prob", "0.5",
+            "--data.augmentation.color_prob", "1.0",
+            "--data.augmentation.brightness", "0.5"]  # fmt: skip
+    with caplog.at_level(logging.INFO):
+        main(args)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("augmentation:")]
+    assert lines and lines[0].startswith(
+        "augmentation: preset none + hflip_prob 0.5, color_prob 1, brightness 0.5, on the "
+    ), lines

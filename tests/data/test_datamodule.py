@@ -92,3 +92,21 @@ def test_datamodule_worker_mode_and_default_strength(synthetic_root):
     expected = severity_strength(counts, 2.0)
     assert dm.augmenter.strength.tolist() == pytest.approx(expected)
     assert dm.hparams.augmentation["preset"] == "mild"  # plain values in checkpoints
+
+
+@pytest.mark.parametrize("split", ["Train", "Valid"])
+def test_a_split_folder_as_root_is_named_with_its_parent(synthetic_root, tmp_path, split, capsys):
+    # The complaint: --data.root data/synthetic/Train said "data/synthetic/Train/Train/
+    # annotations.json not found", with no hint that a split folder was given.
+    from mvcli.__main__ import run
+    from tests.conftest import CONFIGS, tiny_args
+
+    root = synthetic_root / split
+    with pytest.raises(SystemExit) as exit_info:
+        run(["fit", "--config", str(CONFIGS / "demo.yaml"), *tiny_args(root, tmp_path),
+             "--trainer.max_epochs", "1"])  # fmt: skip
+    assert exit_info.value.code == 1
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith("mvcli: ") and "annotations.json not found" in line
+    assert f"data.root {root} looks like a split folder" in line
+    assert f"pass its parent, --data.root {synthetic_root}" in line

@@ -166,3 +166,30 @@ def test_search_configs_parse(path, capsys, tmp_path):
     for key, dist in printed["search_space"].items():
         Distribution(**dist).check(key)
     assert all((REPO / p).is_file() for p in printed["run_config"])
+
+
+def test_a_resumed_search_draws_new_values_and_refuses_other_settings(
+    tmp_path, synthetic_root, capsys
+):
+    # The complaint: with seed 0, 2 trials then a rerun with n_trials 4 gave 4 trials with 2
+    # distinct parameter sets (the resumed sampler had the same seed); and a rerun with more
+    # epochs mixed trials of both budgets in one study without a word.
+    space = {LR: {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}}
+    config = _search_config(tmp_path, synthetic_root, search_space=space, n_trials=2, pruner="none")
+    run(["search", "--config", str(config)])
+    run(["search", "--config", str(config), "--n_trials", "4"])
+    out = capsys.readouterr().out
+    assert "resuming study 'mvcli': 2 trials already finished" in out
+    study = optuna.load_study(study_name="mvcli", storage=f"sqlite:///{tmp_path}/study/study.db")
+    values = [t.params[LR] for t in study.get_trials() if t.state.name == "COMPLETE"]
+    assert len(values) == 4 and len(set(values)) == 4, values
+
+    with pytest.raises(SystemExit) as exit_info:
+        overrides = f'["--data.root={synthetic_root}", "--trainer.max_epochs=2"]'
+        run(["search", "--config", str(config), "--n_trials", "6", "--overrides", overrides])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    line = next(line for line in err.splitlines() if line.startswith("mvcli: "))
+    assert "was run with other settings: overrides" in line and "--trainer.max_epochs=2" in line
+    assert "another --study_name or --output_dir" in line
+    assert len(study.get_trials()) == 4  # nothing ran
