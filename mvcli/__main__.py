@@ -17,7 +17,7 @@ from mvcli.commandline.quiet import quiet_third_party
 from mvcli.deploy.scoring import score_command
 from mvcli.utils.errors import report
 
-# score and search parse as the other subcommands do: mvcli's help, no abbreviated options.
+# score, review and search parse as the other subcommands do: mvcli's help, no abbreviated options.
 _PARSER = {"parser_class": StandaloneParser}
 
 
@@ -38,9 +38,7 @@ def run(argv: list[str] | None = None) -> None:
         if command[:1] == ["review"]:
             from mvcli.deploy.review import review_command
 
-            CLI(
-                review_command, args=command[1:], prog="mvcli review", formatter_class=HelpFormatter
-            )
+            CLI(review_command, args=command[1:], prog="mvcli review", **_PARSER)
             return
         if command[:1] == ["search"]:
             from mvcli.tools.search import search  # Optuna is an optional extra
