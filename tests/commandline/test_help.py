@@ -86,7 +86,7 @@ def test_main_usage_line_lists_every_subcommand(capsys):
     # The complaint: the usage line read {fit,validate,test,predict,export,cache,lr_find}.
     out = _help(capsys, "--help")
     usage = " ".join(out.split("\n\n")[0].split())
-    assert "{fit,validate,test,predict,export,cache,lr_find,score,search}" in usage
+    assert "{fit,validate,test,predict,export,cache,lr_find,score,review,search}" in usage
 
 
 def test_pyproject_license_is_a_string():
