@@ -426,7 +426,10 @@ class MVCLI(LightningCLI):
         logger = trainer.logger
         folder = getattr(logger, "log_dir", None) if logger else trainer.default_root_dir
         if trainer.is_global_zero and folder is not None and not Path(folder).exists():
-            self._new_run_folder = Path(folder)
+            folder = Path(folder).absolute()
+            while not folder.parent.exists():  # the first folder this run makes
+                folder = folder.parent
+            self._new_run_folder = folder
         return trainer
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Any:

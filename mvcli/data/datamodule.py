@@ -150,9 +150,10 @@ class MVFoulDataModule(LightningDataModule):
         augmentation: Augmentation | None = None,
     ) -> None:
         super().__init__()
+        self.save_hyperparameters(ignore=["augmentation"])
         # Saved absolute, so the checkpoint finds its training data from any folder.
         root = Path(root).expanduser().resolve() if root is not None else None
-        self.save_hyperparameters(ignore=["augmentation"])
+        self.hparams["root"] = str(root) if root is not None else None
         # Plain values in checkpoints (they load with weights_only=True).
         self.augmentation = augmentation or Augmentation()
         self.augmentation.resolved()  # bad values fail at start-up, not at the first batch

@@ -19,7 +19,7 @@ from typing import Literal
 
 import numpy as np
 import torch
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
 from mvcli.data.taxonomy import HEADS
@@ -293,7 +293,7 @@ def compress_export(
             "data.root is not set"
         )
         skipped = ["accuracy comparison"] + (["static int8"] if quantize == "int8" else [])
-        rank_zero_warn(
+        rank_zero_info(
             f"export: no {' and no '.join(skipped)}: {where}; pass --data.root DIR, the "
             "dataset folder holding Train/Valid/Test"
         )
