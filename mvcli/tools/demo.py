@@ -79,7 +79,8 @@ def run_demo(
     # outputs: <run>/test/<checkpoint stem>/), its logs and config.yaml with it.
     after = [*common, "--ckpt_path", best]
     tested = main(["test", *after])
-    metrics_path = Path(tested.config["test"]["metrics_writer"]["output_dir"]) / "test_metrics.json"
+    metrics_path = Path(tested.config["test"]["metrics_writer"]["output_dir"])
+    metrics_path /= "test_metrics.json"
     predictions = log_dir / "predictions.json"
     main(
         [
