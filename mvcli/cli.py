@@ -55,7 +55,7 @@ LOGGER_DEFAULT = {
 }
 # What a checkpoint carries into later runs: the model's own choices and the preprocessing.
 # Link targets (sizes, classes) follow from the data values; locations and loader settings
-# belong to the machine the run is on. Other keys of a checkpoint are dropped (model.hflip_prob
+# belong to the machine the run is on, except data.root when it exists here (training_root). Other keys of a checkpoint are dropped (model.hflip_prob
 # of older runs: the flip is now part of data.augmentation, which only training uses).
 # Keys of the model section, dotted into its sections (mvcli 0.1's flat loss keys translated).
 _MODEL_KEYS = {
@@ -223,8 +223,9 @@ class MVCLI(LightningCLI):
                 type=Path | None,
                 default=None,
                 help="Folder for this command's files (metrics JSON, confusion matrices, "
-                "predictions.json, logs); default: the run folder of --ckpt_path "
-                "(<run>/checkpoints/x.ckpt -> <run>), else the logger's new run folder.",
+                "predictions.json, logs); refused when it holds them already. Default: a new "
+                "folder of the run of --ckpt_path, <run>/<subcommand>/<ckpt stem>[-<input>] "
+                "(-2, -3, ... when it exists), else the logger's new run folder.",
             )
         return parser
 
