@@ -55,8 +55,9 @@ LOGGER_DEFAULT = {
 }
 # What a checkpoint carries into later runs: the model's own choices and the preprocessing.
 # Link targets (sizes, classes) follow from the data values; locations and loader settings
-# belong to the machine the run is on, except data.root when it exists here (training_root). Other keys of a checkpoint are dropped (model.hflip_prob
-# of older runs: the flip is now part of data.augmentation, which only training uses).
+# belong to the machine the run is on (but data.root, used when it exists: training_root).
+# Other keys of a checkpoint are dropped (model.hflip_prob of older runs: the flip is now part
+# of data.augmentation, which only training uses).
 # Keys of the model section, dotted into its sections (mvcli 0.1's flat loss keys translated).
 _MODEL_KEYS = {
     "backbone",

@@ -62,9 +62,7 @@ def fresh_folder(base: Path) -> Path:
     return base.with_name(f"{base.name}-{number}")
 
 
-def evaluation_folder(
-    ckpt_path: Path, subcommand: str, input_name: str | None = None
-) -> Path:
+def evaluation_folder(ckpt_path: Path, subcommand: str, input_name: str | None = None) -> Path:
     """Where validate/test/predict/export write without an explicit output: a folder of
     their own in the checkpoint's run, named after the checkpoint (and the input read):
     ``<run>/<subcommand>/<checkpoint stem>[-<input name>]``, numbered ``-2``, ``-3``, ...

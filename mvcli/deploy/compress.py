@@ -289,8 +289,10 @@ def compress_export(
     if root is None and checkpoint_root is not None and Path(checkpoint_root).is_dir():
         root = datamodule.root = Path(checkpoint_root)  # where the model was trained
     if root is None and (eval_split is not None or calibration_split is not None):
-        where = f"the training data {checkpoint_root} is not found here" if checkpoint_root else (
-            "data.root is not set"
+        where = (
+            f"the training data {checkpoint_root} is not found here"
+            if checkpoint_root
+            else ("data.root is not set")
         )
         skipped = ["accuracy comparison"] + (["static int8"] if quantize == "int8" else [])
         rank_zero_info(

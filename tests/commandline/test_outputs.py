@@ -74,7 +74,13 @@ def test_predicting_new_clips_twice_gets_two_files_recording_their_sources(
     """Item 2: the second `predict --ckpt_path CK --data.predict_root DIR` exited 2
     (predictions.json exists)."""
     ckpt = _copy_run(trained[1], tmp_path / "run")
-    args = ["predict", "--ckpt_path", str(ckpt), "--data.predict_root", str(synthetic_root / "Chall")]
+    args = [
+        "predict",
+        "--ckpt_path",
+        str(ckpt),
+        "--data.predict_root",
+        str(synthetic_root / "Chall"),
+    ]
     run([*args, "--data.num_workers", "0"])
     run([*args, "--data.num_workers", "0"])
     first, second = (tmp_path / "run/predict/last-Chall", tmp_path / "run/predict/last-Chall-2")
@@ -112,7 +118,10 @@ def test_testing_two_checkpoints_and_exporting_twice_replace_nothing(trained, tm
     common, fit = trained
     run_dir = Path(fit.trainer.log_dir)
     written = []
-    for ckpt in (fit.trainer.checkpoint_callback.best_model_path, run_dir / "checkpoints/last.ckpt"):
+    for ckpt in (
+        fit.trainer.checkpoint_callback.best_model_path,
+        run_dir / "checkpoints/last.ckpt",
+    ):
         cli = main(["test", *common, "--ckpt_path", str(ckpt)])
         folder = Path(cli.config["test"]["metrics_writer"]["output_dir"])
         assert folder.parent == run_dir / "test" and folder.name.startswith(Path(ckpt).stem)
@@ -122,7 +131,9 @@ def test_testing_two_checkpoints_and_exporting_twice_replace_nothing(trained, tm
         written.append(folder)
     assert len(set(written)) == 2
     last = run_dir / "checkpoints/last.ckpt"
-    exports = [main(["export", "--ckpt_path", str(last), "--formats", "[state_dict]"]) for _ in "ab"]
+    exports = [
+        main(["export", "--ckpt_path", str(last), "--formats", "[state_dict]"]) for _ in "ab"
+    ]
     folders = [run_dir / "export/last", run_dir / "export/last-2"]
     for folder in folders:
         assert json.loads((folder / "export.json").read_text())["checkpoint"] == str(last.resolve())
@@ -170,8 +181,8 @@ def test_a_checkpoint_alone_finds_its_training_data_from_any_folder(
     run(["validate", "--ckpt_path", str(ckpt), "--data.num_workers", "0"])
     metrics = project / "runs/demo/version_0/validate/last/validate_metrics.json"
     assert json.loads(metrics.read_text())["data"] == str((project / "data/Valid").resolve())
-    run(["export", "--ckpt_path", str(ckpt), "--formats", "[onnx]", "--quantize", "int8",
-         "--latency_repeats", "1", "--calibration_batches", "1", "--data.num_workers", "0"])  # fmt: skip
+    quick = ["--latency_repeats", "1", "--calibration_batches", "1", "--data.num_workers", "0"]
+    run(["export", "--ckpt_path", str(ckpt), "--formats", "[onnx]", "--quantize", "int8", *quick])
     export = json.loads((project / "runs/demo/version_0/export/last/export.json").read_text())
     assert export["compression"]["eval_split"] == "Test"
     assert "int8_static" in export["compression"]["variants"]
