@@ -28,7 +28,14 @@ from mvcli.commandline.help import (
     SUBCOMMAND_HELP,
     ArgumentParser,
 )
-from mvcli.commandline.outputs import run_dir_of
+from mvcli.commandline.outputs import (
+    check_explicit_outputs,
+    evaluation_folder,
+    new_run_folder,
+    remove_if_unfinished,
+    run_dir_of,
+    training_root,
+)
 from mvcli.commandline.subcommands import EXTRA_SUBCOMMANDS, MVTrainer
 from mvcli.data.datamodule import PREPROCESSING_KEYS, MVFoulDataModule
 from mvcli.task.module import MVFoulModule
@@ -48,8 +55,9 @@ LOGGER_DEFAULT = {
 }
 # What a checkpoint carries into later runs: the model's own choices and the preprocessing.
 # Link targets (sizes, classes) follow from the data values; locations and loader settings
-# belong to the machine the run is on. Other keys of a checkpoint are dropped (model.hflip_prob
-# of older runs: the flip is now part of data.augmentation, which only training uses).
+# belong to the machine the run is on (but data.root, used when it exists: training_root).
+# Other keys of a checkpoint are dropped (model.hflip_prob of older runs: the flip is now part
+# of data.augmentation, which only training uses).
 # Keys of the model section, dotted into its sections (mvcli 0.1's flat loss keys translated).
 _MODEL_KEYS = {
     "backbone",
@@ -164,6 +172,17 @@ class SaveConfig(SaveConfigCallback):
 class MVCLI(LightningCLI):
     """``mvcli fit|validate|test|predict`` plus the subcommands of ``commandline.subcommands``."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._new_run_folder: Path | None = None  # set by instantiate_trainer
+        try:
+            super().__init__(*args, **kwargs)
+        except BaseException:
+            # A run that failed before its first result leaves no run folder behind (later
+            # run numbers do not shift); one with a checkpoint or any output is kept.
+            if self._new_run_folder is not None:
+                remove_if_unfinished(self._new_run_folder)
+            raise
+
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
         return {**LightningCLI.subcommands(), **EXTRA_SUBCOMMANDS}
@@ -205,8 +224,9 @@ class MVCLI(LightningCLI):
                 type=Path | None,
                 default=None,
                 help="Folder for this command's files (metrics JSON, confusion matrices, "
-                "predictions.json, logs); default: the run folder of --ckpt_path "
-                "(<run>/checkpoints/x.ckpt -> <run>), else the logger's new run folder.",
+                "predictions.json, logs); refused when it holds them already. Default: a new "
+                "folder of the run of --ckpt_path, <run>/<subcommand>/<ckpt stem>[-<input>] "
+                "(-2, -3, ... when it exists), else the logger's new run folder.",
             )
         return parser
 
@@ -228,6 +248,8 @@ class MVCLI(LightningCLI):
         for key, value in last.items():
             self.config[subcommand][key] = value
         config = self.config[subcommand]
+        # An explicit output that exists stops the run before the checkpoint or data is read.
+        check_explicit_outputs(subcommand, config)
         ckpt_path = config.get("ckpt_path")
         if not ckpt_path:
             _check_untrained_allowed(subcommand, config)
@@ -235,12 +257,18 @@ class MVCLI(LightningCLI):
         if str(ckpt_path) in SPECIAL_CKPT_PATHS:
             return  # resolved by the Trainer
         # Checked first: a bad checkpoint stops the run before any data is scanned.
-        defaults = checkpoint_defaults(Path(ckpt_path))
+        defaults, saved_root = _checkpoint_settings(Path(ckpt_path))
         if defaults:
             compat.subcommand_parser(self, subcommand).set_defaults(defaults)
             super().parse_arguments(self.parser, self._args)
             for key, value in last.items():  # the new parse said "last" again
                 self.config[subcommand][key] = value
+        config = self.config[subcommand]
+        if saved_root and config.get("data.root") is None and _reads_root(subcommand, config):
+            raise UsageError(
+                f"data.root is not set and {ckpt_path} was trained on {saved_root}, not found "
+                "here: pass --data.root DIR, the dataset folder holding Train/Valid/Test"
+            )
 
     def _resolve_last_checkpoint(self, subcommand: str) -> dict[str, Any]:
         """``--ckpt_path last``: the newest ``last*.ckpt`` of the run whose ``config.yaml`` is
@@ -321,31 +349,53 @@ class MVCLI(LightningCLI):
             raise UsageError(f"invalid configuration: {err}") from err
 
     def before_instantiate_classes(self) -> None:
-        """validate/test/predict write into ``--output_dir``, else the checkpoint's run folder.
+        """Every run writes into a folder of its own, never into the working folder.
 
-        File loggers (TensorBoard, CSV) then log to ``<folder>/<subcommand>/`` instead of a
-        new ``runs/<name>/version_<n>``; their config.yaml lands there too, so the fit's own
-        config.yaml is never overwritten.
+        validate/test/predict write into ``--output_dir``, else a new folder of the
+        checkpoint's run (``<run>/<subcommand>/<checkpoint stem>[-<input name>]``, numbered
+        ``-2``, ``-3``, ... when it exists: :func:`evaluation_folder`). File loggers
+        (TensorBoard, CSV) log there (``<output_dir>/<subcommand>/`` with ``--output_dir``)
+        instead of a new ``runs/<name>/version_<n>``, config.yaml with them, so the fit's own
+        config.yaml is never overwritten. Without a logger (``--trainer.logger false``) that
+        folder, or for other runs a new ``<default_root_dir or runs>/mvcli/version_<n>``, is
+        ``trainer.default_root_dir``: checkpoints, history.json and config.yaml go there.
         """
         subcommand = self.subcommand
         plain_numbers(self.config[subcommand] if subcommand else self.config)
-        if subcommand not in EVAL_SUBCOMMANDS:
+        config = self.config[subcommand] if subcommand else self.config
+        log_folder = self._evaluation_outputs(config) if subcommand in EVAL_SUBCOMMANDS else None
+        trainer = config.get("trainer")
+        if trainer is None or trainer.get("logger") not in (False, None):
             return
-        config = self.config[subcommand]
+        if log_folder is None:
+            log_folder = new_run_folder(trainer.get("default_root_dir") or "runs")
+        trainer.default_root_dir = str(log_folder)
+
+    def _evaluation_outputs(self, config: Namespace) -> Path | None:
+        """Fill the output sections' folders and point a file logger at the run's log folder
+        (returned; None without --output_dir or a checkpoint file)."""
+        subcommand = self.subcommand
         ckpt_path = config.get("ckpt_path")
         folder = config.get("output_dir")
-        if folder is None and ckpt_path and Path(ckpt_path).is_file():
-            folder = run_dir_of(Path(ckpt_path))
-        if folder is None:
-            return
+        if folder is not None:
+            log_folder = Path(folder) / subcommand
+        elif ckpt_path and Path(ckpt_path).is_file():
+            source = None
+            if subcommand == "predict":
+                given = config.get("data.predict_root")
+                source = Path(given).resolve().name if given else config.get("data.predict_split")
+            folder = log_folder = evaluation_folder(Path(ckpt_path), subcommand, source)
+        else:
+            return None
         for section in OUTPUT_SECTIONS:  # unless the section names its own folder
             if config.get(f"{section}.output_dir") is None:
                 config[f"{section}.output_dir"] = Path(folder)
         logger = config.trainer.get("logger")
         if isinstance(logger, Namespace) and str(logger.class_path).endswith(_FILE_LOGGERS):
-            logger.init_args.save_dir = str(folder)
+            logger.init_args.save_dir = str(log_folder.parent)
             logger.init_args.name = ""
-            logger.init_args.version = subcommand
+            logger.init_args.version = log_folder.name
+        return log_folder
 
     def instantiate_trainer(self, **kwargs: Any):
         # Every callback comes from the config (trainer.callbacks and the callback sections);
@@ -373,6 +423,15 @@ class MVCLI(LightningCLI):
         for callback in trainer.callbacks:
             if isinstance(callback, DistributedRun):
                 callback.configure_strategy(trainer)
+        # The run's folder, if this command makes it: removed again should the run fail
+        # before its first result (see __init__). Rank zero's; no broadcast before the fit.
+        logger = trainer.logger
+        folder = getattr(logger, "log_dir", None) if logger else trainer.default_root_dir
+        if trainer.is_global_zero and folder is not None and not Path(folder).exists():
+            folder = Path(folder).absolute()
+            while not folder.parent.exists():  # the first folder this run makes
+                folder = folder.parent
+            self._new_run_folder = folder
         return trainer
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Any:
@@ -446,11 +505,18 @@ def _plain(value: Any) -> Any:
 
 
 def checkpoint_defaults(ckpt_path: Path) -> dict[str, Any]:
-    """``model.*`` and ``data.*`` values saved in a checkpoint, minus links and locations.
+    """``model.*`` and ``data.*`` values saved in a checkpoint, minus links and machine
+    settings; ``data.root`` when the training data it names is found here
+    (:func:`mvcli.commandline.outputs.training_root`).
 
     Raises:
         DataError: the file is not a readable mvcli checkpoint (see ``mvcli.utils.checkpoints``).
     """
+    return _checkpoint_settings(ckpt_path)[0]
+
+
+def _checkpoint_settings(ckpt_path: Path) -> tuple[dict[str, Any], str | None]:
+    """:func:`checkpoint_defaults` and the training data's location as saved (None: none)."""
     checkpoint = load_checkpoint(ckpt_path)
     model, _ = renamed.translate_model(checkpoint.get("hyper_parameters", {}))
     data = checkpoint.get("datamodule_hyper_parameters", {})
@@ -459,7 +525,19 @@ def checkpoint_defaults(ckpt_path: Path) -> dict[str, Any]:
         dotted |= {f"{section}.{k}": v for k, v in (model.get(section) or {}).items()}
     defaults = {f"model.{k}": v for k, v in dotted.items() if k in _MODEL_KEYS}
     defaults |= {f"data.{k}": v for k, v in data.items() if k in _DATA_KEYS}
-    return defaults
+    saved = data.get("root")
+    root = training_root(saved, ckpt_path)
+    if root is not None:
+        defaults["data.root"] = str(root)
+    return defaults, (str(saved) if saved else None)
+
+
+def _reads_root(subcommand: str, config: Any) -> bool:
+    """Whether the subcommand reads ``data.root`` (predict only without data.predict_root;
+    export without it measures no accuracy, and says so)."""
+    if subcommand == "predict":
+        return config.get("data.predict_root") is None
+    return subcommand in ("fit", "validate", "test", "cache", "lr_find")
 
 
 def main(args: list[str] | None = None, run: bool = True) -> MVCLI:

@@ -65,7 +65,7 @@ def test_a_0_1_checkpoint_predicts_alone(old_run):
             ["predict", "--ckpt_path", str(old_run / "checkpoints/last.ckpt"),
              "--data.predict_root", "data/Test", "--trainer.enable_model_summary", "false"]
         )  # fmt: skip
-    predictions = json.loads((old_run / "predictions.json").read_text())
+    predictions = json.loads((old_run / "predict/last-Test/predictions.json").read_text())
     tested = json.loads(Path("data/Test/annotations.json").read_text())["Actions"]
     assert set(predictions["Actions"]) <= set(tested) and predictions["Actions"]
 

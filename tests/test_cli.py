@@ -392,7 +392,11 @@ OLD_DEFAULTS = {
 def _as_stacked(expected: dict) -> dict:
     """An old recipe as it reads now: its flat loss keys in the ``model.loss`` section, and a
     hand-kept cosine T_max CosineToEnd's unset one (checked to be what the run gives it: the
-    epochs after the warmup)."""
+    epochs after the warmup); a cache folder relative to the working folder ``auto`` (beside
+    the data: entries are keyed by preprocessing, so recipes share it safely)."""
+    data = expected.get("data", {})
+    if str(data.get("cache_dir", "")).startswith("data/mvfoul-cache"):
+        data["cache_dir"] = "auto"
     if "model" in expected:
         expected["model"] = renamed.translate_model(expected["model"])[0]
     model = expected.get("model", {})

@@ -40,8 +40,9 @@ class ConfusionMatrices(Callback):
             fit and ``validate`` always log); 0 turns validation images off.
         top_pairs: how many most-confused (true, predicted) pairs to list per head.
         output_dir: folder of the files ``test`` writes; None: the run's log folder.
-            ``mvcli test`` fills it from ``--output_dir``, else the run folder of
-            ``--ckpt_path``.
+            ``mvcli validate``/``test`` fill it from ``--output_dir``, else with a new folder
+            of the checkpoint's run, ``<run>/<validate|test>/<checkpoint stem>`` (``-2``,
+            ``-3``, ... when that exists).
     """
 
     def __init__(

@@ -9,7 +9,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info
 
-from mvcli.commandline.outputs import output_dir
+from mvcli.commandline.outputs import checkpoint_of, output_dir
 from mvcli.utils.io import atomic_write_text
 
 
@@ -17,12 +17,15 @@ class MetricsWriter(Callback):
     """Writes ``validate_metrics.json`` (``mvcli validate``: the ``val/*`` metrics) and
     ``test_metrics.json`` (``mvcli test``: the ``test/*`` metrics), once the epoch-level
     aggregates are final: every value the module logged for the stage, reduced across
-    processes, written by rank zero. The validation epochs of a fit write nothing.
+    processes, written by rank zero, then where they come from: ``checkpoint`` (its absolute
+    path) and ``data`` (the split folder evaluated). The validation epochs of a fit write
+    nothing.
 
     Args:
         output_dir: folder of the files; None: the run's log folder. ``mvcli validate`` and
-            ``mvcli test`` fill it from ``--output_dir``, else the run folder of
-            ``--ckpt_path``.
+            ``mvcli validate``/``test`` fill it from ``--output_dir``, else with a new folder
+            of the checkpoint's run, ``<run>/<validate|test>/<checkpoint stem>`` (``-2``,
+            ``-3``, ... when that exists).
     """
 
     def __init__(self, output_dir: Path | None = None) -> None:
@@ -47,6 +50,16 @@ class MetricsWriter(Callback):
         if not values:
             return None
         path = folder / f"{stage}_metrics.json"
+        values |= {"checkpoint": checkpoint_of(trainer), "data": _split_folder(trainer, stage)}
         atomic_write_text(path, json.dumps(values, indent=2) + "\n")
         rank_zero_info(f"wrote {path}")
         return path
+
+
+_SPLITS = {"validate": "Valid", "test": "Test"}
+
+
+def _split_folder(trainer: Trainer, stage: str) -> str | None:
+    """The split folder the stage read (the data module's ``root`` and the stage's split)."""
+    root = getattr(trainer.datamodule, "root", None)
+    return str(Path(root) / _SPLITS[stage]) if root is not None else None

@@ -13,7 +13,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_info
 
 from mvcli.callbacks.distributed import gather_lists
-from mvcli.commandline.outputs import output_dir
+from mvcli.commandline.outputs import checkpoint_of, output_dir
 from mvcli.data.taxonomy import HEADS, submission_entry
 from mvcli.utils.errors import DataError, UsageError, WriteError
 from mvcli.utils.io import atomic_write_text
@@ -25,16 +25,17 @@ class SubmissionWriter(BasePredictionWriter):
     ``Actions`` holds exactly what the official evaluator reads; ``details`` adds, per
     action, the probabilities of every class, the top-2 of each head and the views used;
     ``failed`` lists actions with no readable view (left out of ``Actions``, so the
-    evaluator counts them as missed). Each rank streams its rows to a part file per batch;
+    evaluator counts them as missed); ``checkpoint`` and ``input`` (absolute paths) say what
+    was predicted from what. Each rank streams its rows to a part file per batch;
     the parts are merged at the end, so memory does not grow with the number of actions.
 
     Args:
-        output_path: the JSON submission to write; default ``predictions.json`` in the run
-            folder of ``--ckpt_path`` (or ``--output_dir``). Not a ``.csv`` name: the CSV is
-            always a separate file.
+        output_path: the JSON submission to write; default ``predictions.json`` in
+            ``output_dir``. Not a ``.csv`` name: the CSV is always a separate file.
         output_dir: folder of ``predictions.json`` when ``output_path`` is unset; None: the
-            run's log folder. ``mvcli predict`` fills it from ``--output_dir``, else the run
-            folder of ``--ckpt_path``.
+            run's log folder. ``mvcli predict`` fills it from ``--output_dir``, else with a
+            new folder of the checkpoint's run, ``<run>/predict/<checkpoint stem>-<input
+            name>`` (``-2``, ``-3``, ... when that exists).
         overwrite: replace existing output files instead of stopping before predicting.
         csv: also write a CSV next to the JSON (``predictions.json`` ->
             ``predictions.csv``), one row per action (for spreadsheets).
@@ -61,6 +62,7 @@ class SubmissionWriter(BasePredictionWriter):
         self.csv = csv
         self._part: Path | None = None
         self._ckpt: str | None = None
+        self._input: str | None = None
 
     def resolve_path(self, trainer: Trainer) -> Path:
         if self.output_path is not None:
@@ -80,7 +82,9 @@ class SubmissionWriter(BasePredictionWriter):
             )
         self._part = path.with_name(f"{path.name}.part{trainer.global_rank}")
         atomic_write_text(self._part, "")  # fails early, naming the file, if not writable
-        self._ckpt = trainer.ckpt_path
+        self._ckpt = checkpoint_of(trainer)
+        source = getattr(trainer.datamodule, "predict_input", None)
+        self._input = str(Path(source).resolve()) if source is not None else None
 
     def write_on_batch_end(
         self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0
@@ -103,7 +107,7 @@ class SubmissionWriter(BasePredictionWriter):
         if trainer.world_size > 1:
             rows = gather_lists(rows, trainer.world_size)
         if trainer.is_global_zero:
-            payload = _assemble(rows, path, self._ckpt)
+            payload = _assemble(rows, path, self._ckpt, self._input)
             written, failed = len(payload["Actions"]), len(payload["failed"])
             rank_zero_info(
                 f"predictions for {written} actions written to {path}"
@@ -162,7 +166,7 @@ def _read_part(part: Path) -> list[dict]:
         return [json.loads(line) for line in handle]
 
 
-def _assemble(rows: list[dict], path: Path, ckpt: str | None) -> dict:
+def _assemble(rows: list[dict], path: Path, ckpt: str | None, source: str | None) -> dict:
     actions, details, failed = {}, {}, {}
     for row in rows:
         if "failed" in row:
@@ -174,6 +178,7 @@ def _assemble(rows: list[dict], path: Path, ckpt: str | None) -> dict:
     payload = {
         "Actions": {a: actions[a] for a in order},
         "checkpoint": ckpt,
+        "input": source,
         "details": {a: details[a] for a in order},
         "failed": failed,
     }

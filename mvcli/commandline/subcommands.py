@@ -14,7 +14,7 @@ from typing import Literal
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
 
-from mvcli.commandline.outputs import log_folder
+from mvcli.commandline.outputs import evaluation_folder, log_folder
 from mvcli.data.annotations import Split
 from mvcli.data.datamodule import PREPROCESSING_KEYS
 from mvcli.deploy.compress import (
@@ -92,7 +92,9 @@ class MVTrainer(Trainer):
             model: the LightningModule (built from the checkpoint's hyperparameters).
             datamodule: its data module; its preprocessing is recorded in the manifest.
             ckpt_path: checkpoint to export.
-            output_dir: destination folder (default: ``<checkpoint name>_export`` beside it).
+            output_dir: destination folder, which must not hold an export yet (default: a new
+                folder of the checkpoint's run, ``<run>/export/<checkpoint stem>``, numbered
+                ``-2``, ``-3``, ... when that exists).
             formats: any of ``state_dict``, ``onnx``, ``torch_export`` (default: all).
             opset: ONNX opset (default: the exporter's).
             tolerance: largest logit difference allowed between an export and PyTorch.
@@ -108,16 +110,21 @@ class MVTrainer(Trainer):
         """
         if ckpt_path is None:
             raise UsageError("`mvcli export` needs --ckpt_path: the checkpoint to export")
-        ckpt_path = Path(ckpt_path)
+        ckpt_path = Path(ckpt_path).resolve()
         if not self.is_global_zero:
             return {}  # one process writes the files (under torchrun, every process runs this)
+        if output_dir is not None and (Path(output_dir) / "export.json").exists():
+            raise UsageError(
+                f"{Path(output_dir) / 'export.json'} exists; pass another --output_dir (or leave "
+                "it out: a new folder in the checkpoint's run)"
+            )
+        output_dir = Path(output_dir or evaluation_folder(ckpt_path, "export"))
         checkpoint = load_checkpoint(ckpt_path)
         # A pruned checkpoint may still hold the pruning reparametrisation: made permanent.
         model.load_state_dict(fold_pruning(checkpoint["state_dict"]))
         formats = list(formats or FORMATS)
         if (quantize or half) and "onnx" not in formats:
             formats.append("onnx")  # the variants are made from it
-        output_dir = Path(output_dir or ckpt_path.with_name(ckpt_path.stem + "_export"))
         hparams = getattr(datamodule, "hparams", {})
         preprocessing = {k: hparams[k] for k in PREPROCESSING_KEYS if k in hparams}
         # The normalisation the model really applies (data.mean/std None: the backbone's).

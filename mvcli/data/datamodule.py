@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import torch
 from jsonargparse.typing import NonNegativeInt, PositiveFloat, PositiveInt
@@ -53,6 +54,8 @@ PREPROCESSING_KEYS = (
     "std",
 )
 _LABELLED = ("Train", "Valid", "Test")
+# ``cache_dir: auto``: the decoded-clip cache in this folder of data.root, beside the data.
+CACHE_FOLDER = ".mvcli-cache"
 # What each trainer function reads, for the cache built in prepare_data (predict: as read).
 _STAGE_SPLITS = {"fit": ("Train", "Valid"), "validate": ("Valid",), "test": ("Test",)}
 
@@ -87,8 +90,9 @@ class MVFoulDataModule(LightningDataModule):
         num_views: views drawn at random per action in training (fewer when an action has
             fewer). Evaluation and prediction use every view of an action.
         min_frames: a view decoding to fewer frames than this counts as damaged.
-        cache_dir: folder of the decoded-clip cache (off when unset). Each view's window is
-            decoded once, at the target size, and later epochs read it without decoding
+        cache_dir: folder of the decoded-clip cache (off when unset); ``auto``:
+            ``<root>/.mvcli-cache``, beside the data (off without ``root``). Each view's window
+            is decoded once, at the target size, and later epochs read it without decoding
             (about 4.3 MB per view at 16x224x398). Keyed by the file (path, size, mtime) and
             every preprocessing option, so it is never stale. Built before training, once per
             node (or ahead of it with ``mvcli cache``); damaged views are recorded there.
@@ -133,7 +137,7 @@ class MVFoulDataModule(LightningDataModule):
         std: tuple[float, float, float] | None = None,
         num_views: PositiveInt = 2,
         min_frames: PositiveInt = ClipSpec.min_frames,
-        cache_dir: Path | None = None,
+        cache_dir: Literal["auto"] | Path | None = None,
         cache_workers: PositiveInt | None = None,
         batch_size: PositiveInt = 8,
         eval_batch_size: PositiveInt | None = None,
@@ -147,6 +151,9 @@ class MVFoulDataModule(LightningDataModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["augmentation"])
+        # Saved absolute, so the checkpoint finds its training data from any folder.
+        root = Path(root).expanduser().resolve() if root is not None else None
+        self.hparams["root"] = str(root) if root is not None else None
         # Plain values in checkpoints (they load with weights_only=True).
         self.augmentation = augmentation or Augmentation()
         self.augmentation.resolved()  # bad values fail at start-up, not at the first batch
@@ -164,6 +171,8 @@ class MVFoulDataModule(LightningDataModule):
             min_frames=min_frames,
         )
         # The dataset's decode function: the cache when enabled (picklable, for workers).
+        if cache_dir == "auto":
+            cache_dir = self._root / CACHE_FOLDER if self._root is not None else None
         self.cache = ClipCache(cache_dir) if cache_dir is not None else None
         self._records: dict[str, list[ActionRecord]] = {}
         self.datasets: dict[str, MultiViewDataset] = {}
@@ -263,6 +272,14 @@ class MVFoulDataModule(LightningDataModule):
                 raise ValueError(f"{report.source}: no usable action (see the report above)")
             self._records[split] = records
         return self._records[split]
+
+    @property
+    def predict_input(self) -> Path | None:
+        """What ``predict`` reads: ``predict_root``, else ``<root>/<predict_split>`` (None
+        when neither is set)."""
+        if self.predict_root is not None:
+            return self.predict_root
+        return self.root / self.hparams.predict_split if self.root is not None else None
 
     def predict_records(self) -> list[ActionRecord]:
         root = self.predict_root or self.split_dir(self.hparams.predict_split)

@@ -19,6 +19,7 @@ from typing import Literal
 
 import numpy as np
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
 from mvcli.data.taxonomy import HEADS
@@ -287,6 +288,18 @@ def compress_export(
     root = getattr(datamodule, "root", None)
     if root is None and checkpoint_root is not None and Path(checkpoint_root).is_dir():
         root = datamodule.root = Path(checkpoint_root)  # where the model was trained
+    if root is None and (eval_split is not None or calibration_split is not None):
+        where = (
+            f"the training data {checkpoint_root} is not found here"
+            if checkpoint_root
+            else ("data.root is not set")
+        )
+        skipped = ["accuracy comparison"] + (["static int8"] if quantize == "int8" else [])
+        rank_zero_info(
+            f"export: no {' and no '.join(skipped)}: {where}; pass --data.root DIR, the "
+            "dataset folder holding Train/Valid/Test"
+        )
+        eval_split = calibration_split = None
     if eval_split is None and root is not None and (root / "Test/annotations.json").is_file():
         eval_split = "Test"
 

@@ -76,10 +76,12 @@ def run_demo(
     )
     log_dir = Path(fit.trainer.log_dir)
     best = fit.trainer.checkpoint_callback.best_model_path
-    # Test and predict write into the checkpoint's run folder (the CLI's rule for evaluation
-    # outputs); their own logs and config.yaml go to its test/ and predict/ subfolders.
+    # Test writes into a new folder of the checkpoint's run (the CLI's rule for evaluation
+    # outputs: <run>/test/<checkpoint stem>/), its logs and config.yaml with it.
     after = [*common, "--ckpt_path", best]
-    main(["test", *after])
+    tested = main(["test", *after])
+    metrics_path = Path(tested.config["test"]["metrics_writer"]["output_dir"])
+    metrics_path /= "test_metrics.json"
     predictions = log_dir / "predictions.json"
     main(
         [
@@ -93,7 +95,7 @@ def run_demo(
             "true",
         ]
     )
-    metrics = json.loads((log_dir / "test_metrics.json").read_text())
+    metrics = json.loads(metrics_path.read_text())
     official = score(predictions, data_root / "Test" / "annotations.json")
     review = write_review(predictions, data_root / "Test" / "annotations.json")
     minutes = (time.perf_counter() - start) / 60

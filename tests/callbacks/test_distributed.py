@@ -147,6 +147,9 @@ def test_two_process_evaluation_equals_one_process(ddp_runs, stage):
     prefix = "val" if stage == "validate" else "test"
     assert set(one) == set(two) and f"{prefix}/leaderboard" in one
     for key, value in one.items():
+        if isinstance(value, str):  # checkpoint, data: where the metrics come from
+            assert two[key] == value, key
+            continue
         assert two[key] == pytest.approx(value, abs=1e-6), key
 
 

@@ -18,10 +18,15 @@ def _log_dir(cli) -> Path:
 @pytest.mark.parametrize(("stage", "prefix"), [("validate", "val"), ("test", "test")])
 def test_validate_and_test_write_metrics(trained, stage, prefix):
     common, fit = trained
-    cli = main([stage, *common, "--ckpt_path", fit.trainer.checkpoint_callback.best_model_path])
-    # Written into the run the checkpoint came from; its logs in <run>/<stage>/.
-    assert _log_dir(cli) == _log_dir(fit) / stage
-    metrics = json.loads((_log_dir(fit) / f"{stage}_metrics.json").read_text())
+    best = Path(fit.trainer.checkpoint_callback.best_model_path)
+    cli = main([stage, *common, "--ckpt_path", str(best)])
+    # Written into a new folder of the run the checkpoint came from, its logs with them.
+    folder = _log_dir(cli)
+    assert folder.parent == _log_dir(fit) / stage and folder.name.startswith(best.stem)
+    metrics = json.loads((folder / f"{stage}_metrics.json").read_text())
+    assert metrics.pop("checkpoint") == str(best.resolve())  # what produced them
+    split = "Valid" if stage == "validate" else "Test"
+    assert metrics.pop("data") == str(fit.datamodule.root / split)
     names = [
         "acc_offence_severity",
         "bacc_offence_severity",

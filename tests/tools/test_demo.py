@@ -32,8 +32,11 @@ def test_demo_trains_tests_predicts_and_scores(synthetic_root, tmp_path, capsys,
     # The fit's config.yaml (the one a resume reads), not overwritten by test or predict.
     fit_config = yaml.safe_load((log_dir / "config.yaml").read_text())
     assert fit_config["ckpt_path"] is None and "return_predictions" not in fit_config
-    assert summary["test"] == json.loads((log_dir / "test_metrics.json").read_text())
     assert Path(summary["checkpoint"]).parent == log_dir / "checkpoints"
+    # Test wrote into its own folder of the run, named after the checkpoint, and says so.
+    tested = log_dir / "test" / Path(summary["checkpoint"]).stem / "test_metrics.json"
+    assert summary["test"] == json.loads(tested.read_text())
+    assert summary["test"]["checkpoint"] == str(Path(summary["checkpoint"]).resolve())
     assert Path(summary["predictions"]).is_file()
     assert summary["official"]["counted"] > 0 and summary["official"]["missing"] == 0
     # The official-style score of the predictions agrees with the test step's metrics.
