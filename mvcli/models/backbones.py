@@ -16,6 +16,7 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 from torchvision.models import WeightsEnum, get_model, get_model_weights
+from torchvision.ops import StochasticDepth
 
 from mvcli.models import hf
 from mvcli.models.hf import HFModelName, is_hf
@@ -213,9 +214,13 @@ def _mvit(name: str, **kwargs) -> Backbone:
     return Backbone(name, net, 768, stages, blocks=every)
 
 
-def _swin3d(name: str, **kwargs) -> Backbone:
-    net = get_model(name, **kwargs)
+def _swin3d(name: str, stochastic_depth_prob: float | None = None) -> Backbone:
+    net = get_model(name)  # its builders fix stochastic_depth_prob: set on the blocks below
     net.head = nn.Identity()
+    if stochastic_depth_prob is not None:
+        drops = [m for m in net.modules() if isinstance(m, StochasticDepth)]
+        for i, drop in enumerate(drops):  # torchvision's schedule: linear in the block index
+            drop.p = stochastic_depth_prob * i / max(len(drops) - 1, 1)
     f = net.features
     stages = [net.patch_embed, f[0], f[1:3], f[3:5], nn.ModuleList([*f[5:], net.norm])]
     # Blocks: a patch merging layer goes with the block after it.

@@ -280,7 +280,12 @@ def build_hf_backbone(
     if finetune.gradient_checkpointing:
         if not getattr(model, "supports_gradient_checkpointing", False):
             raise ValueError(f"{name}: this model has no gradient checkpointing")
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        # Newer transformers renamed the switch (the old name warns).
+        options = {"use_reentrant": False}
+        if hasattr(model, "activation_checkpointing_enable"):
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=options)
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=options)
     module = HFVideoBackbone(model, family, family.pooling(config))
     blocks = list(family.blocks(model))
     norm = family.final_norm(model)
