@@ -273,9 +273,10 @@ def test_fit_resume_predict_export(hf_run, synthetic_root, tmp_path):
     resumed = main(["fit", *common, "--trainer.max_epochs", "2", "--ckpt_path", str(ckpt),
                     "--model.finetune.layer_decay", "0.75"])  # fmt: skip
     assert resumed.trainer.current_epoch == 2
-    # Predict from the checkpoint alone: the backbone comes back from its hyperparameters.
+    # Predict from the checkpoint alone: the backbone and the clip size come back from it.
     out = tmp_path / "pred.json"
-    main(["predict", "--config", str(CONFIGS / "demo.yaml"), *tiny_args(synthetic_root, tmp_path),
+    main(["predict", "--data.root", str(synthetic_root), "--data.num_workers", "0",
+          "--data.cache_dir", "null", "--trainer.logger", "false",
           "--ckpt_path", str(ckpt), "--output_dir", str(tmp_path / "p"),
           "--prediction_writer.output_path", str(out)])  # fmt: skip
     assert json.loads(out.read_text())["Actions"]
