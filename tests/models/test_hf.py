@@ -66,6 +66,18 @@ def save_tiny(family: str, folder: Path) -> str:
     return f"hf:{folder}"
 
 
+def tiny_for_any_clip(folder: Path) -> str:
+    """A tiny TimeSformer with 8-pixel patches: takes the tests' 8x32x56 clips (tiny_args);
+    the Hugging Face configs are smoke-run with it (tests/test_cli.py)."""
+    torch.manual_seed(0)
+    config = transformers.TimesformerConfig(
+        image_size=32, patch_size=8, num_frames=8, intermediate_size=64, hidden_size=HIDDEN,
+        num_hidden_layers=LAYERS, num_attention_heads=2,
+    )  # fmt: skip
+    transformers.TimesformerModel(config).save_pretrained(folder)
+    return f"hf:{folder}"
+
+
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory) -> dict[str, str]:
     base = tmp_path_factory.mktemp("hf_models")
