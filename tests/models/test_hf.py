@@ -301,3 +301,14 @@ def test_fit_resume_predict_export(hf_run, synthetic_root, tmp_path):
     assert manifest["preprocessing"]["mean"] == pytest.approx(list(mean))
     for fmt in ("onnx", "torch_export"):
         assert max(manifest["parity_max_abs_error"][fmt].values()) <= 1e-4, (family, fmt)
+
+
+def test_ddp_fit_on_two_processes(folders, synthetic_root, tmp_path):
+    """A 2-process (torchrun, gloo) fit of the tiny VideoMAE with layer decay and drop path."""
+    from tests.callbacks.test_distributed import TWO_NODES, run_two_nodes
+
+    args = ["fit", *TWO_NODES, *tiny_args(synthetic_root, tmp_path / "fit", *CLIP_ARGS),
+            "--model.backbone", folders["videomae"], "--model.finetune.layer_decay", "0.75",
+            "--model.finetune.drop_path", "0.1"]  # fmt: skip
+    run_two_nodes(args, tmp_path)
+    assert (tmp_path / "fit/demo/version_0/checkpoints/last.ckpt").is_file()
