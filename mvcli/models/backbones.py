@@ -124,7 +124,9 @@ class FineTuning:
 
     def __post_init__(self) -> None:
         if self.layer_decay is not None and not 0 < self.layer_decay <= 1:
-            raise ValueError(f"model.finetune.layer_decay must be in (0, 1], got {self.layer_decay}")
+            raise ValueError(
+                f"model.finetune.layer_decay must be in (0, 1], got {self.layer_decay}"
+            )
         if self.drop_path is not None and not 0 <= self.drop_path < 1:
             raise ValueError(f"model.finetune.drop_path must be in [0, 1), got {self.drop_path}")
 
@@ -300,7 +302,10 @@ def build_backbone(
     if is_hf(name):
         if pretrained == "torchvision":
             raise ValueError(f"{name} has no torchvision weights: its own are loaded")
-        backbone = hf.build_hf_backbone(name, frames, height, width, finetune)
+        # The config is read (and the input checked) before the weights.
+        limits = InputConstraints(**hf.constraints(name))
+        limits.check(name, frames, height, width)
+        backbone = Backbone(name, constraints=limits, **hf.build_hf_backbone(name, finetune))
         if pretrained is not None:
             load_weights(backbone, _weights_path(pretrained))
         return backbone
@@ -333,7 +338,10 @@ def build_backbone(
         load_weights(backbone, _weights_path(pretrained))
     if backbone.blocks and (finetune.layer_decay is not None or finetune.block_stages):
         backbone.stages = backbone.blocks
-        backbone.stage_names = ["embeddings", *(f"block{i}" for i in range(len(backbone.blocks) - 1))]
+        backbone.stage_names = [
+            "embeddings",
+            *(f"block{i}" for i in range(len(backbone.blocks) - 1)),
+        ]
     return backbone
 
 

@@ -25,14 +25,9 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
-
 import torch
 from jsonargparse.typing import restricted_string_type
 from torch import nn
-
-if TYPE_CHECKING:
-    from mvcli.models.backbones import Backbone, FineTuning, InputConstraints
 
 HF_PREFIX = "hf:"
 # A backbone name of the form ``hf:<hub id>`` or ``hf:<folder>`` (jsonargparse checks it).
@@ -94,20 +89,18 @@ class Family:
     embeddings: Callable[[nn.Module], nn.Module]
     blocks: Callable[[nn.Module], nn.ModuleList]
     final_norm: Callable[[nn.Module], nn.Module | None]
-    constraints: Callable[[object], InputConstraints]
+    constraints: Callable[[object], dict]  # config -> InputConstraints fields
     native_drop_path: bool  # config.drop_path_rate exists
     extra_inputs: tuple[tuple[str, object], ...] = ()
     default_mean: tuple[float, ...] = (0.485, 0.456, 0.406)
     default_std: tuple[float, ...] = (0.229, 0.224, 0.225)
 
 
-def _constraints(**kwargs) -> InputConstraints:
-    from mvcli.models.backbones import InputConstraints
-
-    return InputConstraints(**kwargs)
+def _constraints(**kwargs) -> dict:
+    return kwargs
 
 
-def _videomae_constraints(c) -> InputConstraints:
+def _videomae_constraints(c) -> dict:
     # Fixed sinusoidal position table for config.num_frames x image_size^2: no other input.
     return _constraints(
         fixed=(c.num_frames, c.image_size, c.image_size),
@@ -115,12 +108,12 @@ def _videomae_constraints(c) -> InputConstraints:
     )
 
 
-def _timesformer_constraints(c) -> InputConstraints:
+def _timesformer_constraints(c) -> dict:
     # Position and time embeddings are interpolated to other grids; patches must tile.
     return _constraints(min_size=c.patch_size, size_multiple=c.patch_size)
 
 
-def _vjepa2_constraints(c) -> InputConstraints:
+def _vjepa2_constraints(c) -> dict:
     # 3D RoPE over a spatial grid of config.crop_size; any number of tubelets.
     return _constraints(
         min_frames=c.tubelet_size,
@@ -195,7 +188,7 @@ def load_config(name: str):
     return _load("config", model_ref(name), transformers.AutoConfig.from_pretrained)
 
 
-def constraints(name: str) -> InputConstraints:
+def constraints(name: str) -> dict:
     config = load_config(name)
     return _family(config, name).constraints(config)
 
@@ -255,26 +248,20 @@ def _processor_class(model_type: str):
     return getattr(transformers, names, None) if isinstance(names, str) else None
 
 
-def build_hf_backbone(
-    name: str, frames: int, height: int, width: int, finetune: FineTuning | None = None
-) -> Backbone:
-    """Load ``name`` (``hf:<id or folder>``) for clips of ``frames`` x ``height`` x ``width``:
-    config and input check first, then the weights."""
-    from mvcli.models.backbones import Backbone, FineTuning
-
-    finetune = finetune or FineTuning()
+def build_hf_backbone(name: str, finetune) -> dict:
+    """Load ``name`` (``hf:<id or folder>``; its input already checked against
+    :func:`constraints`) with ``finetune`` (a ``FineTuning``) applied: the fields of its
+    :class:`mvcli.models.backbones.Backbone` (module, feature_dim, stages, stage_names)."""
     transformers = _transformers()
     ref = model_ref(name)
     config = load_config(name)
     family = _family(config, name)
-    limits = family.constraints(config)
-    limits.check(name, frames, height, width)
     if finetune.drop_path and family.native_drop_path:
         # Not setattr: TimesformerConfig's strict validation types the rate as int.
         vars(config)["drop_path_rate"] = float(finetune.drop_path)
     model = _load("weights", ref, transformers.AutoModel.from_pretrained, config=config)
     if getattr(model, "predictor", None) is not None:
-        model.predictor = None  # V-JEPA 2's pre-training predictor: never used here
+        model.register_module("predictor", None)  # V-JEPA 2 pre-training only: never used here
     if finetune.drop_path and not family.native_drop_path:
         add_drop_path(family.blocks(model), finetune.drop_path)
     if finetune.gradient_checkpointing:
@@ -290,9 +277,12 @@ def build_hf_backbone(
     blocks = list(family.blocks(model))
     norm = family.final_norm(model)
     last = nn.ModuleList([blocks[-1], norm]) if norm is not None else blocks[-1]
-    stages = [family.embeddings(model), *blocks[:-1], last]
-    names = ["embeddings", *(f"block{i}" for i in range(len(blocks)))]
-    return Backbone(name, module, config.hidden_size, stages, limits, stage_names=names)
+    return {
+        "module": module,
+        "feature_dim": config.hidden_size,
+        "stages": [family.embeddings(model), *blocks[:-1], last],
+        "stage_names": ["embeddings", *(f"block{i}" for i in range(len(blocks)))],
+    }
 
 
 class _DropPath:

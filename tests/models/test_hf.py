@@ -17,7 +17,6 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 from mvcli.cli import main  # noqa: E402
-from mvcli.models import hf  # noqa: E402
 from mvcli.models.backbones import FineTuning, build_backbone, normalization  # noqa: E402
 from mvcli.task.module import ClipInput, MVFoulModule  # noqa: E402
 from tests.conftest import CONFIGS, tiny_args  # noqa: E402
