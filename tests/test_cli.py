@@ -21,7 +21,9 @@ from tests.evaluator import official_evaluate
 
 # Full recipes; every other file is an overlay (on demo.yaml, or on mvfoul.yaml for these).
 BASE_CONFIGS = {"demo.yaml", "mvfoul.yaml"}
-ON_MVFOUL = {"vars_baseline.yaml", "sota.yaml"}
+ON_MVFOUL = {"vars_baseline.yaml", "sota.yaml", "videomae.yaml", "vjepa2.yaml"}
+# Hugging Face recipes: smoke-run with a tiny local model (tests/models/test_hf.py).
+HF_CONFIGS = {"videomae.yaml", "vjepa2.yaml"}
 # Recipes whose backbone needs its full-size input: smoke-run with the tiny one (their size
 # and weights are checked by test_published_recipes_build_at_full_size).
 FULL_SIZE_ONLY = {"vars_baseline.yaml", "sota.yaml"}
@@ -63,6 +65,11 @@ def test_every_config_smoke_runs(name, synthetic_root, tmp_path, torch_hub):
     args += ["--trainer.devices", "1", "--trainer.num_nodes", "1"]
     if name in FULL_SIZE_ONLY:
         args += ["--model.backbone", "tiny", "--model.pretrained", "null"]
+    if name in HF_CONFIGS:
+        pytest.importorskip("transformers")
+        from tests.models.test_hf import tiny_for_any_clip
+
+        args += ["--model.backbone", tiny_for_any_clip(tmp_path / "hf_model")]
     cli = main([*args, "--trainer.fast_dev_run", "true", "--trainer.accelerator", "cpu"])
     assert cli.trainer.state.finished
 

@@ -16,6 +16,10 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 from torchvision.models import WeightsEnum, get_model, get_model_weights
+from torchvision.ops import StochasticDepth
+
+from mvcli.models import hf
+from mvcli.models.hf import HFModelName, is_hf
 
 BackboneName = Literal[
     "tiny",
@@ -28,7 +32,11 @@ BackboneName = Literal[
     "swin3d_t",
     "swin3d_s",
 ]
+# Any backbone: a torchvision name, or ``hf:<hub id or folder>`` (mvcli.models.hf).
+AnyBackbone = BackboneName | HFModelName
 BACKBONES: tuple[str, ...] = BackboneName.__args__
+# Transformers: model.finetune (layer decay, drop path, block stages) applies.
+TRANSFORMERS = ("mvit_v1_b", "mvit_v2_s", "swin3d_t", "swin3d_s")
 # torchvision's video ResNets' statistics (Kinetics-400); ``tiny`` uses them too.
 KINETICS_MEAN = (0.43216, 0.394666, 0.37645)
 KINETICS_STD = (0.22803, 0.22145, 0.216989)
@@ -43,13 +51,20 @@ class InputConstraints:
     frame_multiple: int = 1
     size_multiple: int = 1
     fixed: tuple[int, int, int] | None = None  # (T, H, W) the model was built for
+    fixed_size: tuple[int, int] | None = None  # (H, W) only, any accepted frame count
+    fixed_reason: str = "the input torchvision builds it for, and its pretrained weights fit"
 
     def check(self, name: str, frames: int, height: int, width: int) -> None:
         problems = []
         if self.fixed is not None and (frames, height, width) != self.fixed:
             problems.append(
                 f"needs exactly {self.fixed[0]} frames of {self.fixed[1]}x{self.fixed[2]} "
-                "(the input torchvision builds it for, and its pretrained weights fit)"
+                f"({self.fixed_reason})"
+            )
+        if self.fixed_size is not None and (height, width) != self.fixed_size:
+            problems.append(
+                f"needs clips of exactly {self.fixed_size[0]}x{self.fixed_size[1]} "
+                f"({self.fixed_reason})"
             )
         if frames < self.min_frames:
             problems.append(f"needs at least {self.min_frames} frames")
@@ -74,6 +89,56 @@ class Backbone:
     feature_dim: int
     stages: list[nn.Module] = field(default_factory=list)
     constraints: InputConstraints = field(default_factory=InputConstraints)
+    # Names of the stages (parameter groups ``backbone.<name>``); None: their attribute paths.
+    stage_names: list[str] | None = None
+    # Transformers: the embeddings then each block (final norm with the last), the stages
+    # under layer decay or ``finetune.block_stages``; None: no blocks.
+    blocks: list[nn.Module] | None = None
+
+
+@dataclass(frozen=True)
+class FineTuning:
+    """Fine-tuning knobs of transformer backbones (``model.finetune.*``): Hugging Face
+    models (``hf:...``), torchvision's MViT and Swin3D.
+
+    Args:
+        layer_decay: layer-wise LR decay (e.g. 0.75): the backbone's stages become its
+            blocks (embeddings first) and block ``i`` of ``n`` gets the backbone LR x
+            ``layer_decay ** (n - i)`` (the last block x ``layer_decay``, the heads the
+            optimizer's LR); None: one LR for every stage.
+        drop_path: stochastic depth rate of the deepest block (linearly less for shallower
+            ones); None: the model's own default (torchvision: MViT 0.2, Swin3D-T 0.1,
+            Swin3D-S 0.2; Hugging Face: its config's, 0 for VideoMAE).
+        gradient_checkpointing: recompute block activations in the backward pass (less
+            memory, ~30% more compute): the model's own switch (Hugging Face's
+            ``gradient_checkpointing_enable()``); torchvision's models have none, so it is
+            refused for them.
+        block_stages: use the blocks as the stages (for freezing, e.g. train the last 3
+            blocks) without layer decay; always so for Hugging Face backbones.
+    """
+
+    layer_decay: float | None = None
+    drop_path: float | None = None
+    gradient_checkpointing: bool = False
+    block_stages: bool = False
+
+    def __post_init__(self) -> None:
+        if self.layer_decay is not None and not 0 < self.layer_decay <= 1:
+            raise ValueError(
+                f"model.finetune.layer_decay must be in (0, 1], got {self.layer_decay}"
+            )
+        if self.drop_path is not None and not 0 <= self.drop_path < 1:
+            raise ValueError(f"model.finetune.drop_path must be in [0, 1), got {self.drop_path}")
+
+    @property
+    def is_default(self) -> bool:
+        return self == FineTuning()
+
+    @classmethod
+    def of(cls, value: FineTuning | dict | None) -> FineTuning:
+        if value is None:
+            return cls()
+        return cls(**value) if isinstance(value, dict) else value
 
 
 class TinyVideoNet(nn.Module):
@@ -117,26 +182,26 @@ class _FeaturesThenPool(nn.Module):
         return self.pool(self.features(x)).flatten(1)
 
 
-def _tiny(name: str) -> Backbone:
+def _tiny(name: str, **kwargs) -> Backbone:
     net = TinyVideoNet()
     return Backbone(name, net, net.out_dim, [net.stem, net.layer1, net.layer2])
 
 
-def _video_resnet(name: str) -> Backbone:
+def _video_resnet(name: str, **kwargs) -> Backbone:
     net = get_model(name)
     net.fc = nn.Identity()
     stages = [net.stem, net.layer1, net.layer2, net.layer3, net.layer4]
     return Backbone(name, net, 512, stages)
 
 
-def _s3d(name: str) -> Backbone:
+def _s3d(name: str, **kwargs) -> Backbone:
     f = get_model(name).features
     stages = [f[0:2], f[2:5], f[5:8], f[8:14], f[14:16]]
     return Backbone(name, _FeaturesThenPool(f), 1024, stages)
 
 
-def _mvit(name: str) -> Backbone:
-    net = get_model(name)
+def _mvit(name: str, **kwargs) -> Backbone:
+    net = get_model(name, **kwargs)
     net.head = nn.Identity()
     blocks = net.blocks
     stages = [
@@ -146,19 +211,36 @@ def _mvit(name: str) -> Backbone:
         blocks[3:14],
         nn.ModuleList([*blocks[14:], net.norm]),
     ]
-    return Backbone(name, net, 768, stages)
+    embed = nn.ModuleList([net.conv_proj, net.pos_encoding])
+    every = [embed, *blocks[:-1], nn.ModuleList([blocks[-1], net.norm])]
+    return Backbone(name, net, 768, stages, blocks=every)
 
 
-def _swin3d(name: str) -> Backbone:
-    net = get_model(name)
+def _swin3d(name: str, stochastic_depth_prob: float | None = None) -> Backbone:
+    net = get_model(name)  # its builders fix stochastic_depth_prob: set on the blocks below
     net.head = nn.Identity()
+    if stochastic_depth_prob is not None:
+        drops = [m for m in net.modules() if isinstance(m, StochasticDepth)]
+        for i, drop in enumerate(drops):  # torchvision's schedule: linear in the block index
+            drop.p = stochastic_depth_prob * i / max(len(drops) - 1, 1)
     f = net.features
     stages = [net.patch_embed, f[0], f[1:3], f[3:5], nn.ModuleList([*f[5:], net.norm])]
-    return Backbone(name, net, 768, stages)
+    # Blocks: a patch merging layer goes with the block after it.
+    every: list[nn.Module] = [net.patch_embed]
+    merge = None
+    for part in f:
+        if isinstance(part, nn.Sequential):
+            for block in part:
+                every.append(block if merge is None else nn.ModuleList([merge, block]))
+                merge = None
+        else:
+            merge = part
+    every[-1] = nn.ModuleList([every[-1], net.norm])
+    return Backbone(name, net, 768, stages, blocks=every)
 
 
 MVIT_INPUT = (16, 224, 224)
-_FAMILIES: dict[str, Callable[[str], Backbone]] = {
+_FAMILIES: dict[str, Callable[..., Backbone]] = {
     "tiny": _tiny,
     "r3d_18": _video_resnet,
     "mc3_18": _video_resnet,
@@ -173,7 +255,7 @@ _FAMILIES: dict[str, Callable[[str], Backbone]] = {
 
 def default_weights(name: str) -> WeightsEnum | None:
     """torchvision's default pretrained weights of a backbone (None for ``tiny``)."""
-    if name == "tiny":  # mvcli's own: no published weights
+    if name == "tiny" or is_hf(name):  # mvcli's own, or Hugging Face's (hf.preprocessing)
         return None
     return get_model_weights(name).DEFAULT
 
@@ -186,6 +268,8 @@ def normalization(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
     torchvision ResNets. Used whether or not the weights are loaded, so a run started from
     random weights preprocesses like one fine-tuned from them.
     """
+    if is_hf(name):  # the model's video processor
+        return hf.normalization(name)
     weights = default_weights(name)
     if weights is None:
         return KINETICS_MEAN, KINETICS_STD
@@ -194,29 +278,70 @@ def normalization(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
 
 
 def build_backbone(
-    name: str, frames: int, height: int, width: int, pretrained: str | None = None
+    name: str,
+    frames: int,
+    height: int,
+    width: int,
+    pretrained: str | None = None,
+    finetune: FineTuning | None = None,
 ) -> Backbone:
     """Build ``name`` for clips of ``frames`` x ``height`` x ``width``, checking they fit.
 
     Args:
-        name: one of :data:`BACKBONES`.
+        name: one of :data:`BACKBONES`, or ``hf:<hub id or folder>`` (a Hugging Face video
+            model with its weights: :mod:`mvcli.models.hf`).
         frames: frames per clip.
         height: clip height in pixels.
         width: clip width in pixels.
-        pretrained: None (random init), ``"torchvision"`` (torchvision's default weights,
-            through its weights API: downloaded once into the torch hub cache, checksum
-            verified) or a path to a weights file.
+        pretrained: None (random init; a Hugging Face model: its own weights), ``"torchvision"``
+            (torchvision's default weights, through its weights API: downloaded once into the
+            torch hub cache, checksum verified) or a path to a weights file.
+        finetune: transformer fine-tuning knobs (:class:`FineTuning`).
     """
+    finetune = FineTuning.of(finetune)
+    if is_hf(name):
+        if pretrained == "torchvision":
+            raise ValueError(f"{name} has no torchvision weights: its own are loaded")
+        # The config is read (and the input checked) before the weights.
+        limits = InputConstraints(**hf.constraints(name))
+        limits.check(name, frames, height, width)
+        backbone = Backbone(name, constraints=limits, **hf.build_hf_backbone(name, finetune))
+        if pretrained is not None:
+            load_weights(backbone, _weights_path(pretrained))
+        return backbone
     if name not in BACKBONES:
-        raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
+        raise ValueError(
+            f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}, or "
+            "hf:<Hugging Face hub id or save_pretrained folder>"
+        )
     # Checked before building: it is cheaper, and clearer than a constructor's error.
     _CONSTRAINTS[name].check(name, frames, height, width)
-    backbone = _FAMILIES[name](name)
+    transformer = name in TRANSFORMERS
+    if not finetune.is_default and not transformer:
+        raise ValueError(
+            f"model.finetune applies to transformer backbones ({', '.join(TRANSFORMERS)}, "
+            f"hf:...); {name!r} is not one"
+        )
+    if finetune.gradient_checkpointing:
+        raise ValueError(
+            f"model.finetune.gradient_checkpointing: torchvision's {name} has no gradient "
+            "checkpointing switch (Hugging Face backbones, hf:..., have one)"
+        )
+    kwargs = {}
+    if finetune.drop_path is not None:
+        kwargs["stochastic_depth_prob"] = finetune.drop_path
+    backbone = _FAMILIES[name](name, **kwargs)
     backbone.constraints = _CONSTRAINTS[name]
     if pretrained == "torchvision":
         load_state(backbone, torchvision_state_dict(name), f"torchvision weights of {name}")
     elif pretrained is not None:
         load_weights(backbone, _weights_path(pretrained))
+    if backbone.blocks and (finetune.layer_decay is not None or finetune.block_stages):
+        backbone.stages = backbone.blocks
+        backbone.stage_names = [
+            "embeddings",
+            *(f"block{i}" for i in range(len(backbone.blocks) - 1)),
+        ]
     return backbone
 
 

@@ -20,7 +20,7 @@ from mvcli import __version__
 from mvcli.commandline.limits import UnitIntervalClosedOpen
 from mvcli.data.taxonomy import NUM_CLASSES
 from mvcli.data.video import ClipSpec
-from mvcli.models.backbones import BackboneName, build_backbone, normalization
+from mvcli.models.backbones import AnyBackbone, FineTuning, build_backbone, normalization
 from mvcli.models.network import MultiViewNetwork
 from mvcli.models.pooling import PoolingName
 from mvcli.task.losses import (
@@ -89,14 +89,17 @@ class ClipInput:
     std: tuple[float, float, float] | None = None
 
 
-DEFAULT_LOSS, DEFAULT_CLIP = LossConfig(), ClipInput()  # frozen: safe as shared defaults
+# frozen: safe as shared defaults
+DEFAULT_LOSS, DEFAULT_CLIP, DEFAULT_FINETUNE = LossConfig(), ClipInput(), FineTuning()
 
 
 class MVFoulModule(LightningModule):
     """Multi-view, multi-task foul classifier.
 
     Args:
-        backbone: video backbone; ``tiny`` is a small 3D CNN for CPU runs.
+        backbone: video backbone; ``tiny`` is a small 3D CNN for CPU runs;
+            ``hf:<hub id or folder>`` a Hugging Face video model (VideoMAE, V-JEPA 2,
+            TimeSformer) with its weights: :mod:`mvcli.models.hf`.
         pretrained: backbone weights: None (random init), ``torchvision`` (torchvision's
             default weights for the backbone, through torchvision's weights API: downloaded
             once into the torch hub cache, ``$TORCH_HOME/hub/checkpoints``, checksum
@@ -131,11 +134,14 @@ class MVFoulModule(LightningModule):
         num_classes: classes per head (linked from the data module).
         clip: frames, size and normalisation of the clips (linked from the data module:
             :class:`ClipInput`).
+        finetune: transformer fine-tuning knobs (``--model.finetune.layer_decay``,
+            ``drop_path``, ``gradient_checkpointing``, ``block_stages``:
+            :class:`mvcli.models.backbones.FineTuning`).
     """
 
     def __init__(
         self,
-        backbone: BackboneName = "r2plus1d_18",
+        backbone: AnyBackbone = "r2plus1d_18",
         pretrained: str | None = None,
         pooling: PoolingName = "max",
         head_dropout: UnitIntervalClosedOpen = 0.2,
@@ -147,13 +153,16 @@ class MVFoulModule(LightningModule):
         backbone_lr_ratio: NonNegativeFloat = 1.0,
         num_classes: dict[str, int] | None = None,
         clip: ClipInput = DEFAULT_CLIP,
+        finetune: FineTuning = DEFAULT_FINETUNE,
     ) -> None:
         super().__init__()
         # The sections go into hparams as plain dicts (checkpoints load with weights_only,
         # YAML writes them); a dict is accepted back (hparams of a checkpoint).
         self.loss_config = LossConfig.of(loss)
         clip_input = ClipInput(**clip) if isinstance(clip, Mapping) else clip
+        self.finetune = FineTuning.of(finetune)
         loss, clip = self.loss_config.to_dict(), asdict(clip_input)
+        finetune = asdict(self.finetune)
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
         self.optimizer = optimizer
         self.lr_scheduler = lr_scheduler
@@ -170,10 +179,14 @@ class MVFoulModule(LightningModule):
         mean = tuple(clip.mean) if clip.mean is not None else default_mean
         std = tuple(clip.std) if clip.std is not None else default_std
         self.hparams.clip = asdict(clip) | {"mean": mean, "std": std}
-        spec = build_backbone(backbone, clip.num_frames, clip.height, clip.width, pretrained)
+        spec = build_backbone(
+            backbone, clip.num_frames, clip.height, clip.width, pretrained, self.finetune
+        )
         self.network = MultiViewNetwork(spec, pooling, num_classes, mean, std, head_dropout)
         self.backbone_stages = spec.stages
-        self.backbone_stage_names = _stage_names(self.network.backbone, spec.stages)
+        self.backbone_stage_names = spec.stage_names or _stage_names(
+            self.network.backbone, spec.stages
+        )
         self._step_runner: StepRunner | None = None
         self.criterion = MultiTaskLoss(
             weights,
@@ -404,6 +417,13 @@ class MVFoulModule(LightningModule):
             out["backbone"] = rest  # a backbone without stages: one group
         return out
 
+    def stage_lr_scales(self, n: int) -> list[float]:
+        """Each stage's LR / the backbone LR: 1, or under ``finetune.layer_decay`` d,
+        ``d ** (n - i)`` for stage ``i`` of ``n`` (BEiT's layer decay: the embeddings
+        ``d ** n``, the last block ``d``, the heads 1)."""
+        decay = self.finetune.layer_decay
+        return [1.0] * n if decay is None else [decay ** (n - i) for i in range(n)]
+
     @staticmethod
     def stage_group(stage: str) -> str:
         """The parameter group (and LearningRateMonitor curve ``lr-<Opt>/<group>``) of a stage."""
@@ -421,10 +441,12 @@ class MVFoulModule(LightningModule):
         optimizer = self.optimizer([{"params": heads, "name": "heads"}])
         head_lr = optimizer.param_groups[0]["lr"]
         lr = head_lr * self.backbone_lr_scale(head_lr)
-        for stage, params in stages.items():
+        for stage, scale, params in zip(
+            stages, self.stage_lr_scales(len(stages)), stages.values(), strict=True
+        ):
             if params:
                 optimizer.add_param_group(
-                    {"params": params, "name": self.stage_group(stage), "lr": lr}
+                    {"params": params, "name": self.stage_group(stage), "lr": lr * scale}
                 )
         if self.lr_scheduler is None:
             # The factors still need a scheduler; per step, so a ramp reaches every step.

@@ -31,6 +31,7 @@ if __package__ in (None, ""):  # run as a script: make `mvcli` and `tests` impor
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from mvcli.data.augment import Augmentation, BatchAugmenter  # noqa: E402
+from mvcli.models.backbones import FineTuning  # noqa: E402
 from mvcli.task.module import ClipInput, MVFoulModule  # noqa: E402
 from tests.benchmarks.common import report, table  # noqa: E402
 
@@ -39,7 +40,11 @@ PRECISIONS = {"fp32": None, "bf16-mixed": torch.bfloat16, "16-mixed": torch.floa
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--backbone", default="r2plus1d_18")
+    parser.add_argument("--backbone", default="r2plus1d_18",
+                        help="a torchvision name, hf:<id or folder>, or random:<videomae|"
+                        "timesformer|vjepa2>: the family's default (real-size) config, "
+                        "randomly initialised (no hub access needed)")  # fmt: skip
+    parser.add_argument("--gradient_checkpointing", action="store_true")
     parser.add_argument("--frames", type=int, default=16)
     parser.add_argument("--height", type=int, default=224)
     parser.add_argument("--width", type=int, default=398)
@@ -57,10 +62,29 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _random_hf(family: str) -> str:
+    """The family's default config (VideoMAE/TimeSformer ViT-B 16x224, V-JEPA 2 ViT-L 256),
+    random weights, saved once into a temporary folder: ``hf:<folder>``."""
+    import tempfile
+
+    import transformers
+
+    classes = {"videomae": "VideoMAE", "timesformer": "Timesformer", "vjepa2": "VJEPA2"}
+    folder = Path(tempfile.mkdtemp(prefix=f"gpu_bench_{family}_"))
+    name = classes[family]
+    config = getattr(transformers, f"{name}Config")()
+    getattr(transformers, f"{name}Model")(config).save_pretrained(folder)
+    return f"hf:{folder}"
+
+
 def _model(args, memory_format: str, compiled: bool) -> MVFoulModule:
+    backbone = args.backbone
+    if backbone.startswith("random:"):
+        backbone = args.backbone = _random_hf(backbone.split(":", 1)[1])
     module = MVFoulModule(
-        backbone=args.backbone,
+        backbone=backbone,
         clip=ClipInput(num_frames=args.frames, height=args.height, width=args.width),
+        finetune=FineTuning(gradient_checkpointing=args.gradient_checkpointing),
     ).to(args.device)
     if memory_format == "channels_last_3d":
         module = module.to(memory_format=torch.channels_last_3d)
