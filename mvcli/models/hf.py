@@ -25,6 +25,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
 import torch
 from jsonargparse.typing import restricted_string_type
 from torch import nn
