@@ -119,28 +119,37 @@ class _HelpAll(argparse.Action):
 LINKED_GROUPS = ("model.clip",)
 
 
-class ArgumentParser(LightningArgumentParser):
-    """LightningCLI's parser with mvcli's help: plain text, own groups first, short form;
-    options never abbreviated, errors in one line (commandline.usage)."""
-
-    full_help = False
+class _OneLineUsage:
+    """What mvcli's parsers share: its help formatter, options never abbreviated, usage
+    errors in one line that name the config file being read (commandline.usage)."""
 
     def __init__(self, *args, **kwargs) -> None:
         kwargs.setdefault("formatter_class", HelpFormatter)
         kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
 
-    # mvcli 0.1's option keys, translated before anything is validated (commandline.renamed).
     def parse_args(self, args=None, *rest, **kwargs):
         args = sys.argv[1:] if args is None else list(args)
-        args, renames = renamed.translate_args(args)
-        renamed.warn_renamed(renames, "the command line")
         with usage.parsing_args(args):
             return super().parse_args(args, *rest, **kwargs)
 
     def parse_path(self, path, *rest, **kwargs):
         with usage.reading_file(path):
             return super().parse_path(path, *rest, **kwargs)
+
+
+class ArgumentParser(_OneLineUsage, LightningArgumentParser):
+    """LightningCLI's parser with mvcli's help: plain text, own groups first, short form;
+    options never abbreviated, errors in one line (commandline.usage)."""
+
+    full_help = False
+
+    # mvcli 0.1's option keys, translated before anything is validated (commandline.renamed).
+    def parse_args(self, args=None, *rest, **kwargs):
+        args = sys.argv[1:] if args is None else list(args)
+        args, renames = renamed.translate_args(args)
+        renamed.warn_renamed(renames, "the command line")
+        return super().parse_args(args, *rest, **kwargs)
 
     def error(self, message: str, ex: Exception | None = None):
         return super().error(usage.one_line(self, message), ex)
@@ -209,23 +218,10 @@ class ArgumentParser(LightningArgumentParser):
                 trainer._group_actions = kept_trainer_actions
 
 
-class StandaloneParser(jsonargparse.ArgumentParser):
-    """The parser of ``mvcli score`` and ``mvcli search`` (jsonargparse's CLI, outside
-    LightningCLI): mvcli's help formatter, no abbreviated options, one-line errors."""
-
-    def __init__(self, *args, **kwargs) -> None:
-        kwargs.setdefault("formatter_class", HelpFormatter)
-        kwargs.setdefault("allow_abbrev", False)
-        super().__init__(*args, **kwargs)
-
-    def parse_args(self, args=None, *rest, **kwargs):
-        args = sys.argv[1:] if args is None else list(args)
-        with usage.parsing_args(args):
-            return super().parse_args(args, *rest, **kwargs)
-
-    def parse_path(self, path, *rest, **kwargs):
-        with usage.reading_file(path):
-            return super().parse_path(path, *rest, **kwargs)
+class StandaloneParser(_OneLineUsage, jsonargparse.ArgumentParser):
+    """The parser of ``mvcli score``, ``mvcli review`` and ``mvcli search`` (jsonargparse's
+    CLI, outside LightningCLI): mvcli's help formatter, no abbreviated options, one-line
+    errors."""
 
     def error(self, message: str, ex: Exception | None = None):
         unknown = usage.unknown_options(self)  # else reported as a wrong positional value
