@@ -4,6 +4,7 @@ helpers several test modules use."""
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,11 @@ from PIL import Image
 from mvcli.data.synthetic import write_synthetic_dataset
 
 REPO = Path(__file__).resolve().parents[1]
+# Hypothesis keeps its example database and caches in ./.hypothesis of the directory pytest
+# started in (the checkout): a folder of their own instead, so tests leave the checkout as is.
+os.environ.setdefault(
+    "HYPOTHESIS_STORAGE_DIRECTORY", tempfile.mkdtemp(prefix="mvcli-tests-hypothesis-")
+)
 CONFIGS = REPO / "configs"
 CONF = REPO / "tests/conf"  # small overlays stacked on a config by the tests
 # Clip geometry of the tiny dataset and of every CLI run in the tests.
