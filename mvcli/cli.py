@@ -364,12 +364,12 @@ class MVCLI(LightningCLI):
         plain_numbers(self.config[subcommand] if subcommand else self.config)
         config = self.config[subcommand] if subcommand else self.config
         log_folder = self._evaluation_outputs(config) if subcommand in EVAL_SUBCOMMANDS else None
-        trainer = config.get("trainer")
-        if trainer is None or trainer.get("logger") not in (False, None):
+        settings = config.get("trainer")  # the trainer: section, before the Trainer exists
+        if settings is None or settings.get("logger") not in (False, None):
             return
         if log_folder is None:
-            log_folder = new_run_folder(trainer.get("default_root_dir") or "runs")
-        trainer.default_root_dir = str(log_folder)
+            log_folder = new_run_folder(settings.get("default_root_dir") or "runs")
+        settings.default_root_dir = str(log_folder)
 
     def _evaluation_outputs(self, config: Namespace) -> Path | None:
         """Fill the output sections' folders and point a file logger at the run's log folder

@@ -42,10 +42,17 @@ def test_per_class_rows():
 def test_test_writes_pngs_and_tables_next_to_metrics(trained, caplog):
     common, fit = trained
     cli = main(["test", *common, "--ckpt_path", fit.trainer.checkpoint_callback.best_model_path])
-    folder = Path(fit.trainer.log_dir)  # the checkpoint's run
-    # The CLI filled the writers' output_dir with the checkpoint's run folder.
-    for kind in (ConfusionMatrices, MetricsWriter):
-        assert next(c for c in cli.trainer.callbacks if isinstance(c, kind)).output_dir == folder
+    # The CLI gave both writers one new folder of the checkpoint's run:
+    # <run>/test/<checkpoint stem>[-N].
+    ckpt = Path(fit.trainer.checkpoint_callback.best_model_path)
+    folders = {
+        next(c for c in cli.trainer.callbacks if isinstance(c, kind)).output_dir
+        for kind in (ConfusionMatrices, MetricsWriter)
+    }
+    assert len(folders) == 1
+    folder = folders.pop()
+    assert folder.parent == Path(fit.trainer.log_dir) / "test"
+    assert folder.name.startswith(ckpt.stem)
     assert (folder / "test_metrics.json").is_file()
     for head in HEADS:
         _check_png(folder / f"test_confusion_{head}.png", (500, 250))

@@ -325,7 +325,7 @@ def test_recipes_optimizers_and_clipping(
         (["--model.lr_scheduler", "mvcli.task.schedulers.LinearWarmup",
           "--model.lr_scheduler.start_factor", "0"], "UnitIntervalOpenLeft"),
         (["--model.lr_scheduler", "mvcli.task.schedulers.LinearWarmup",
-          "--model.lr_scheduler.warmup_steps", "-1"], "NonNegativeInt"),
+          "--model.lr_scheduler.warmup_steps", "-1"], "warmup_steps: expected int >= 0"),
     ],
 )  # fmt: skip
 def test_limits_are_checked_at_parse_time(synthetic_root, tmp_path, capsys, flags, key):
