@@ -104,3 +104,32 @@ def test_augmentation_preset_table_is_presets():
             expected = PRESETS[preset][field]
             expected = tuple(map(float, expected)) if isinstance(expected, tuple) else expected
             assert _cell(cell) == expected, (field, preset, cell, expected)
+
+
+def _architecture_tree() -> set[str]:
+    """The modules the architecture page's package tree names (``mvcli/task/module.py``)."""
+    text = (REPO / "docs/architecture.md").read_text()
+    block = text[text.index("## The package") :].split("```")[1]
+    folders: list[tuple[int, str]] = []
+    paths = set()
+    for line in block.splitlines():
+        name = line.strip().split(" ")[0] if line.strip() else ""
+        if not name:
+            continue
+        indent = len(line) - len(line.lstrip())
+        folders = [(i, f) for i, f in folders if i < indent]
+        if name.endswith("/"):
+            folders.append((indent, name))
+        elif name.endswith(".py"):
+            paths.add("".join(f for _, f in folders) + name)
+    return paths
+
+
+def test_architecture_tree_names_every_module_once_in_its_folder():
+    package = REPO / "mvcli"
+    modules = {
+        p.relative_to(REPO).as_posix()
+        for p in package.rglob("*.py")
+        if p.name != "__init__.py" or p.parent == package
+    }
+    assert _architecture_tree() == modules
