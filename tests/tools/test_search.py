@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -49,6 +50,16 @@ def _states(study) -> list[str]:
     return [t.state.name for t in study.get_trials()]
 
 
+def _beating(database: Path) -> bool:
+    """A running trial of the study has recorded a heartbeat (Optuna's RDB schema)."""
+    with sqlite3.connect(database) as connection:
+        rows = connection.execute(
+            "SELECT COUNT(*) FROM trial_heartbeats JOIN trials USING (trial_id) "
+            "WHERE trials.state = 'RUNNING'"
+        ).fetchone()
+    return rows[0] > 0
+
+
 def test_study_prunes_resumes_after_a_kill_and_its_best_config_trains(
     tmp_path, synthetic_root, capsys
 ):
@@ -73,6 +84,10 @@ def test_study_prunes_resumes_after_a_kill_and_its_best_config_trains(
         while "COMPLETE" not in _states(study) and time.monotonic() < deadline:
             assert proc.poll() is None, "the search ended before its first trial completed"
             time.sleep(0.3)
+        # Killed once the next trial has beaten its heart: Optuna only ever fails a running
+        # trial that has a heartbeat (one killed before its first stays "RUNNING").
+        while not _beating(tmp_path / "study" / "study.db") and time.monotonic() < deadline:
+            time.sleep(0.05)
         proc.send_signal(signal.SIGKILL)  # a real interruption, mid-study
         proc.wait(timeout=30)
     finally:
