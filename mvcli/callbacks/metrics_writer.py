@@ -146,7 +146,7 @@ def metrics_table(values: dict, extra: dict, prefix: str, level: float) -> str:
     if not rows:
         return ""
     width = max(len(k) for k, _ in rows)
-    lines = [f"{'':<{width}}  {'value':>7}  {f'{level:.0%} interval':>16}"]
+    lines = [f"{'':<{width}}  {'value':>7}  {f'{round(level * 100, 6):g}% interval':>16}"]
     for key, value in rows:
         interval = _interval(extra, key)
         span = f"[{interval[0]:.4f}, {interval[1]:.4f}]" if interval else ""

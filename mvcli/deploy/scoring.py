@@ -152,14 +152,14 @@ def score_table(result: dict, level: float = 0.95) -> str:
     suffix = interval_key(level)
     rows = [(k, v) for k, v in result.items() if isinstance(v, float)]
     width = max(len(k) for k, _ in rows)
-    lines = [f"{'':<{width}}  {'value':>8}  {f'{level:.0%} interval':>17}"]
+    lines = [f"{'':<{width}}  {'value':>8}  {f'{round(level * 100, 6):g}% interval':>16}"]
     for key, value in rows:
         if key in ("counted", "missing"):
             lines.append(f"{key:<{width}}  {int(value):8d}")
             continue
         interval = result.get(f"{key}_{suffix}")
         span = f"[{interval[0]:6.2f}, {interval[1]:6.2f}]" if interval else ""
-        lines.append(f"{key:<{width}}  {value:8.3f}  {span:>17}".rstrip())
+        lines.append(f"{key:<{width}}  {value:8.3f}  {span:>16}".rstrip())
     for head in NUM_CLASSES:
         counts = result.get(f"support_{head}")
         if counts:
