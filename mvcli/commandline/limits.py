@@ -8,12 +8,7 @@ from __future__ import annotations
 
 from jsonargparse.typing import restricted_number_type
 
-__all__ = [
-    "AtLeastOne",
-    "StepLimit",
-    "UnitIntervalClosedOpen",
-    "UnitIntervalOpenLeft",
-]
+__all__ = ["AtLeastOne", "StepLimit", "UnitIntervalClosedOpen", "UnitIntervalOpenLeft"]
 
 UnitIntervalClosedOpen = restricted_number_type(
     "UnitIntervalClosedOpen", float, [(">=", 0.0), ("<", 1.0)], docstring="in [0, 1)"
