@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torchmetrics import Metric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
+from torchmetrics.utilities import dim_zero_cat
 from torchmetrics.wrappers import MultitaskWrapper
 
 
@@ -72,3 +73,43 @@ def wrong_predictions(target: torch.Tensor, num_classes: int) -> torch.Tensor:
 def leaderboard(values: dict[str, torch.Tensor], heads: list[str], prefix: str) -> torch.Tensor:
     """The challenge's ranking value: mean of the heads' balanced accuracies."""
     return torch.stack([values[f"{prefix}/bacc_{h}"] for h in heads]).mean()
+
+
+class ActionPredictions(Metric):
+    """Each evaluated action's target and predicted class, per head, for the bootstrap
+    (:mod:`mvcli.task.bootstrap` resamples actions, which counts cannot do).
+
+    List states concatenated across processes (rank by rank, every head alike), so the
+    heads' entries of one action stay at the same position. Updated like the stage metrics:
+    ``{head: logits or classes}, {head: targets}``.
+    """
+
+    full_state_update = False
+
+    def __init__(self, heads: list[str], **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.heads = list(heads)
+        for head in self.heads:
+            self.add_state(f"target_{head}", [], dist_reduce_fx="cat")
+            self.add_state(f"predicted_{head}", [], dist_reduce_fx="cat")
+
+    def update(self, preds: dict[str, torch.Tensor], target: dict[str, torch.Tensor]) -> None:
+        for head in self.heads:
+            guess, truth = preds[head], target[head]
+            if guess.ndim == truth.ndim + 1:
+                guess = guess.argmax(dim=-1)
+            getattr(self, f"target_{head}").append(truth.detach().long())
+            getattr(self, f"predicted_{head}").append(guess.detach().long())
+
+    def compute(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """``{head: (targets, predicted)}``, long tensors of one entry per action."""
+        return {
+            head: (_cat(getattr(self, f"target_{head}")), _cat(getattr(self, f"predicted_{head}")))
+            for head in self.heads
+        }
+
+
+def _cat(state: list[torch.Tensor] | torch.Tensor) -> torch.Tensor:
+    if isinstance(state, torch.Tensor):  # after a sync
+        return state.long().flatten()
+    return dim_zero_cat(state).long() if state else torch.zeros(0, dtype=torch.long)

@@ -30,6 +30,7 @@ from mvcli.task.losses import (
     apply_class_weights,
 )
 from mvcli.task.metrics import (
+    ActionPredictions,
     flat_compute,
     head_metrics,
     leaderboard,
@@ -224,6 +225,9 @@ class MVFoulModule(LightningModule):
                 for stage in _EVAL_STAGES
             }
         )
+        # Each test action's target and prediction per head, for the bootstrap intervals;
+        # read (and reset) by mvcli.callbacks.metrics_writer.MetricsWriter; synced under DDP.
+        self.test_predictions = ActionPredictions(self.heads)
 
     def forward(self, video: torch.Tensor, view_mask: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.network(video, view_mask)
@@ -244,6 +248,8 @@ class MVFoulModule(LightningModule):
         for head in self.heads:
             if stage in self.confusion:
                 self.confusion[stage][head].update(preds[head], batch[head])
+        if stage == "test":
+            self.test_predictions.update(preds, batch)
         return loss
 
     def _count_damage(self, batch: dict, stage: str) -> None:
@@ -276,6 +282,8 @@ class MVFoulModule(LightningModule):
         self.metrics[f"{stage}_metrics"].update(wrong, targets)
         for head in self.heads:
             self.confusion[stage][head].update(wrong[head], targets[head])
+        if stage == "test":
+            self.test_predictions.update(wrong, targets)
 
     def _log_loss(
         self, stage: str, name: str, value: torch.Tensor, size: int, prog_bar: bool = False
@@ -342,6 +350,7 @@ class MVFoulModule(LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._log_epoch("test")
+        self.test_predictions.reset()  # read by the callbacks' on_test_epoch_end, run before
 
     def _log_epoch(self, stage: str) -> None:
         counts = self.damage[f"{stage}_damage"]
