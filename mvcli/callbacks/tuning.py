@@ -102,6 +102,22 @@ class LRCurve:
     def suggestion(self) -> float | None:
         return None if self.index is None else self.lrs[self.index]
 
+    def to_dict(self) -> dict:
+        """The curve as JSON-ready values (``null`` for NaN and infinite losses)."""
+
+        def finite(values: list[float]) -> list[float | None]:
+            return [v if math.isfinite(v) else None for v in values]
+
+        return {
+            "suggestion": self.suggestion,
+            "lr_at_minimum": None if self.minimum is None else self.lrs[self.minimum],
+            "rule": f"a tenth ({MARGIN:g}x below) of the LR at the smoothed loss's minimum",
+            "beta": BETA,
+            "lr": self.lrs,
+            "loss": finite(self.raw),
+            "smoothed_loss": finite(self.smoothed),
+        }
+
     def plot(self, log_x: bool = True) -> Any:
         """The loss-vs-LR figure: the smoothed curve, the raw losses faintly, the suggestion
         (red) and the minimum (grey) marked on the curve."""

@@ -187,8 +187,9 @@ class MVTrainer(Trainer):
         loss, then puts the model back. The suggestion is a tenth of the LR at the minimum of
         the smoothed loss (the raw per-step losses, bias-corrected: Lightning's own curve and
         suggestion are not; see :mod:`mvcli.callbacks.tuning`). Saves the loss-vs-LR plot
-        (smoothed curve, raw losses, suggestion and minimum marked) as ``lr_find.png`` in the
-        log folder and prints the suggestion with the YAML line to use it.
+        (smoothed curve, raw losses, suggestion and minimum marked) as ``lr_find.png`` and the
+        curve as ``lr_find.json`` (LRs, raw and smoothed losses, suggestion) in the log folder
+        and prints the suggestion with the YAML line to use it.
 
         Args:
             model: the LightningModule of the config.
@@ -227,6 +228,7 @@ class MVTrainer(Trainer):
         figure = curve.plot(log_x=mode == "exponential")
         figure.savefig(plot, dpi=120, bbox_inches="tight")
         plt.close(figure)
+        atomic_write_text(folder / "lr_find.json", json.dumps(curve.to_dict(), indent=1) + "\n")
         tried = len(curve.lrs)
         if suggestion is None or curve.minimum is None:
             print(f"lr_find: no suggestion from {tried} LRs (the loss never falls); plot: {plot}")
