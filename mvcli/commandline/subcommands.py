@@ -14,6 +14,7 @@ from typing import Literal
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
 
+from mvcli.callbacks.tuning import lr_curve
 from mvcli.commandline.outputs import evaluation_folder, log_folder
 from mvcli.data.annotations import Split
 from mvcli.data.datamodule import PREPROCESSING_KEYS
@@ -183,8 +184,12 @@ class MVTrainer(Trainer):
 
         Trains ``num_training`` batches from the config's starting point while the LR grows
         from ``min_lr`` to ``max_lr`` (every parameter group at the same LR), records the
-        loss, then puts the model back. Saves the loss-vs-LR plot as ``lr_find.png`` in the
-        log folder and prints the suggestion with the YAML line to use it.
+        loss, then puts the model back. The suggestion is a tenth of the LR at the minimum of
+        the smoothed loss (the raw per-step losses, bias-corrected: Lightning's own curve and
+        suggestion are not; see :mod:`mvcli.callbacks.tuning`). Saves the loss-vs-LR plot
+        (smoothed curve, raw losses, suggestion and minimum marked) as ``lr_find.png`` and the
+        curve as ``lr_find.json`` (LRs, raw and smoothed losses, suggestion) in the log folder
+        and prints the suggestion with the YAML line to use it.
 
         Args:
             model: the LightningModule of the config.
@@ -202,6 +207,7 @@ class MVTrainer(Trainer):
         import matplotlib.pyplot as plt
         from lightning.pytorch.tuner import Tuner
 
+        start = self.global_step
         finder = Tuner(self).lr_find(
             model,
             datamodule=datamodule,
@@ -214,20 +220,24 @@ class MVTrainer(Trainer):
         )
         if finder is None:
             raise ValueError("lr_find did not run (it is skipped under trainer.fast_dev_run)")
-        suggestion = finder.suggestion()
+        curve = lr_curve(finder.results["lr"], finder.results["loss"], start_step=start)
+        suggestion = curve.suggestion
         folder = log_folder(self)
         folder.mkdir(parents=True, exist_ok=True)
         plot = folder / "lr_find.png"
-        figure = finder.plot(suggest=suggestion is not None)
+        figure = curve.plot(log_x=mode == "exponential")
         figure.savefig(plot, dpi=120, bbox_inches="tight")
         plt.close(figure)
-        tried = len(finder.results.get("lr", []))
-        if suggestion is None:
-            print(f"lr_find: no suggestion from {tried} LRs (loss flat or noisy); plot: {plot}")
+        atomic_write_text(folder / "lr_find.json", json.dumps(curve.to_dict(), indent=1) + "\n")
+        tried = len(curve.lrs)
+        if suggestion is None or curve.minimum is None:
+            print(f"lr_find: no suggestion from {tried} LRs (the loss never falls); plot: {plot}")
         else:
+            lowest = curve.lrs[curve.minimum]
             print(
-                f"lr_find: suggested heads' LR {suggestion:.3g} ({tried} LRs tried); plot: {plot}\n"
+                f"lr_find: suggested heads' LR {suggestion:.3g} (a tenth of {lowest:.3g}, the "
+                f"smoothed loss's minimum; {tried} LRs tried); plot: {plot}\n"
                 f"  YAML: model: {{optimizer: {{init_args: {{lr: {suggestion:.3g}}}}}}}\n"
                 f"  CLI:  --model.optimizer.init_args.lr {suggestion:.3g}"
             )
-        return {"suggestion": suggestion, "plot": str(plot), "lrs_tried": tried}
+        return {"suggestion": suggestion, "plot": str(plot), "lrs_tried": tried, "curve": curve}

@@ -41,7 +41,6 @@ import torch
 from jsonargparse._common import parent_parser
 from lightning.fabric.utilities.data import _set_sampler_epoch
 from lightning.pytorch import Trainer
-from lightning.pytorch.callbacks import LearningRateFinder
 from lightning.pytorch.strategies import DDPStrategy
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.parallel import DistributedDataParallel
@@ -182,13 +181,6 @@ def shared_empty(shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
     """
     storage = like._typed_storage()._new_shared(math.prod(shape), device=like.device)
     return like.new(storage).resize_(shape)
-
-
-# -- Lightning callbacks' own options -------------------------------------------------------
-def lr_finder_updates_attr(callback: LearningRateFinder) -> bool:
-    """Whether a ``LearningRateFinder`` callback applies its suggestion (its ``update_attr``
-    argument, which Lightning keeps only as ``_update_attr``)."""
-    return bool(callback._update_attr)
 
 
 # -- jsonargparse -----------------------------------------------------------------------------
