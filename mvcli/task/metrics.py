@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import zlib
+
 import torch
 from torchmetrics import Metric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
@@ -80,8 +82,10 @@ class ActionPredictions(Metric):
     (:mod:`mvcli.task.bootstrap` resamples actions, which counts cannot do).
 
     List states concatenated across processes (rank by rank, every head alike), so the
-    heads' entries of one action stay at the same position. Updated like the stage metrics:
-    ``{head: logits or classes}, {head: targets}``.
+    heads' entries of one action stay at the same position; :meth:`compute` orders them by
+    action id, so a seeded bootstrap gives the same interval whatever the sharding. Updated
+    like the stage metrics, plus the actions' ids: ``{head: logits or classes}, {head:
+    targets}, ids``.
     """
 
     full_state_update = False
@@ -89,11 +93,16 @@ class ActionPredictions(Metric):
     def __init__(self, heads: list[str], **kwargs) -> None:
         super().__init__(**kwargs)
         self.heads = list(heads)
+        self.add_state("order", [], dist_reduce_fx="cat")
         for head in self.heads:
             self.add_state(f"target_{head}", [], dist_reduce_fx="cat")
             self.add_state(f"predicted_{head}", [], dist_reduce_fx="cat")
 
-    def update(self, preds: dict[str, torch.Tensor], target: dict[str, torch.Tensor]) -> None:
+    def update(
+        self, preds: dict[str, torch.Tensor], target: dict[str, torch.Tensor], ids: list
+    ) -> None:
+        keys = [_order_key(i) for i in ids]
+        self.order.append(torch.tensor(keys, dtype=torch.long, device=self.device))
         for head in self.heads:
             guess, truth = preds[head], target[head]
             if guess.ndim == truth.ndim + 1:
@@ -102,11 +111,24 @@ class ActionPredictions(Metric):
             getattr(self, f"predicted_{head}").append(guess.detach().long())
 
     def compute(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """``{head: (targets, predicted)}``, long tensors of one entry per action."""
+        """``{head: (targets, predicted)}``, long tensors of one entry per action, in the
+        order of the actions' ids."""
+        order = torch.argsort(_cat(self.order), stable=True)
         return {
-            head: (_cat(getattr(self, f"target_{head}")), _cat(getattr(self, f"predicted_{head}")))
+            head: (
+                _cat(getattr(self, f"target_{head}"))[order],
+                _cat(getattr(self, f"predicted_{head}"))[order],
+            )
             for head in self.heads
         }
+
+
+def _order_key(action_id) -> int:
+    """A sortable integer of an action id: the number of ``action_12`` / ``12``, else a
+    stable hash of the text (``zlib.crc32``, the same on every process)."""
+    text = str(action_id)
+    digits = text.rsplit("_", 1)[-1]
+    return int(digits) if digits.isdigit() else (1 << 40) + zlib.crc32(text.encode())
 
 
 def _cat(state: list[torch.Tensor] | torch.Tensor) -> torch.Tensor:

@@ -249,7 +249,7 @@ class MVFoulModule(LightningModule):
             if stage in self.confusion:
                 self.confusion[stage][head].update(preds[head], batch[head])
         if stage == "test":
-            self.test_predictions.update(preds, batch)
+            self.test_predictions.update(preds, batch, batch["action_id"])
         return loss
 
     def _count_damage(self, batch: dict, stage: str) -> None:
@@ -283,7 +283,7 @@ class MVFoulModule(LightningModule):
         for head in self.heads:
             self.confusion[stage][head].update(wrong[head], targets[head])
         if stage == "test":
-            self.test_predictions.update(wrong, targets)
+            self.test_predictions.update(wrong, targets, [f["action_id"] for f in labelled])
 
     def _log_loss(
         self, stage: str, name: str, value: torch.Tensor, size: int, prog_bar: bool = False
