@@ -83,8 +83,23 @@ def one_line(parser: Any, message: str) -> str:
         return f"{_source(full)}{full} is not an option of {where}{hint}"
     typed = re.match(r'Parser key "([^"]+)":\s*(.*)', message, re.S)
     if typed and re.search(r"NestedArg|class_path|init_args|Parser key", typed.group(2)):
-        # A component's (class_path) own error: jsonargparse's report, the file named.
+        # A component's (class_path) own error: the argument's one line when the report holds
+        # it (a limit or type of one of its arguments), else jsonargparse's report; file named.
         file = _source(typed.group(1))
+        detail = typed.group(2)
+        inner = re.search(
+            r"(?::|\n)\s+(?:\S+\.ya?ml: )?(?:--)?([\w.]+): (expected [^\n]*?)(?:\. Got value|\n|$)",
+            detail,
+        )
+        if inner:
+            key = f"{typed.group(1)}.{inner.group(1)}"
+            expected = inner.group(2)
+            nested = re.search(r"NestedArg\(key='[^']*', val='([^']*)'\)", detail)
+            if ", got " not in expected and nested:
+                expected += f", got {nested.group(1)!r}"
+            component = re.search(r"class_path=?\s*'([^']+)'", detail)
+            of = f" ({component.group(1)})" if component else ""
+            return f"{file}{key if file else '--' + key}: {expected}{of}"
         return f"{file}{message}" if file else message
     if typed:
         key, detail = typed.groups()
@@ -134,8 +149,9 @@ def _expected(detail: str) -> str:
     if restriction:  # jsonargparse's limit types: "0 does not conform to restriction v>0"
         names = [f"{n} ({restriction.group(2)})" for n in names]
         value = value or restriction.group(1)
-    if value is None:
-        quoted = re.findall(r"'([^']*)'", detail.splitlines()[-1] if detail else "")
+    if value is None:  # the last quoted text, a class name aside (<class 'int'>)
+        last = re.sub(r"<class '[^']*'>", "", detail.strip().splitlines()[-1] if detail else "")
+        quoted = re.findall(r"'([^']*)'", last)
         value = quoted[-1] if quoted else None
     got = f", got {value!r}" if value is not None else ""
     return f"expected {' or '.join(names)}{got}"

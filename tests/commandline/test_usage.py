@@ -93,3 +93,39 @@ def test_search_and_score_take_no_abbreviation_either(capsys):
         capsys, ["search", "--config", str(CONFIGS / "search/demo.yaml"), "--n_trials", "two"]
     )
     assert line == "--n_trials: expected int or null, got 'two'"
+
+
+WARMUP = ["--model.lr_scheduler", "mvcli.task.schedulers.LinearWarmup"]
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        ([*WARMUP, "--model.lr_scheduler.init_args.warmup_steps", "-1"],
+         "--model.lr_scheduler.warmup_steps: expected int >= 0 (v>=0), got '-1' "
+         "(mvcli.task.schedulers.LinearWarmup)"),
+        (["--trainer.callbacks+", "lightning.pytorch.callbacks.EarlyStopping",
+          "--trainer.callbacks.patience", "minus"],
+         "--trainer.callbacks.patience: expected int, got 'minus' "
+         "(lightning.pytorch.callbacks.EarlyStopping)"),
+    ],
+)  # fmt: skip
+def test_an_argument_of_a_class_path_component_is_one_line(
+    synthetic_root, tmp_path, capsys, extra, expected
+):
+    # A component's (class_path) argument: its key, the expected type and the class named,
+    # not jsonargparse's report of every Union subtype.
+    assert _error(capsys, _fit(synthetic_root, tmp_path, *extra)) == expected
+
+
+def test_a_component_argument_in_a_config_file_names_the_file(synthetic_root, tmp_path, capsys):
+    bad = tmp_path / "bad_scheduler.yaml"
+    bad.write_text(
+        "model:\n  lr_scheduler:\n    class_path: mvcli.task.schedulers.LinearWarmup\n"
+        "    init_args:\n      warmup_steps: -3\n"
+    )
+    line = _error(capsys, _fit(synthetic_root, tmp_path, "--config", str(bad)))
+    assert line == (
+        f"{bad}: model.lr_scheduler.warmup_steps: expected int >= 0 (v>=0), got '-3' "
+        "(mvcli.task.schedulers.LinearWarmup)"
+    )
