@@ -398,21 +398,10 @@ class MVCLI(LightningCLI):
         return log_folder
 
     def instantiate_trainer(self, **kwargs: Any):
-        # Every callback comes from the config (trainer.callbacks and the callback sections);
-        # a section set to null is off, and a default one is left out where it cannot act:
-        # the LR monitor without a logger, progress bar and summary when the trainer turns
-        # them off or trainer.callbacks has its own.
+        # Every callback comes from the config: trainer.callbacks and the callback sections
+        # (which _instantiate_trainer filters).
         config = self.config_init.get(str(self.subcommand), self.config_init)
-        settings = config.get("trainer", {})
-        listed = list(settings.get("callbacks") or [])
-        dropped = {key for key in CALLBACK_SECTIONS if config.get(key) is None}
-        if settings.get("logger") in (False, None):
-            dropped.add("lr_monitor")
-        if settings.get("enable_progress_bar") is False or _has(listed, ProgressBar):
-            dropped.add("progress_bar")
-        if settings.get("enable_model_summary") is False or _has(listed, ModelSummary):
-            dropped.add("model_summary")
-        self._dropped_sections = dropped  # read by _instantiate_trainer
+        listed = list(config.get("trainer", {}).get("callbacks") or [])
         # FIRST_SECTIONS ahead of trainer.callbacks and the other sections.
         first = [config[key] for key in FIRST_SECTIONS if config.get(key) is not None]
         kwargs["callbacks"] = [*first, *listed]
@@ -435,10 +424,11 @@ class MVCLI(LightningCLI):
         return trainer
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Any:
-        # LightningCLI passes the sections' instances in the parser's callback_keys order.
+        # LightningCLI passes the sections' instances in the parser's callback_keys order,
+        # None for a section set to null (off).
         parser = compat.subcommand_parser(self, self.subcommand) if self.subcommand else self.parser
         keys = parser.callback_keys
-        dropped = getattr(self, "_dropped_sections", set())
+        dropped = _idle_sections(config)
         kept = [
             callback
             for key, callback in zip(keys, callbacks, strict=True)
@@ -474,6 +464,21 @@ class MVCLI(LightningCLI):
         if not written:
             why = " (fast_dev_run writes none)" if trainer.fast_dev_run else ""
             rank_zero_info(f"no checkpoint written{why}")
+
+
+def _idle_sections(trainer: dict[str, Any]) -> set[str]:
+    """Default callback sections left out because they cannot act with these trainer
+    settings: the LR monitor without a logger, the progress bar and model summary when the
+    trainer turns them off or ``trainer.callbacks`` has its own."""
+    listed = trainer.get("callbacks") or []
+    idle = set()
+    if trainer.get("logger") in (False, None):
+        idle.add("lr_monitor")
+    if trainer.get("enable_progress_bar") is False or _has(listed, ProgressBar):
+        idle.add("progress_bar")
+    if trainer.get("enable_model_summary") is False or _has(listed, ModelSummary):
+        idle.add("model_summary")
+    return idle
 
 
 def _has(callbacks: list[Any], kind: type) -> bool:
