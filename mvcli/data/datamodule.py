@@ -159,7 +159,7 @@ class MVFoulDataModule(LightningDataModule):
         self.augmentation.resolved()  # bad values fail at start-up, not at the first batch
         self.hparams["augmentation"] = self.augmentation.to_dict()
         self.augmenter: BatchAugmenter | None = None
-        self._root = Path(root) if root is not None else None
+        self.root = Path(root) if root is not None else None
         self.predict_root = Path(predict_root) if predict_root is not None else None
         self.spec = ClipSpec(
             num_frames=frames_per_clip,
@@ -172,7 +172,7 @@ class MVFoulDataModule(LightningDataModule):
         )
         # The dataset's decode function: the cache when enabled (picklable, for workers).
         if cache_dir == "auto":
-            cache_dir = self._root / CACHE_FOLDER if self._root is not None else None
+            cache_dir = self.root / CACHE_FOLDER if self.root is not None else None
         self.cache = ClipCache(cache_dir) if cache_dir is not None else None
         self._records: dict[str, list[ActionRecord]] = {}
         self.datasets: dict[str, MultiViewDataset] = {}
@@ -225,18 +225,6 @@ class MVFoulDataModule(LightningDataModule):
         return ClassBalancedSampler(groups, progressive_epochs=epochs, seed=run_seed())
 
     # -- reading -----------------------------------------------------------------------------
-    @property
-    def root(self) -> Path | None:
-        """The dataset folder (``data.root``). ``mvcli export`` points an unset one at the
-        checkpoint's training data to measure its variants; setting it forgets the splits
-        read so far."""
-        return self._root
-
-    @root.setter
-    def root(self, value: Path | None) -> None:
-        self._root = Path(value) if value is not None else None
-        self._records = {}
-
     def split_dir(self, split: str) -> Path:
         if self.root is None:
             raise UsageError(

@@ -285,9 +285,9 @@ def compress_export(
     ``eval_split`` (default: Test when present) for accuracy, the first
     ``calibration_batches`` batches of ``calibration_split`` for static int8.
     """
+    # data.root defaults to the checkpoint's training data when it is found here (the CLI's
+    # checkpoint_defaults): unset, the data is not here.
     root = getattr(datamodule, "root", None)
-    if root is None and checkpoint_root is not None and Path(checkpoint_root).is_dir():
-        root = datamodule.root = Path(checkpoint_root)  # where the model was trained
     if root is None and (eval_split is not None or calibration_split is not None):
         where = (
             f"the training data {checkpoint_root} is not found here"
