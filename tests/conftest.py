@@ -4,14 +4,19 @@ helpers several test modules use."""
 from __future__ import annotations
 
 import os
+import shutil
+import sys
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
+from jsonargparse.typing import NonNegativeInt
 from lightning_utilities.core.rank_zero import rank_zero_only
 from PIL import Image
 
+import mvcli
 from mvcli.data.synthetic import write_synthetic_dataset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -165,3 +170,57 @@ def without_batch_norm(module) -> None:
         if isinstance(child, nn.BatchNorm3d):
             parent, _, leaf = name.rpartition(".")
             setattr(module.get_submodule(parent) if parent else module, leaf, nn.Identity())
+
+
+# -- a run folder written by mvcli 0.1.0 (tests/fixtures/run-0.1.0/MADE_BY.md) -------------
+FIXTURE_0_1 = Path(__file__).parent / "fixtures/run-0.1.0"
+
+
+@pytest.fixture
+def old_run(tmp_path, monkeypatch) -> Path:
+    """The 0.1.0 run folder in a working folder with the data it was trained on."""
+    monkeypatch.chdir(tmp_path)
+    write_synthetic_dataset(
+        tmp_path / "data", train=16, valid=12, test=16, chall=4, quirks=True, seed=1, **TINY
+    )
+    run = tmp_path / "runs/demo/version_0"
+    shutil.copytree(FIXTURE_0_1, run, ignore=shutil.ignore_patterns("MADE_BY.md"))
+    _write_0_1_checkpoint(run)
+    for name in list(sys.modules):  # so the old class path imports (and warns) again
+        if name in mvcli.MOVED_MODULES:
+            monkeypatch.delitem(sys.modules, name)
+    return run
+
+
+def _write_0_1_checkpoint(run: Path) -> None:
+    """``run/checkpoints/last.ckpt`` as 0.1.0 wrote it for the fixture's config.yaml.
+
+    Trained from that config by today's code, then given what set 0.1.0's files apart
+    (checked against a checkpoint 0.1.0 wrote, see MADE_BY.md): flat loss and clip
+    hyperparameters, no ``finetune``, the data root as given (relative), and
+    ``LinearWarmup.warmup_steps`` saved as jsonargparse's ``NonNegativeInt``.
+    """
+    import torch
+
+    from mvcli.cli import main
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        fit = main(
+            ["fit", "--config", str(run / "config.yaml"), "--trainer.enable_model_summary",
+             "false", "--trainer.logger.init_args.save_dir", "made"]
+        )  # fmt: skip
+    made = Path(fit.trainer.log_dir) / "checkpoints/last.ckpt"
+    checkpoint = torch.load(made, map_location="cpu", weights_only=True)
+    hparams = checkpoint["hyper_parameters"]
+    loss, clip = hparams.pop("loss"), hparams.pop("clip")
+    hparams.pop("finetune", None)
+    hparams["loss"] = loss.pop("kind")
+    hparams |= loss
+    hparams |= {"num_frames": clip["num_frames"], "img_height": clip["height"],
+                "img_width": clip["width"], "mean": clip["mean"], "std": clip["std"]}  # fmt: skip
+    checkpoint["datamodule_hyper_parameters"]["root"] = "data"
+    warmup = checkpoint["lr_schedulers"][0]["inner"]
+    warmup["warmup_steps"] = NonNegativeInt(warmup["warmup_steps"])
+    (run / "checkpoints").mkdir()
+    torch.save(checkpoint, run / "checkpoints/last.ckpt")

@@ -4,7 +4,6 @@ as the ``model.loss`` section they became, with one warning naming old -> new.""
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 
 import pytest
 import yaml
@@ -12,7 +11,6 @@ import yaml
 from mvcli.cli import checkpoint_defaults, main
 from mvcli.commandline.renamed import translate_args, translate_config
 
-FIXTURE_CKPT = Path(__file__).parents[1] / "fixtures/run-0.1.0/checkpoints/last.ckpt"
 OLD_ARGS = ["--model.loss", "{offence_severity: focal, action: weighted}",
             "--model.label_smoothing=0.1", "--model.focal_gamma", "1.5",
             "--model.class_weighting", "effective_number", "--model.effective_beta", "0.99",
@@ -97,7 +95,7 @@ def test_new_forms_are_left_alone():
     assert nested == {"fit": NEW_YAML}
 
 
-def test_a_0_1_checkpoint_gives_its_loss_settings_under_the_new_keys():
-    defaults = checkpoint_defaults(FIXTURE_CKPT)
+def test_a_0_1_checkpoint_gives_its_loss_settings_under_the_new_keys(old_run):
+    defaults = checkpoint_defaults(old_run / "checkpoints/last.ckpt")
     assert defaults["model.loss.label_smoothing"] == 0.1
     assert not any(k in defaults for k in ("model.label_smoothing", "model.task_weights"))
