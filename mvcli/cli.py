@@ -11,6 +11,7 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, ModelSummary, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_info
+from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from mvcli import __version__
 from mvcli.callbacks.confusion import ConfusionMatrices
@@ -39,6 +40,7 @@ from mvcli.commandline.outputs import (
 from mvcli.commandline.subcommands import EXTRA_SUBCOMMANDS, MVTrainer
 from mvcli.data.datamodule import PREPROCESSING_KEYS, MVFoulDataModule
 from mvcli.task.module import MVFoulModule
+from mvcli.task.schedulers import final_scheduler_class
 from mvcli.utils import compat
 from mvcli.utils.checkpoints import (
     SPECIAL_CKPT_PATHS,
@@ -127,6 +129,11 @@ GROUP_TITLES = {
         key: f"{default.rsplit('.', 1)[-1]} (--{key}.*): {what}; off: --{key} null"
         for key, (_, default, what) in CALLBACK_SECTIONS.items()
     },
+}
+# What to do about a section that monitors a val/ metric in a fit without validation.
+_NO_VALIDATION_FIXES = {
+    "checkpoint": "pass --checkpoint.save_top_k 0: last_checkpoint keeps last.ckpt",
+    "freezing": "choose a --freezing strategy that watches no metric",
 }
 # Subcommands that evaluate or serve a checkpoint: their files go to its run folder, and
 # without one they would use random (or only pretrained) weights, refused unless asked for.
@@ -401,7 +408,8 @@ class MVCLI(LightningCLI):
         # Every callback comes from the config: trainer.callbacks and the callback sections
         # (which _instantiate_trainer filters).
         config = self.config_init.get(str(self.subcommand), self.config_init)
-        listed = list(config.get("trainer", {}).get("callbacks") or [])
+        listed = config.get("trainer", {}).get("callbacks") or []
+        listed = list(listed) if isinstance(listed, list) else [listed]  # one given alone
         # FIRST_SECTIONS ahead of trainer.callbacks and the other sections.
         first = [config[key] for key in FIRST_SECTIONS if config.get(key) is not None]
         kwargs["callbacks"] = [*first, *listed]
@@ -436,6 +444,17 @@ class MVCLI(LightningCLI):
         ]
         return super()._instantiate_trainer(config, kept)
 
+    def before_fit(self) -> None:
+        """A fit without validation (``data.val_split: null``) logs no ``val/*`` metric:
+        anything waiting for one is refused here, naming its option, not late in the run."""
+        waiting = _val_monitors(self) if _validation_off(self.datamodule) else []
+        if waiting:
+            raise UsageError(
+                "data.val_split is null (no validation), so no val/ metric is ever logged, "
+                "but " + "; ".join(waiting) + ". configs/final_fit.yaml sets up such a fit "
+                "(last.ckpt kept, no early stopping); or name a --data.val_split"
+            )
+
     def after_fit(self) -> None:
         """The run's files, as written: nothing is named that does not exist."""
         trainer = self.trainer
@@ -464,6 +483,41 @@ class MVCLI(LightningCLI):
         if not written:
             why = " (fast_dev_run writes none)" if trainer.fast_dev_run else ""
             rank_zero_info(f"no checkpoint written{why}")
+
+
+def _validation_off(datamodule: Any) -> bool:
+    hparams = getattr(datamodule, "hparams", {})
+    return "val_split" in hparams and hparams["val_split"] is None
+
+
+def _val_monitors(cli: MVCLI) -> list[str]:
+    """What in a fit's trainer and model waits for a ``val/`` metric, each as the option that
+    sets it and what to do about it."""
+    config = cli.config_init[cli.subcommand]
+    keys = [*FIRST_SECTIONS, *compat.subcommand_parser(cli, cli.subcommand).callback_keys]
+    sections = {id(config.get(key)): key for key in keys if config.get(key) is not None}
+    found = []
+    for callback in cli.trainer.callbacks:
+        monitor = getattr(callback, "monitor", None)
+        if not (isinstance(monitor, str) and monitor.startswith("val/")):
+            continue
+        if isinstance(callback, ModelCheckpoint) and callback.save_top_k == 0:
+            continue  # keeps nothing by its monitor
+        section = sections.get(id(callback))
+        if section is None:
+            name = f"trainer.callbacks' {type(callback).__name__} monitors {monitor}"
+            fix = "take it out of trainer.callbacks"
+        else:
+            name = f"{section}.monitor is {monitor}"
+            fix = _NO_VALIDATION_FIXES.get(section, f"pass --{section} null")
+        found.append(f"{name} ({fix})")
+    scheduler = final_scheduler_class(getattr(cli.model, "lr_scheduler", None))
+    if scheduler is not None and issubclass(scheduler, ReduceLROnPlateau):
+        found.append(
+            "model.lr_scheduler is ReduceLROnPlateau, which steps on val/leaderboard (choose "
+            "another scheduler)"
+        )
+    return found
 
 
 def _idle_sections(trainer: dict[str, Any]) -> set[str]:

@@ -74,6 +74,41 @@ def test_every_config_smoke_runs(name, synthetic_root, tmp_path, torch_hub):
     assert cli.trainer.state.finished
 
 
+def test_final_fit_overlay_on_the_real_data_recipe(synthetic_root, tmp_path, torch_hub):
+    # mvfoul.yaml's early stopping watches val/leaderboard: the overlay takes it out.
+    args = ["fit", "--config", str(CONFIGS / "mvfoul.yaml"), "--config",
+            str(CONFIGS / "final_fit.yaml"), *tiny_args(synthetic_root, tmp_path),
+            "--model.backbone", "tiny", "--model.pretrained", "null"]  # fmt: skip
+    cli = main([*args, "--trainer.fast_dev_run", "true", "--trainer.accelerator", "cpu"])
+    assert cli.trainer.state.finished and cli.trainer.early_stopping_callback is None
+    assert cli.datamodule.hparams.train_splits == ["Train", "Valid"]
+
+
+def test_a_fit_without_validation_refuses_what_watches_val_metrics(synthetic_root, tmp_path):
+    overlay = tmp_path / "watching.yaml"
+    overlay.write_text(
+        "trainer:\n"
+        "  callbacks:\n"
+        "    - class_path: lightning.pytorch.callbacks.EarlyStopping\n"
+        "      init_args: {monitor: val/leaderboard, mode: max}\n"
+        "model:\n"
+        "  lr_scheduler:\n"
+        "    class_path: torch.optim.lr_scheduler.ReduceLROnPlateau\n"
+        "    init_args: {mode: max}\n"
+    )
+    args = ["fit", *_config_stack("demo.yaml"), "--config", str(overlay),
+            *tiny_args(synthetic_root, tmp_path), "--data.train_splits", "[Train, Valid]",
+            "--data.val_split", "null"]  # fmt: skip
+    with pytest.raises(UsageError) as error:
+        main(args)
+    message = str(error.value)
+    assert message.startswith("data.val_split is null (no validation)")
+    assert "checkpoint.monitor is val/leaderboard (pass --checkpoint.save_top_k 0" in message
+    assert "trainer.callbacks' EarlyStopping monitors val/leaderboard" in message
+    assert "model.lr_scheduler is ReduceLROnPlateau" in message
+    assert not list(tmp_path.glob("demo/version_*"))  # refused before the first epoch
+
+
 def test_configs_stack(tmp_path, synthetic_root):
     cli = main([*_config_stack("debug.yaml"), *tiny_args(synthetic_root, tmp_path)], run=False)
     assert cli.config.trainer.fast_dev_run is True  # from the overlay

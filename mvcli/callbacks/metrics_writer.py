@@ -177,6 +177,10 @@ _SPLITS = {"validate": "Valid", "test": "Test"}
 
 
 def _split_folder(trainer: Trainer, stage: str) -> str | None:
-    """The split folder the stage read (the data module's ``root`` and the stage's split)."""
-    root = getattr(trainer.datamodule, "root", None)
-    return str(Path(root) / _SPLITS[stage]) if root is not None else None
+    """The split folder the stage read (the data module's ``root`` and the stage's split:
+    its ``stage_split``, e.g. ``data.val_split`` for validate)."""
+    datamodule = trainer.datamodule
+    root = getattr(datamodule, "root", None)
+    stage_split = getattr(datamodule, "stage_split", None)
+    split = stage_split(stage) if stage_split is not None else _SPLITS[stage]
+    return str(Path(root) / split) if root is not None and split else None

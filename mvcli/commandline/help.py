@@ -23,7 +23,7 @@ from mvcli.utils import compat
 # One line per subcommand, shown by ``mvcli --help``; others fall back to their docstring.
 SUBCOMMAND_HELP = {
     "fit": "train; logs and checkpoints in runs/<name>/version_<n>/",
-    "validate": "evaluate a checkpoint on Valid; metrics into its run",
+    "validate": "evaluate a checkpoint on data.val_split (Valid); metrics into its run",
     "test": "evaluate on Test: metrics, confusion matrices, table",
     "predict": "write predictions.json for a split or folder of clips",
     "export": "export a checkpoint: state dict, ONNX, torch.export",

@@ -30,6 +30,9 @@ VIDEO_EXTENSIONS = frozenset(
 )
 _ACTION_DIR = re.compile(r"^action_(.+)$")
 _CLIP_INDEX = re.compile(r"^clip_(\d+)$")
+# The live broadcast's view in MVFoul (file stem); every other view of an action is a replay.
+LIVE_VIEW = "clip_0"
+VIEW_CHOICES = ("all", "live", "replays")
 OUTSIDE_ROOT = "views linking outside the dataset root left out (data.allow_outside_root)"
 
 
@@ -139,6 +142,27 @@ def find_views(
         return (0, int(match.group(1)), path.name) if match else (1, 0, path.name)
 
     return tuple(sorted(files, key=order))
+
+
+def choose_views(views: tuple[Path, ...], choice: str | int) -> tuple[Path, ...]:
+    """The views of one action that a view choice keeps, in file order.
+
+    Args:
+        views: the action's views, as :func:`find_views` orders them (clip_0 first).
+        choice: ``all``; ``live``: the view named ``clip_0`` (the live broadcast);
+            ``replays``: every other view; an int k: the first k views.
+    """
+    if choice == "all":
+        return views
+    if choice == "live":
+        return tuple(v for v in views if v.stem == LIVE_VIEW)
+    if choice == "replays":
+        return tuple(v for v in views if v.stem != LIVE_VIEW)
+    if isinstance(choice, int) and not isinstance(choice, bool) and choice >= 1:
+        return views[:choice]
+    raise ValueError(
+        f"view choice {choice!r}: expected one of {', '.join(VIEW_CHOICES)} or a number k >= 1"
+    )
 
 
 def load_annotations(path: Path) -> dict[str, dict]:

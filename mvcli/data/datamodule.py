@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Literal
 
@@ -12,9 +13,12 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader
 
 from mvcli.data.annotations import (
+    LIVE_VIEW,
     SPLITS,
+    VIEW_CHOICES,
     ActionRecord,
     Split,
+    choose_views,
     discover_actions,
     read_split,
 )
@@ -41,9 +45,12 @@ from mvcli.data.taxonomy import NUM_CLASSES
 from mvcli.data.video import ClipSpec
 from mvcli.utils.errors import DataError, UsageError
 
+# Which views of an action are read: all, the live one (clip_0), the replays, or the first k.
+ViewChoice = Literal["all", "live", "replays"] | PositiveInt
 # The data options that decide what a model sees: restored from checkpoints, recorded in
 # exported models' manifests.
 PREPROCESSING_KEYS = (
+    "eval_views",
     "frames_per_clip",
     "center_frame",
     "source_fps",
@@ -56,8 +63,6 @@ PREPROCESSING_KEYS = (
 _LABELLED = ("Train", "Valid", "Test")
 # ``cache_dir: auto``: the decoded-clip cache in this folder of data.root, beside the data.
 CACHE_FOLDER = ".mvcli-cache"
-# What each trainer function reads, for the cache built in prepare_data (predict: as read).
-_STAGE_SPLITS = {"fit": ("Train", "Valid"), "validate": ("Valid",), "test": ("Test",)}
 
 
 class NothingToPredict(DataError):
@@ -73,6 +78,21 @@ class MVFoulDataModule(LightningDataModule):
             folder of ``action_*`` folders, or one action's folder of views. Defaults to
             ``<root>/<predict_split>``.
         predict_split: split of ``root`` used by ``predict`` when ``predict_root`` is unset.
+        train_splits: labelled splits trained on, together (e.g. ``[Train, Valid]`` for a
+            final fit on more data); class counts, class weights, balanced samplers and the
+            augmentation's severity strength count their union. With several, action ids
+            read ``<split>/<id>`` (the ids of different splits overlap).
+        val_split: split validated on during ``fit`` and evaluated by ``validate``; never one
+            of ``train_splits`` (checkpoints would be selected on training data). null: no
+            validation loop in ``fit`` (nothing can monitor ``val/*`` metrics: keep
+            ``last.ckpt``, see configs/final_fit.yaml), and ``validate`` needs one given.
+        train_views: views training draws from: ``all``, ``live`` (the live broadcast, the
+            view named ``clip_0``), ``replays`` (every other view) or a number k (the first
+            k views in file order, clip_0 first); ``num_views`` are drawn among them. An
+            action left without a view is replaced by another (train/replaced_actions).
+        eval_views: views validation, test and prediction use (choices as ``train_views``).
+            Saved with the preprocessing: validate/test/predict of a checkpoint use its value
+            unless given. An action left without a view is scored wrong (as unreadable).
         frames_per_clip: frames decoded from each view.
         center_frame: frame the window is centred on, counted at ``source_fps`` (the foul is
             near frame 75 in MVFoul).
@@ -87,8 +107,9 @@ class MVFoulDataModule(LightningDataModule):
             the ResNets and ``tiny``). The values used are saved in checkpoints and exports.
         std: per-channel normalisation std (RGB, [0, 1] units); default: the backbone's,
             as ``mean``.
-        num_views: views drawn at random per action in training (fewer when an action has
-            fewer). Evaluation and prediction use every view of an action.
+        num_views: views drawn at random per action in training among those of
+            ``train_views`` (fewer when an action has fewer). Evaluation and prediction use
+            every view ``eval_views`` keeps.
         min_frames: a view decoding to fewer frames than this counts as damaged.
         cache_dir: folder of the decoded-clip cache (off when unset); ``auto``:
             ``<root>/.mvcli-cache``, beside the data (off without ``root``). Each view's window
@@ -126,6 +147,10 @@ class MVFoulDataModule(LightningDataModule):
         root: Path | None = None,
         predict_root: Path | None = None,
         predict_split: Split = "Test",
+        train_splits: list[Split] = ["Train"],  # noqa: B006 - copied, never changed
+        val_split: Split | None = "Valid",
+        train_views: ViewChoice = "all",
+        eval_views: ViewChoice = "all",
         # Defaults: ClipSpec's, defined once.
         frames_per_clip: PositiveInt = ClipSpec.num_frames,
         center_frame: NonNegativeInt = ClipSpec.center_frame,
@@ -151,6 +176,9 @@ class MVFoulDataModule(LightningDataModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["augmentation"])
+        self.hparams["train_splits"] = _check_splits(train_splits, val_split)
+        for name, choice in (("train_views", train_views), ("eval_views", eval_views)):
+            self.hparams[name] = _check_view_choice(choice, f"data.{name}")
         # Saved absolute, so the checkpoint finds its training data from any folder.
         root = Path(root).expanduser().resolve() if root is not None else None
         self.hparams["root"] = str(root) if root is not None else None
@@ -175,6 +203,8 @@ class MVFoulDataModule(LightningDataModule):
             cache_dir = self.root / CACHE_FOLDER if self.root is not None else None
         self.cache = ClipCache(cache_dir) if cache_dir is not None else None
         self._records: dict[str, list[ActionRecord]] = {}
+        self._training: list[ActionRecord] | None = None
+        self._reported: set[tuple[str, str]] = set()  # (option, source): reported once
         self.datasets: dict[str, MultiViewDataset] = {}
 
     @property
@@ -184,7 +214,8 @@ class MVFoulDataModule(LightningDataModule):
 
     @property
     def class_counts(self) -> dict[str, list[int]]:
-        """Training actions per class of each head (Train split), for class-weighted losses."""
+        """Training actions per class of each head (every training split), for class-weighted
+        losses."""
         labels = self.train_labels()
         return {
             head: torch.bincount(torch.as_tensor(labels[head]), minlength=n).tolist()
@@ -193,7 +224,7 @@ class MVFoulDataModule(LightningDataModule):
 
     def train_labels(self, records: list[ActionRecord] | None = None) -> dict[str, list[int]]:
         """Per head, the class of each training action, in dataset order."""
-        records = self.records("Train") if records is None else records
+        records = self.training_records() if records is None else records
         return {head: [getattr(r.labels, head) for r in records] for head in NUM_CLASSES}
 
     @property
@@ -251,7 +282,7 @@ class MVFoulDataModule(LightningDataModule):
             records, report = read_split(
                 self.split_dir(split),
                 require_labels=True,
-                require_views=split == "Train",
+                require_views=split in self.hparams.train_splits,
                 root=self.root,
                 allow_outside_root=self.hparams.allow_outside_root,
             )
@@ -260,6 +291,71 @@ class MVFoulDataModule(LightningDataModule):
                 raise ValueError(f"{report.source}: no usable action (see the report above)")
             self._records[split] = records
         return self._records[split]
+
+    def training_records(self) -> list[ActionRecord]:
+        """The actions of every training split (``train_splits``), in that order, with the
+        views ``train_views`` keeps; ids ``<split>/<id>`` when there are several splits."""
+        if self._training is None:
+            splits = self.hparams.train_splits
+            records = []
+            for split in splits:
+                prefix = f"{split}/" if len(splits) > 1 else ""
+                records += [
+                    dataclasses.replace(r, action_id=prefix + r.action_id)
+                    for r in self._chosen(self.records(split), "train_views", split)
+                ]
+            self._training = records
+        return self._training
+
+    def evaluation_records(self, split: str) -> list[ActionRecord]:
+        """The labelled actions of a split, with the views ``eval_views`` keeps."""
+        return self._chosen(self.records(split), "eval_views", split)
+
+    def _chosen(self, records: list[ActionRecord], option: str, source: str) -> list[ActionRecord]:
+        """``records`` with the views ``data.<option>`` keeps; actions it leaves without a view
+        stay (training replaces them, evaluation scores them wrong), reported once."""
+        choice = self.hparams[option]
+        if choice == "all":
+            return records
+        chosen = [dataclasses.replace(r, views=choose_views(r.views, choice)) for r in records]
+        emptied = [
+            r.action_id for r, c in zip(records, chosen, strict=True) if r.views and not c.views
+        ]
+        if not emptied:
+            return chosen
+        what = _describe_choice(choice)
+        if len(emptied) == sum(1 for r in records if r.views):
+            raise DataError(
+                f"data.{option} {choice}: no action of {source} has a {what}, so none is left "
+                f"with a view; pass another --data.{option} (all, live, replays or a number)"
+            )
+        if (option, source) not in self._reported:
+            self._reported.add((option, source))
+            fate = (
+                "another training action is served in their place (train/replaced_actions)"
+                if option == "train_views"
+                else "they are scored as wrong, as unreadable actions"
+            )
+            examples = ", ".join(emptied[:5]) + (", ..." if len(emptied) > 5 else "")
+            rank_zero_warn(
+                f"data.{option} {choice}: {len(emptied)}/{len(records)} actions of {source} "
+                f"have no {what} (action {examples}); {fate}"
+            )
+        return chosen
+
+    def stage_split(self, stage: str) -> str | None:
+        """The split a trainer function evaluates: ``validate`` -> ``val_split``, ``test`` ->
+        Test (None for others, or without ``val_split``)."""
+        return {"validate": self.hparams.val_split, "test": "Test"}.get(stage)
+
+    def _val_split(self) -> str:
+        split = self.hparams.val_split
+        if split is None:
+            raise UsageError(
+                "data.val_split is null (no validation split), so there is nothing to "
+                "validate on: pass --data.val_split SPLIT (Valid, or Test)"
+            )
+        return split
 
     @property
     def predict_input(self) -> Path | None:
@@ -282,16 +378,21 @@ class MVFoulDataModule(LightningDataModule):
             # Unreadable training actions are replaced in the data layer, never dropped from a
             # batch: every rank always takes the same number of optimizer steps.
             self.datasets["train"] = self._dataset(
-                self.records("Train"), self.hparams.num_views, replace_unreadable=True
+                self.training_records(), self.hparams.num_views, replace_unreadable=True
             )
-            self.datasets["val"] = self._dataset(self.records("Valid"))
+            split = self.hparams.val_split
+            if split is None:  # no validation: val_dataloader serves none
+                self.datasets.pop("val", None)
+            else:
+                self.datasets["val"] = self._dataset(self.evaluation_records(split))
             self.augmenter = self._augmenter()
         elif stage == "validate":
-            self.datasets["val"] = self._dataset(self.records("Valid"))
+            self.datasets["val"] = self._dataset(self.evaluation_records(self._val_split()))
         elif stage == "test":
-            self.datasets["test"] = self._dataset(self.records("Test"))
+            self.datasets["test"] = self._dataset(self.evaluation_records("Test"))
         elif stage == "predict":
-            self.datasets["predict"] = self._dataset(self.predict_records())
+            predict = self._chosen(self.predict_records(), "eval_views", "the predict input")
+            self.datasets["predict"] = self._dataset(predict)
 
     def _augmenter(self) -> BatchAugmenter | None:
         """The training augmenter, its severity strengths from the training class counts."""
@@ -351,14 +452,27 @@ class MVFoulDataModule(LightningDataModule):
         if self.cache is None or (trainer is not None and trainer.fast_dev_run):
             return
         stage = getattr(trainer.state.fn, "value", None) if trainer is not None else None
-        splits = _STAGE_SPLITS.get(stage, () if stage else None)
+        splits = self._stage_splits(stage)
         if splits != ():
             self.build_cache(splits)
+
+    def _stage_splits(self, stage: str | None) -> tuple[str, ...] | None:
+        """The splits a trainer function reads (None: no trainer, every labelled split;
+        ``predict`` reads as it goes)."""
+        val = (self.hparams.val_split,) if self.hparams.val_split is not None else ()
+        if stage == "fit":
+            return (*self.hparams.train_splits, *val)
+        if stage == "validate":
+            return val
+        if stage == "test":
+            return ("Test",)
+        return () if stage else None
 
     def build_cache(
         self, splits: list[str] | tuple[str, ...] | None = None, progress: bool = True
     ) -> dict[str, CacheReport]:
-        """Decode into the cache every view of ``splits`` not cached yet.
+        """Decode into the cache every view of ``splits`` not cached yet: those ``train_views``
+        keeps of a training split (``train_splits``), those ``eval_views`` keeps of the others.
 
         Args:
             splits: split names under ``root`` (``Chall`` included) or ``predict`` (what
@@ -373,14 +487,17 @@ class MVFoulDataModule(LightningDataModule):
         reports = {}
         for split in splits:
             if split == "predict":
-                records = self.predict_records()
+                records = self._chosen(self.predict_records(), "eval_views", "the predict input")
             elif split == "Chall":
                 records, report = discover_actions(
                     self.split_dir(split), self.hparams.allow_outside_root
                 )
                 rank_zero_info(report.summary())
+                records = self._chosen(records, "eval_views", split)
+            elif split in self.hparams.train_splits:
+                records = self._chosen(self.records(split), "train_views", split)
             else:
-                records = self.records(split)
+                records = self.evaluation_records(split)
             views = [view for record in records for view in record.views]
             workers = self.hparams.cache_workers
             report = self.cache.build(
@@ -409,8 +526,9 @@ class MVFoulDataModule(LightningDataModule):
             SeededItems(dataset), self.hparams.batch_size, sampler=sampler, collate=collate
         )
 
-    def val_dataloader(self) -> DataLoader:
-        return self._eval_loader(self.datasets["val"])
+    def val_dataloader(self) -> DataLoader | list:
+        # No val_split: no loader, so Lightning runs no validation loop (and no sanity check).
+        return self._eval_loader(self.datasets["val"]) if "val" in self.datasets else []
 
     def test_dataloader(self) -> DataLoader:
         return self._eval_loader(self.datasets["test"])
@@ -421,7 +539,7 @@ class MVFoulDataModule(LightningDataModule):
     def split_loader(self, split: str) -> DataLoader:
         """All actions of a split folder (``Test``, ...) in order, at the evaluation batch
         size, without a Trainer (``mvcli export``'s accuracy and calibration data)."""
-        return self._loader(self._dataset(self.records(split)), self._eval_batch_size)
+        return self._loader(self._dataset(self.evaluation_records(split)), self._eval_batch_size)
 
     def _eval_loader(self, dataset: MultiViewDataset) -> DataLoader:
         # Under DDP, every action exactly once (no padding repeats): see evaluation_sampler.
@@ -457,6 +575,49 @@ class MVFoulDataModule(LightningDataModule):
             generator=torch.Generator().manual_seed(run_seed()),
             **extra,
         )
+
+
+def _check_splits(train_splits: list[str], val_split: str | None) -> list[str]:
+    """``train_splits`` as a plain list, checked: labelled, at least one, none twice, and not
+    the validation split."""
+    splits = list(train_splits)
+    if not splits:
+        raise ValueError("data.train_splits is empty: name at least one split, e.g. [Train]")
+    if len(set(splits)) != len(splits):
+        raise ValueError(f"data.train_splits {splits} names a split twice")
+    unlabelled = [s for s in [*splits, val_split] if s is not None and s not in _LABELLED]
+    if unlabelled:
+        raise ValueError(
+            f"{unlabelled[0]} has no labels: data.train_splits and data.val_split take "
+            f"{', '.join(_LABELLED)}"
+        )
+    if val_split in splits:
+        raise ValueError(
+            f"data.val_split {val_split} is also in data.train_splits {splits}: checkpoints "
+            "would be selected on training data; validate on another split, or pass "
+            "--data.val_split null (no validation, keep last.ckpt: configs/final_fit.yaml)"
+        )
+    return splits
+
+
+def _check_view_choice(choice, option: str) -> str | int:
+    """``choice`` as a plain str or int, checked (the CLI's type checks it already)."""
+    if isinstance(choice, int) and not isinstance(choice, bool) and choice >= 1:
+        return int(choice)
+    if choice in VIEW_CHOICES:
+        return str(choice)
+    raise ValueError(
+        f"{option} {choice!r}: expected one of {', '.join(VIEW_CHOICES)} or a number k >= 1"
+    )
+
+
+def _describe_choice(choice: str | int) -> str:
+    """What an action lacks when ``choice`` leaves it no view."""
+    if choice == "live":
+        return f"view named {LIVE_VIEW} (the live one)"
+    if choice == "replays":
+        return f"view other than {LIVE_VIEW} (a replay)"
+    return "view"
 
 
 def _has_accelerator() -> bool:

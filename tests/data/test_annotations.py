@@ -14,6 +14,7 @@ from mvcli.data.annotations import (
     OUTSIDE_ROOT,
     AnnotationError,
     check_action_id,
+    choose_views,
     discover_actions,
     find_views,
     is_inside,
@@ -30,6 +31,25 @@ def test_real_sample_reads_views_from_disk(sample_root):
     assert views["3"] == ["clip_0.mp4", "clip_1.mp4"]
     assert report.skipped == 0
     assert records[3].labels.offence_severity == 3  # High leg, severity 5.0: red card
+
+
+def test_view_choices_keep_views_in_file_order(sample_root):
+    records, _ = read_split(sample_root / "Test")
+    views = {r.action_id: r.views for r in records}
+    four = views["4"]  # clip_0, clip_1, clip_3 (clip_2 listed, absent)
+
+    def names(choice, action="4"):
+        return [p.name for p in choose_views(views[action], choice)]
+
+    assert choose_views(four, "all") == four
+    assert names("live") == ["clip_0.mp4"]
+    assert names("replays") == ["clip_1.mp4", "clip_3.mp4"]
+    assert names(2) == ["clip_0.mp4", "clip_1.mp4"] and names(3) == names("all")
+    assert names(10, "3") == ["clip_0.mp4", "clip_1.mp4"]  # fewer there: all of them
+    assert choose_views(four[1:], "live") == ()  # no clip_0: nothing left
+    for bad in ("first", 0, True):
+        with pytest.raises(ValueError, match="expected one of all, live, replays"):
+            choose_views(four, bad)
 
 
 def test_skip_reasons_are_counted(synthetic_root):
