@@ -14,6 +14,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from mvcli.callbacks.confusion import class_names
 from mvcli.commandline.outputs import checkpoint_of, output_dir
 from mvcli.data.taxonomy import HEADS
+from mvcli.data.tta import tta_of
 from mvcli.task.bootstrap import bootstrap_intervals, interval_key
 from mvcli.utils.io import atomic_write_text
 
@@ -23,8 +24,9 @@ class MetricsWriter(Callback):
     ``test_metrics.json`` (``mvcli test``: the ``test/*`` metrics), once the epoch-level
     aggregates are final: every value the module logged for the stage, reduced across
     processes, written by rank zero, then where they come from: ``checkpoint`` (its absolute
-    path) and ``data`` (the split folder evaluated). The validation epochs of a fit write
-    nothing.
+    path), ``data`` (the split folder evaluated) and ``tta`` (the test-time augmentation,
+    ``data.tta``: flip, window offsets, how the copies were averaged, how many). The
+    validation epochs of a fit write nothing.
 
     ``test`` adds, from the module's per-action test predictions (``test_predictions``, an
     :class:`mvcli.task.metrics.ActionPredictions`): ``test/support_<head>`` (class name ->
@@ -115,10 +117,15 @@ class MetricsWriter(Callback):
             return None
         path = folder / f"{stage}_metrics.json"
         extra = self._extra if stage == "test" else {}
+        tta = tta_of(trainer.datamodule)
         table = metrics_table(values, extra, prefix, self.bootstrap_level)
         markdown = markdown_table(values, extra, prefix)
+        if tta is not None:
+            table += f"\n{TTA_LINE}{tta.describe()}"
+            markdown += f"\n{TTA_LINE}{tta.describe()}\n"
         values |= extra
         values |= {"checkpoint": checkpoint_of(trainer), "data": _split_folder(trainer, stage)}
+        values["tta"] = tta.record() if tta is not None else None
         atomic_write_text(path, json.dumps(values, indent=2) + "\n")
         written = [path]
         if extra:
@@ -127,6 +134,10 @@ class MetricsWriter(Callback):
             atomic_write_text(written[-1], markdown)
         rank_zero_info("wrote " + ", ".join(str(p) for p in written))
         return path
+
+
+# Below the tables: the test-time augmentation the predictions were made with.
+TTA_LINE = "test-time augmentation (data.tta): "
 
 
 def _rows(values: dict, prefix: str) -> list[tuple[str, float]]:

@@ -15,6 +15,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from mvcli.callbacks.distributed import gather_lists
 from mvcli.commandline.outputs import checkpoint_of, output_dir
 from mvcli.data.taxonomy import HEADS, submission_entry
+from mvcli.data.tta import tta_of
 from mvcli.utils.errors import DataError, UsageError, WriteError
 from mvcli.utils.io import atomic_write_text
 
@@ -26,7 +27,9 @@ class SubmissionWriter(BasePredictionWriter):
     action, the probabilities of every class, the top-2 of each head and the views used;
     ``failed`` lists actions with no readable view (left out of ``Actions``, so the
     evaluator counts them as missed); ``checkpoint`` and ``input`` (absolute paths) say what
-    was predicted from what. Each rank streams its rows to a part file per batch;
+    was predicted from what, ``tta`` with which test-time augmentation (``data.tta``: flip,
+    window offsets, how the copies were averaged, how many; probabilities in ``details`` are
+    the averaged ones). Each rank streams its rows to a part file per batch;
     the parts are merged at the end, so memory does not grow with the number of actions.
 
     Args:
@@ -63,6 +66,7 @@ class SubmissionWriter(BasePredictionWriter):
         self._part: Path | None = None
         self._ckpt: str | None = None
         self._input: str | None = None
+        self._tta: dict | None = None
 
     def resolve_path(self, trainer: Trainer) -> Path:
         if self.output_path is not None:
@@ -85,6 +89,8 @@ class SubmissionWriter(BasePredictionWriter):
         self._ckpt = checkpoint_of(trainer)
         source = getattr(trainer.datamodule, "predict_input", None)
         self._input = str(Path(source).resolve()) if source is not None else None
+        tta = tta_of(trainer.datamodule)
+        self._tta = tta.record() if tta is not None else None
 
     def write_on_batch_end(
         self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0
@@ -107,7 +113,7 @@ class SubmissionWriter(BasePredictionWriter):
         if trainer.world_size > 1:
             rows = gather_lists(rows, trainer.world_size)
         if trainer.is_global_zero:
-            payload = _assemble(rows, path, self._ckpt, self._input)
+            payload = _assemble(rows, path, self._ckpt, self._input, self._tta)
             written, failed = len(payload["Actions"]), len(payload["failed"])
             rank_zero_info(
                 f"predictions for {written} actions written to {path}"
@@ -166,7 +172,9 @@ def _read_part(part: Path) -> list[dict]:
         return [json.loads(line) for line in handle]
 
 
-def _assemble(rows: list[dict], path: Path, ckpt: str | None, source: str | None) -> dict:
+def _assemble(
+    rows: list[dict], path: Path, ckpt: str | None, source: str | None, tta: dict | None
+) -> dict:
     actions, details, failed = {}, {}, {}
     for row in rows:
         if "failed" in row:
@@ -179,6 +187,7 @@ def _assemble(rows: list[dict], path: Path, ckpt: str | None, source: str | None
         "Actions": {a: actions[a] for a in order},
         "checkpoint": ckpt,
         "input": source,
+        "tta": tta,
         "details": {a: details[a] for a in order},
         "failed": failed,
     }

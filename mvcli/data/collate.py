@@ -8,13 +8,16 @@ from mvcli.data.taxonomy import HEADS
 from mvcli.utils import compat
 
 LABEL_KEYS = tuple(HEADS)
+# A sample's views axis, counted from the end: (V, C, T, H, W) or (A, V, C, T, H, W).
+VIEW_DIM = -5
 
 
 def collate_views(samples: list[dict]) -> dict:
     """Batch samples; actions without any readable view go to ``failed`` instead.
 
     Returns:
-        ``video`` uint8 (B, V, C, T, H, W) zero-padded to the largest view count, ``view_mask``
+        ``video`` uint8 (B, V, C, T, H, W) zero-padded to the largest view count ((B, A, V,
+        C, T, H, W) for samples with test-time copies: :mod:`mvcli.data.tta`), ``view_mask``
         bool (B, V), labels (B,) when present, ``action_id``, ``views``, ``skipped_views``,
         ``failed`` (list of dicts naming the dropped actions, why, and their labels if any),
         ``replaced`` (unreadable training actions served by another one, see
@@ -38,14 +41,16 @@ def collate_views(samples: list[dict]) -> dict:
     if not ok:
         batch["video"] = None
         return batch
-    max_views = max(s["video"].shape[0] for s in ok)
+    # The views axis: first, or after the copies axis of test-time augmented samples.
+    max_views = max(s["video"].shape[VIEW_DIM] for s in ok)
     first = ok[0]["video"]
-    video = _empty((len(ok), max_views, *first.shape[1:]), first)
+    shape = (*first.shape[:VIEW_DIM], max_views, *first.shape[VIEW_DIM + 1 :])
+    video = _empty((len(ok), *shape), first)
     mask = torch.zeros((len(ok), max_views), dtype=torch.bool)
     for i, sample in enumerate(ok):
-        v = sample["video"].shape[0]
-        video[i, :v] = sample["video"]
-        video[i, v:] = 0  # padding: only these views are zeroed
+        v = sample["video"].shape[VIEW_DIM]
+        video[i, ..., :v, :, :, :, :] = sample["video"]
+        video[i, ..., v:, :, :, :, :] = 0  # padding: only these views are zeroed
         mask[i, :v] = True
     batch["video"] = video
     batch["view_mask"] = mask

@@ -42,6 +42,7 @@ from mvcli.data.sampler import (
 )
 from mvcli.data.seeding import SeededItems, run_seed
 from mvcli.data.taxonomy import NUM_CLASSES
+from mvcli.data.tta import TestTimeAugmentation, window_specs, with_flipped_copies
 from mvcli.data.video import ClipSpec
 from mvcli.utils.errors import DataError, UsageError
 
@@ -63,6 +64,7 @@ PREPROCESSING_KEYS = (
 _LABELLED = ("Train", "Valid", "Test")
 # ``cache_dir: auto``: the decoded-clip cache in this folder of data.root, beside the data.
 CACHE_FOLDER = ".mvcli-cache"
+NO_TTA = TestTimeAugmentation()  # frozen: a safe shared default
 
 
 class NothingToPredict(DataError):
@@ -140,6 +142,11 @@ class MVFoulDataModule(LightningDataModule):
             op's probability and magnitude overridable; see ``mvcli/data/augment.py``), run
             on the device after the batch transfer (``gpu: true``) or in the loader workers.
             Never applied in validate/test/predict.
+        tta: test-time augmentation of every evaluation loader (validate, test, predict and
+            a fit's validation, so the best checkpoint is chosen on what ``test`` reports):
+            ``flip`` and ``window_offsets`` (:class:`mvcli.data.tta.TestTimeAugmentation`);
+            the softmax probabilities of the copies are averaged. A choice of each run: not
+            restored from a checkpoint.
     """
 
     def __init__(
@@ -173,9 +180,10 @@ class MVFoulDataModule(LightningDataModule):
         progressive_target: BalanceTarget = "offence_severity",
         allow_outside_root: bool = False,
         augmentation: Augmentation | None = None,
+        tta: TestTimeAugmentation = NO_TTA,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["augmentation"])
+        self.save_hyperparameters(ignore=["augmentation", "tta"])
         self.hparams["train_splits"] = _check_splits(train_splits, val_split)
         for name, choice in (("train_views", train_views), ("eval_views", eval_views)):
             self.hparams[name] = _check_view_choice(choice, f"data.{name}")
@@ -198,6 +206,9 @@ class MVFoulDataModule(LightningDataModule):
             width=img_width,
             min_frames=min_frames,
         )
+        self.tta = TestTimeAugmentation.of(tta)
+        self.tta.check(self.spec)  # a bad window fails at start-up, naming the option
+        self.hparams["tta"] = self.tta.to_dict()
         # The dataset's decode function: the cache when enabled (picklable, for workers).
         if cache_dir == "auto":
             cache_dir = self.root / CACHE_FOLDER if self.root is not None else None
@@ -384,15 +395,15 @@ class MVFoulDataModule(LightningDataModule):
             if split is None:  # no validation: val_dataloader serves none
                 self.datasets.pop("val", None)
             else:
-                self.datasets["val"] = self._dataset(self.evaluation_records(split))
+                self.datasets["val"] = self._eval_dataset(self.evaluation_records(split))
             self.augmenter = self._augmenter()
         elif stage == "validate":
-            self.datasets["val"] = self._dataset(self.evaluation_records(self._val_split()))
+            self.datasets["val"] = self._eval_dataset(self.evaluation_records(self._val_split()))
         elif stage == "test":
-            self.datasets["test"] = self._dataset(self.evaluation_records("Test"))
+            self.datasets["test"] = self._eval_dataset(self.evaluation_records("Test"))
         elif stage == "predict":
             predict = self._chosen(self.predict_records(), "eval_views", "the predict input")
-            self.datasets["predict"] = self._dataset(predict)
+            self.datasets["predict"] = self._eval_dataset(predict)
 
     def _augmenter(self) -> BatchAugmenter | None:
         """The training augmenter, its severity strengths from the training class counts."""
@@ -417,12 +428,18 @@ class MVFoulDataModule(LightningDataModule):
         return None
 
     def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
-        """Training batches are augmented here, on the device (``augmentation.gpu``)."""
+        """Training batches are augmented here, on the device (``augmentation.gpu``);
+        evaluation batches get their flipped copies here (``tta.flip``)."""
         trainer = self.trainer
+        if trainer is None:
+            return batch
         augmenter = self.augmenter
-        if augmenter is not None and augmenter.config.gpu and trainer is not None:
-            if trainer.training:
+        if trainer.training:
+            if augmenter is not None and augmenter.config.gpu:
                 return augmenter(batch)
+            return batch
+        if self.tta.flip and isinstance(batch, dict) and batch.get("video") is not None:
+            batch["video"] = with_flipped_copies(batch["video"])
         return batch
 
     def _dataset(
@@ -430,6 +447,7 @@ class MVFoulDataModule(LightningDataModule):
         records: list[ActionRecord],
         num_views: int | None = None,
         replace_unreadable: bool = False,
+        windows: tuple[ClipSpec, ...] = (),
     ):
         return MultiViewDataset(
             records,
@@ -438,7 +456,20 @@ class MVFoulDataModule(LightningDataModule):
             decode=self.cache,
             replace_unreadable=replace_unreadable,
             seed=run_seed(),
+            windows=windows,
         )
+
+    def _eval_dataset(self, records: list[ActionRecord]) -> MultiViewDataset:
+        """An evaluation loader's dataset: every view at every test-time window."""
+        if self.tta.active:
+            rank_zero_info(f"test-time augmentation (data.tta): {self.tta.describe()}")
+        return self._dataset(records, windows=self.eval_windows)
+
+    @property
+    def eval_windows(self) -> tuple[ClipSpec, ...]:
+        """The window of each evaluation copy (``tta.window_offsets``; the flip is not a
+        window: it is made on the device)."""
+        return window_specs(self.spec, self.tta.window_offsets)
 
     # -- decoded-clip cache ------------------------------------------------------------------
     def prepare_data(self) -> None:
@@ -472,7 +503,8 @@ class MVFoulDataModule(LightningDataModule):
         self, splits: list[str] | tuple[str, ...] | None = None, progress: bool = True
     ) -> dict[str, CacheReport]:
         """Decode into the cache every view of ``splits`` not cached yet: those ``train_views``
-        keeps of a training split (``train_splits``), those ``eval_views`` keeps of the others.
+        keeps of a training split (``train_splits``), at the training window; those
+        ``eval_views`` keeps of the others, at every ``tta.window_offsets`` window.
 
         Args:
             splits: split names under ``root`` (``Chall`` included) or ``predict`` (what
@@ -500,14 +532,26 @@ class MVFoulDataModule(LightningDataModule):
                 records = self.evaluation_records(split)
             views = [view for record in records for view in record.views]
             workers = self.hparams.cache_workers
-            report = self.cache.build(
-                views, self.spec, workers=workers, progress=progress, label=split
-            )
-            (rank_zero_warn if report.damaged or report.error else rank_zero_info)(
-                report.summary(split)
-            )
-            reports[split] = report
+            for label, spec in self._cached_windows(split):
+                report = self.cache.build(
+                    views, spec, workers=workers, progress=progress, label=label
+                )
+                (rank_zero_warn if report.damaged or report.error else rank_zero_info)(
+                    report.summary(label)
+                )
+                reports[label] = report
         return reports
+
+    def _cached_windows(self, split: str) -> list[tuple[str, ClipSpec]]:
+        """(label, spec) of each window a split is read at: training's window for a training
+        split, every test-time window for the others (labelled ``<split>@<offset>`` but for 0)."""
+        if split in self.hparams.train_splits:
+            return [(split, self.spec)]
+        offsets = self.tta.window_offsets
+        return [
+            (split if offset == 0 else f"{split}@{offset:+d}", spec)
+            for offset, spec in zip(offsets, self.eval_windows, strict=True)
+        ]
 
     # -- loaders -----------------------------------------------------------------------------
     def train_dataloader(self) -> DataLoader:

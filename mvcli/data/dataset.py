@@ -34,6 +34,10 @@ class MultiViewDataset(Dataset):
             names the unreadable action under ``replaced``. Off: such an action is served
             with ``video`` None (evaluation counts it as a wrong prediction).
         seed: seed of the replacement draws (the run's seed, the same on every rank).
+        windows: test-time windows (:func:`mvcli.data.tta.window_specs`): with more than
+            one, each view is decoded at each, and ``video`` gains a leading copies axis, one
+            copy per window: ``(A, V, C, T, H, W)``. A view that fails at any window is
+            skipped. Empty: ``spec`` alone, ``video`` ``(V, C, T, H, W)``.
     """
 
     def __init__(
@@ -44,9 +48,12 @@ class MultiViewDataset(Dataset):
         decode=None,
         replace_unreadable: bool = False,
         seed: int = 0,
+        windows: Sequence[ClipSpec] = (),
     ) -> None:
         self.records = list(records)
-        self.spec = spec
+        self.spec = windows[0] if len(windows) == 1 else spec
+        # Several windows: every view decoded at each, stacked on a copies axis.
+        self.windows = tuple(windows) if len(windows) > 1 else ()
         self.num_views = num_views
         self.decode = decode or decode_view
         self.replace_unreadable = replace_unreadable
@@ -96,7 +103,7 @@ class MultiViewDataset(Dataset):
             if self.num_views is not None and len(clips) == self.num_views:
                 break
             try:
-                clips.append(self.decode(path, self.spec))
+                clips.append(self._decode_view(path))
                 used.append(path.name)
             except VideoDecodeError as err:
                 skipped.append({"view": path.name, "reason": err.reason, "detail": str(err)})
@@ -111,8 +118,17 @@ class MultiViewDataset(Dataset):
         # (V, C, T, H, W); None marks an action left with no readable view.
         # Contiguous, so collate copies it as is (a cache serves channels-first memory: no
         # transpose at all; freshly decoded clips are transposed here, once).
+        if self.windows:
+            sample["video"] = stack_windows(clips) if clips else None
+            return sample
         sample["video"] = torch.stack([c.permute(3, 0, 1, 2) for c in clips]) if clips else None
         return sample
+
+    def _decode_view(self, path: Path) -> torch.Tensor | list[torch.Tensor]:
+        """One view's clip (T, H, W, C), or its clip at each window (a list)."""
+        if self.windows:
+            return [self.decode(path, spec) for spec in self.windows]
+        return self.decode(path, self.spec)
 
     def _view_order(self, views: tuple[Path, ...]) -> list[Path]:
         if self.num_views is None:
@@ -124,3 +140,17 @@ class MultiViewDataset(Dataset):
         if key not in self._warned:
             self._warned.add(key)
             log.warning(message)
+
+
+def stack_windows(clips: list[list[torch.Tensor]]) -> torch.Tensor:
+    """Each view's clip at each window, ``(T, H, W, C)`` each -> ``(A, V, C, T, H, W)``, one
+    copy (contiguous, so collate copies it as is)."""
+    first = clips[0][0]
+    frames, height, width, channels = first.shape
+    out = torch.empty(
+        (len(clips[0]), len(clips), channels, frames, height, width), dtype=first.dtype
+    )
+    for v, windows in enumerate(clips):
+        for a, clip in enumerate(windows):
+            out[a, v] = clip.permute(3, 0, 1, 2)
+    return out

@@ -19,6 +19,7 @@ from torchmetrics.classification import MulticlassConfusionMatrix
 from mvcli import __version__
 from mvcli.commandline.limits import UnitIntervalClosedOpen
 from mvcli.data.taxonomy import NUM_CLASSES
+from mvcli.data.tta import COPIES_DIM, average_copies
 from mvcli.data.video import ClipSpec
 from mvcli.models.backbones import AnyBackbone, FineTuning, build_backbone, normalization
 from mvcli.models.network import MultiViewNetwork
@@ -232,12 +233,24 @@ class MVFoulModule(LightningModule):
     def forward(self, video: torch.Tensor, view_mask: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.network(video, view_mask)
 
+    def batch_logits(self, batch: dict) -> dict[str, torch.Tensor]:
+        """The scores of a batch per head: the logits, or for a test-time augmented video
+        ``(B, A, V, C, T, H, W)`` the log of the copies' averaged softmax probabilities
+        (:func:`mvcli.data.tta.average_copies`), one forward pass per copy (the memory of
+        an unaugmented batch). Their cross-entropy, the evaluation loss, is then the
+        negative log-likelihood of the averaged probabilities."""
+        video, mask = batch["video"], batch["view_mask"]
+        if video.dim() == 6:
+            return self(video, mask)
+        copies = video.unbind(COPIES_DIM)
+        return average_copies([self(copy, mask) for copy in copies])
+
     # -- steps ---------------------------------------------------------------------------
     def _shared_step(self, batch: dict, stage: str) -> torch.Tensor | None:
         self._count_damage(batch, stage)
         if batch["video"] is None:
             return None  # every action of the batch was unreadable; already warned about
-        logits = self(batch["video"], batch["view_mask"])
+        logits = self.batch_logits(batch)
         loss, parts = self.criterion(logits, batch)
         size = len(batch["action_id"])
         self._log_loss(stage, "loss", loss, size, prog_bar=True)
@@ -337,7 +350,7 @@ class MVFoulModule(LightningModule):
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
         out = {k: batch[k] for k in ("action_id", "views", "skipped_views", "failed")}
         if batch["video"] is not None:
-            logits = self(batch["video"], batch["view_mask"])
+            logits = self.batch_logits(batch)
             out["probabilities"] = {h: logits[h].float().softmax(-1).cpu() for h in self.heads}
         return out
 

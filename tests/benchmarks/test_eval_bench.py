@@ -10,6 +10,10 @@ pre-collated in memory: no decoding), CPU, one thread:
 
 The per-action logits must be equal (asserted) whatever the batching, and so must the
 validation metrics.
+
+Test-time augmentation (``data.tta``): ``trainer.validate`` through the data module's own
+loader (decoding in the main process, or reading a pre-built clip cache), without and with
+the flip, 3 windows and both, side by side; actions/s and the ratio to no augmentation.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ class EpochTimer(Callback):
         self.seconds = time.perf_counter() - self.start
 
 
-def _cli(root, runs, batch_size: int):
+def _cli(root, runs, batch_size: int, *extra: str):
     return main(
         [
             "--config", str(CONFIGS / "demo.yaml"),
@@ -51,6 +55,7 @@ def _cli(root, runs, batch_size: int):
             "--trainer.default_root_dir", str(runs),
             "--trainer.logger.init_args.save_dir", str(runs),
             "--trainer.enable_model_summary", "false",
+            *extra,
         ],
         run=False,
     )  # fmt: skip
@@ -131,4 +136,68 @@ def test_eval_batching(tmp_path, one_thread):
         tables,
         {"actions": actions, "views": views, "forward_actions_per_s": fwd_rate,
          "validate_actions_per_s": val_rate, "validate_seconds": validate_s},
+    )  # fmt: skip
+
+
+TTA = {
+    "none": [],
+    "flip": ["--data.tta.flip", "true"],
+    "3 windows": ["--data.tta.window_offsets", "[-4,0,4]"],
+    "flip + 3 windows": ["--data.tta.flip", "true", "--data.tta.window_offsets", "[-4,0,4]"],
+}
+
+
+def test_eval_tta_cost(tmp_path, one_thread):
+    rounds = env_int("ROUNDS", 3)
+    root = tmp_path / "data"
+    write_synthetic_dataset(root, train=4, valid=env_int("ACTIONS", 24), test=4, chall=1,
+                            num_frames=24, event_frame=12, seed=5)  # fmt: skip
+    sources = {"decoded": ["--data.cache_dir", "null"],
+               "cached": ["--data.cache_dir", str(tmp_path / "cache")]}  # fmt: skip
+    clis, model = {}, None
+    for source, where in sources.items():
+        for name, options in TTA.items():
+            cli = _cli(
+                root, tmp_path, 8, *where, *options, "--trainer.enable_progress_bar", "false"
+            )
+            if source == "cached":
+                cli.datamodule.build_cache(["Valid"], progress=False)
+            model = model or cli.model.eval()
+            cli.model.load_state_dict(model.state_dict())
+            clis[source, name] = cli
+    seconds: dict[tuple, list[float]] = {key: [] for key in clis}
+    metrics = {}
+    for _ in range(rounds):
+        for key, cli in clis.items():
+            # The whole call: the loader's first batch is fetched before the epoch starts.
+            start = time.perf_counter()
+            metrics[key] = cli.trainer.validate(cli.model, cli.datamodule, verbose=False)[0]
+            seconds[key].append(time.perf_counter() - start)
+    actions = len(clis["decoded", "none"].datamodule.records("Valid"))
+    rate = {key: actions / median(s) for key, s in seconds.items()}
+    for name in TTA:  # the cache serves what decoding gives
+        for metric, value in metrics["decoded", name].items():
+            assert metrics["cached", name][metric] == pytest.approx(value, rel=1e-5), metric
+    copies = {name: cli.datamodule.tta.copies for (_, name), cli in clis.items()}
+    rows = [
+        [name, copies[name], rate["decoded", name], rate["decoded", name] / rate["decoded", "none"],
+         rate["cached", name], rate["cached", name] / rate["cached", "none"]]
+        for name in TTA
+    ]  # fmt: skip
+    caption = (
+        f"tiny backbone, 16x64x112, {actions} actions, batch 8, CPU (1 thread), "
+        f"the whole `trainer.validate` call with its loader (no workers), median of {rounds}:"
+    )
+    tables = {
+        caption: table(
+            ["data.tta", "copies", "decoded actions/s", "x", "cached actions/s", "x"], rows
+        )
+    }
+    report(
+        "eval_tta",
+        "Test-time augmentation cost",
+        tables,
+        {"actions": actions, "copies": copies,
+         "actions_per_s": {f"{s}/{n}": r for (s, n), r in rate.items()},
+         "seconds": {f"{s}/{n}": v for (s, n), v in seconds.items()}},
     )  # fmt: skip

@@ -30,6 +30,8 @@ TWO_NODES = [
     "--config", str(CONF / "ddp_two_nodes.yaml"),
 ]  # fmt: skip
 ONE_PROCESS = ["--config", str(CONFIGS / "demo.yaml"), "--trainer.accelerator", "cpu"]
+# predict runs with test-time augmentation: each action's copies stay on one process.
+TTA = ["--data.tta.flip", "true", "--data.tta.window_offsets", "[-4,0,4]"]
 
 
 def _free_port() -> int:
@@ -99,7 +101,7 @@ def ddp_runs(clean_root, tmp_path_factory):
         [
             "predict", *TWO_NODES, *tiny_args(clean_root, base), *evaluate,
             "--output_dir", str(base / "p2"),
-            "--prediction_writer.output_path", str(pred2),
+            "--prediction_writer.output_path", str(pred2), *TTA,
         ],
         base,
     )  # fmt: skip
@@ -113,7 +115,7 @@ def ddp_runs(clean_root, tmp_path_factory):
         [
             "predict", *ONE_PROCESS, *tiny_args(clean_root, base), *evaluate,
             "--output_dir", str(base / "p1"),
-            "--prediction_writer.output_path", str(pred1),
+            "--prediction_writer.output_path", str(pred1), *TTA,
         ]
     )  # fmt: skip
     return {"base": base, "fit_logs": fit_logs, "pred": (pred1, pred2)}
@@ -147,7 +149,7 @@ def test_two_process_evaluation_equals_one_process(ddp_runs, stage):
     prefix = "val" if stage == "validate" else "test"
     assert set(one) == set(two) and f"{prefix}/leaderboard" in one
     for key, value in one.items():
-        if isinstance(value, str):  # checkpoint, data: where the metrics come from
+        if not isinstance(value, float):  # checkpoint, data, tta: where they come from
             assert two[key] == value, key
             continue
         assert two[key] == pytest.approx(value, abs=1e-6), key
@@ -159,6 +161,7 @@ def test_two_process_predict_covers_each_action_once(ddp_runs, clean_root):
     ids = sorted(r.action_id for r in records)
     assert sorted([*pred2["Actions"], *pred2["failed"]]) == ids  # each exactly once
     assert pred2["Actions"] == pred1["Actions"]  # the same decisions as one process
+    assert pred2["tta"] == pred1["tta"] and pred1["tta"]["copies"] == 6
     for action, detail in pred1["details"].items():
         probs = detail["offence_severity"]["probabilities"]
         assert pred2["details"][action]["offence_severity"]["probabilities"] == pytest.approx(
