@@ -16,6 +16,7 @@ from torch.optim.lr_scheduler import ReduceLROnPlateau
 from mvcli import __version__
 from mvcli.callbacks.confusion import ConfusionMatrices
 from mvcli.callbacks.distributed import DistributedRun
+from mvcli.callbacks.ema import EMAWeights
 from mvcli.callbacks.freezing import StageFreezing
 from mvcli.callbacks.metrics_writer import MetricsWriter
 from mvcli.callbacks.nonfinite import NonFiniteGuard
@@ -83,8 +84,9 @@ CHECKPOINT_DEFAULTS = {
 }
 # Callbacks every run has unless its config says otherwise: one section each, any callback
 # class (class_path) in it; `--<section> null` (`<section>: null` in YAML) turns it off,
-# `--<section>.class_path other.Callback` replaces it. Section -> (base class, default, title).
-CALLBACK_SECTIONS: dict[str, tuple[type, str, str]] = {
+# `--<section>.class_path other.Callback` replaces it. Section -> (base class, default, title);
+# a default of None: off unless the config turns it on (`--<section> <base class name>`).
+CALLBACK_SECTIONS: dict[str, tuple[type, str | None, str]] = {
     "throughput": (Callback, "mvcli.callbacks.throughput.Throughput",
                    "train/actions_per_s, views_per_s, data_wait_fraction per epoch"),
     "hparams": (Callback, "mvcli.callbacks.hparams.RunHParams",
@@ -103,6 +105,8 @@ CALLBACK_SECTIONS: dict[str, tuple[type, str, str]] = {
                 "history.json, one record per epoch"),
     "augmentation_preview": (Callback, "mvcli.callbacks.augmentation_preview.AugmentationPreview",
                              "augmented_batch.png: the first training batch as the model sees it"),
+    "ema": (EMAWeights, None,
+            "EMA of the weights, used by validation, checkpoints, test, predict and export"),
 }  # fmt: skip
 # Titles of groups whose class docstring says something else (or the same thing twice), with
 # how each callback section is turned off.
@@ -128,6 +132,13 @@ GROUP_TITLES = {
     **{
         key: f"{default.rsplit('.', 1)[-1]} (--{key}.*): {what}; off: --{key} null"
         for key, (_, default, what) in CALLBACK_SECTIONS.items()
+        if default is not None
+    },
+    **{
+        key: f"{base.__name__} (--{key}.*): {what}; off (the default): --{key} null; on: "
+        f"--{key} {base.__name__} or any --{key}.<option> (--{key}.help {base.__name__})"
+        for key, (base, default, what) in CALLBACK_SECTIONS.items()
+        if default is None
     },
 }
 # What to do about a section that monitors a val/ metric in a fit without validation.
@@ -314,7 +325,7 @@ class MVCLI(LightningCLI):
         # first, so they run before the sections below, as when they were added in code.
         for key, (base, default, _) in CALLBACK_SECTIONS.items():
             parser.add_lightning_class_args(base, key, subclass_mode=True, required=False)
-            parser.set_defaults({key: {"class_path": default}})
+            parser.set_defaults({key: None if default is None else {"class_path": default}})
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         # Since Lightning 2.6 save_last only writes when a top-k checkpoint is written, so a
         # second checkpoint without a monitor keeps last.ckpt at the latest epoch (resume).

@@ -46,8 +46,9 @@ def test_every_callback_of_a_demo_fit_is_in_its_config_yaml(synthetic_root, tmp_
     built = fit.config_init["fit"]
     places: Counter[type] = Counter()
     for key, value in saved.items():
-        if key in CALLBACK_SECTIONS:
-            assert value["class_path"] == CALLBACK_SECTIONS[key][1], key  # the default
+        if key in CALLBACK_SECTIONS:  # the default (null: off unless turned on)
+            default = CALLBACK_SECTIONS[key][1]
+            assert (value if default is None else value["class_path"]) == default, key
         if isinstance(value, dict) and "class_path" in value:
             places[_class(value["class_path"])] += 1
         elif hasattr(built.get(key), "on_fit_start"):  # a section of one class (checkpoint)
@@ -109,7 +110,12 @@ def test_print_config_shows_the_callback_sections(synthetic_root, tmp_path, caps
 
     config = yaml.safe_load(printed())
     for key, (_, default, _) in CALLBACK_SECTIONS.items():
-        assert config[key]["class_path"] == default, key
+        assert (config[key] if default is None else config[key]["class_path"]) == default, key
+    assert config["ema"] is None  # off unless asked for; on, every option shows
+    on = yaml.safe_load(printed("--config", str(CONFIGS / "ema.yaml"), "--ema.decay", "0.99"))
+    assert on["ema"]["class_path"] == "mvcli.callbacks.ema.EMAWeights"
+    assert on["ema"]["init_args"] == {"decay": 0.99, "start_step": 200, "every_n_steps": 1,
+                                      "use_buffers": True, "device": None}  # fmt: skip
     assert config["augmentation_preview"]["init_args"] == {"max_actions": 8}
     off = printed("--graceful_stop", "null")
     assert yaml.safe_load(off)["graceful_stop"] is None

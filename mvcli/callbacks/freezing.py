@@ -25,7 +25,7 @@ from typing import Any, Literal
 import torch
 from jsonargparse.typing import NonNegativeFloat, NonNegativeInt, PositiveInt
 from lightning.pytorch import LightningModule, Trainer
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, WeightAveraging
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 
@@ -420,6 +420,11 @@ class AdvancedFreezing(AdaptiveFreezing):
         path = self._checkpoint(trainer).best_model_path
         checkpoint = trainer.strategy.load_checkpoint(path)
         self._module.load_state_dict(checkpoint["state_dict"])
+        for callback in trainer.callbacks:
+            if isinstance(callback, WeightAveraging):
+                # An EMA's checkpoint holds the average as state_dict: the live weights and
+                # the average both go back (mvcli.callbacks.ema).
+                callback.on_load_checkpoint(trainer, self._module, checkpoint)
         keep = checkpoint["callbacks"][self.state_key]["unfrozen"]
         optimizer = trainer.optimizers[0]
         for i in [i for i in self.unfrozen if i not in keep]:

@@ -41,9 +41,11 @@ import torch
 from jsonargparse._common import parent_parser
 from lightning.fabric.utilities.data import _set_sampler_epoch
 from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import WeightAveraging
 from lightning.pytorch.strategies import DDPStrategy
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import AveragedModel
 from torchmetrics import Metric
 
 # torch's common base of BatchNorm1d/2d/3d, their lazy forms and SyncBatchNorm; no public
@@ -157,6 +159,18 @@ def logged_results(trainer: Trainer) -> dict:
     and undoing a failed step need the running sums themselves.
     """
     return trainer.fit_loop.epoch_loop._results
+
+
+# -- weight averaging -------------------------------------------------------------------------
+def averaged_model(callback: WeightAveraging) -> AveragedModel | None:
+    """The ``AveragedModel`` a weight-averaging callback keeps (None outside a fit: it is built
+    in ``setup`` for fitting only).
+
+    Lightning keeps it as ``_average_model`` with no public accessor; mvcli's EMA
+    (``mvcli.callbacks.ema``) needs it to start the average from the weights the fit starts
+    from (it is copied before the module's own ``setup``) and to tell a fit from other runs.
+    """
+    return callback._average_model
 
 
 # -- torchmetrics -----------------------------------------------------------------------------

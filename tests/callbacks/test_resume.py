@@ -27,7 +27,7 @@ from tests.callbacks.conftest import (
     _run_dir,
     _weights,
 )
-from tests.conftest import CONF
+from tests.conftest import CONF, CONFIGS
 
 
 def _weights_of(cli) -> dict[str, torch.Tensor]:
@@ -45,12 +45,19 @@ def _records(cli) -> list[dict]:
     return [{k: v for k, v in r.items() if k not in TIMING} for r in history.records]
 
 
-def test_signals_save_progress_and_resume_exactly(synthetic_root, tmp_path, monkeypatch):
+# With an EMA of the weights (configs/ema.yaml), averaging from the second step on: the
+# checkpoints hold the average as weights and the live weights beside them.
+EMA = ("--config", str(CONFIGS / "ema.yaml"), "--ema.decay", "0.5", "--ema.start_step", "1")
+
+
+@pytest.mark.parametrize("ema", [False, True], ids=["plain", "ema"])
+def test_signals_save_progress_and_resume_exactly(ema, synthetic_root, tmp_path, monkeypatch):
     """In-process: SIGTERM mid-epoch (exit 143, mid-epoch last.ckpt) and SIGINT in an epoch's
     last batch (exit 130 after the epoch-end checkpoint), each resumed with ``--ckpt_path
-    last`` from the run's config.yaml, end bit-identical to the uninterrupted run."""
+    last`` from the run's config.yaml, end bit-identical to the uninterrupted run (with EMA:
+    the average, the live weights and the update count too)."""
     monkeypatch.delenv("MVCLI_TEST_SIGNAL_AT", raising=False)
-    fast = ("--config", str(CONF / "quick_val.yaml"))
+    fast = ("--config", str(CONF / "quick_val.yaml"), *(EMA if ema else ()))
     reference = main(["fit", *_args(tmp_path / "ref", synthetic_root, *fast, batches=2)])
     for name, at, status in (("SIGTERM", "0:0", 143), ("SIGINT", "0:1", 130)):
         runs = tmp_path / name
@@ -73,6 +80,18 @@ def test_signals_save_progress_and_resume_exactly(synthetic_root, tmp_path, monk
         assert diff == 0.0
         assert _differences(_records(resumed), _records(reference)) == {}
         assert [r["epoch"] for r in json.loads((run_dir / "history.json").read_text())] == [0, 1]
+        if ema:
+            assert _ema_state(_run_dir(tmp_path / "ref")) == _ema_state(run_dir)
+
+
+def _ema_state(run_dir: Path) -> tuple:
+    """last.ckpt's average (state_dict), live weights and update count, as exact values."""
+    saved = torch.load(run_dir / "checkpoints/last.ckpt", weights_only=False)
+    assert _max_diff(saved["state_dict"], saved["current_model_state"]) > 1e-4  # it averages
+    return tuple(
+        {k: v.tolist() for k, v in saved[key].items()}
+        for key in ("state_dict", "current_model_state", "averaging_state")
+    )
 
 
 @pytest.mark.slow
