@@ -13,16 +13,18 @@ The key is a hash of the source file (resolved path, size, mtime), every :class:
 field, :data:`CACHE_VERSION`, the decoder (its function, swscale interpolation and the PyAV /
 FFmpeg versions), so changing any of them can only miss, never read stale data.
 
-Entries are stored channels first and served as a ``(T, H, W, 3)`` view of that memory, so
-the dataset's ``(V, C, T, H, W)`` stack of cached views is a plain copy, not a transpose.
+Entries are stored channels first, as batches hold them. A call returns a ``(T, H, W, 3)``
+view of that memory (what ``decode_view`` returns); a dataset asks :meth:`ClipCache.reference`
+instead and gets a :class:`CachedView`, whose payload the collate function reads straight into
+the batch (one copy, from the page cache) and verifies there.
 
 Every file is written under a temporary name in its final folder, then renamed (atomic on
 POSIX): a killed build leaves at most a ``.tmp`` file, never a partial entry, and concurrent
 builders (DataLoader workers, processes, nodes sharing a folder) can only race to rename
 identical content. Reads check the header, the exact size and the payload's checksum, so a
 damaged entry (a truncated file, a full disk, a power cut, a flipped bit) is a miss and is
-rebuilt, never served. The checksum is xxh3-64: about 0.15 ms per 4.3 MB view, small next to
-reading it (see tests/benchmarks/test_loader_bench.py).
+rebuilt, never served, wherever the read happens. The checksum is xxh3-64: about 0.15 ms per
+4.3 MB view, small next to reading it (see tests/benchmarks/test_loader_bench.py).
 
 Only the deterministic part is stored: the random view choice (per epoch, in the dataset) and
 the flip augmentation (on the device, in the module) still vary every epoch.
@@ -32,9 +34,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
+import io
 import json
 import logging
+import math
 import os
 import threading
 import time
@@ -53,7 +58,14 @@ from mvcli.data.video import INTERPOLATION, ClipSpec, VideoDecodeError, decode_v
 from mvcli.utils.errors import WriteError
 from mvcli.utils.io import TMP_SUFFIX, atomic_open, atomic_write_bytes
 
-__all__ = ["CACHE_VERSION", "CacheReport", "ClipCache", "RecordedDecodeError", "default_workers"]
+__all__ = [
+    "CACHE_VERSION",
+    "CacheReport",
+    "CachedView",
+    "ClipCache",
+    "RecordedDecodeError",
+    "default_workers",
+]
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +142,8 @@ class ClipCache:
         decode: the decoder whose output is cached; it must be a pure function of the file's
             content and the spec. Its qualified name is part of the key.
 
-    Safe to use from DataLoader worker processes: it holds no state besides its arguments.
+    Safe to use from DataLoader worker processes: besides its arguments it holds only a
+    memo of the keys it computed (per process, checked against the file on every call).
     """
 
     def __init__(self, root: str | os.PathLike, decode: Decode = decode_view) -> None:
@@ -138,18 +151,34 @@ class ClipCache:
         self.decode = decode
         self._decoder_id = f"{decode.__module__}.{decode.__qualname__}"
         self._write_warned = False
+        self._keys: dict[tuple, str] = {}
 
     def __repr__(self) -> str:
         return f"ClipCache({str(self.root)!r})"
 
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_keys": {}}  # a worker computes its own
+
     # -- keys and paths ----------------------------------------------------------------------
     def key(self, path: str | os.PathLike, spec: ClipSpec) -> str:
-        """Hex key of one view's entry; raises ``VideoDecodeError('missing')`` without a file."""
+        """Hex key of one view's entry; raises ``VideoDecodeError('missing')`` without a file.
+
+        Memoised on what it depends on, read on every call: the path and the file it leads to
+        now (device, inode, size, mtime; one ``stat``), the spec and the format and
+        interpolation in force. A path that leads to another file is keyed anew.
+        """
         try:
-            source = Path(path).resolve()
-            stat = source.stat()
+            stat = os.stat(path)
         except OSError as err:
             raise VideoDecodeError(path, "missing", str(err)) from err
+        memo = (os.fspath(path), stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
+        memo += (spec, CACHE_VERSION, INTERPOLATION)
+        key = self._keys.get(memo)
+        if key is None:
+            key = self._keys[memo] = self._key(Path(path).resolve(), stat, spec)
+        return key
+
+    def _key(self, source: Path, stat: os.stat_result, spec: ClipSpec) -> str:
         payload = {
             "version": CACHE_VERSION,
             "decoder": self._decoder_id,
@@ -183,10 +212,30 @@ class ClipCache:
         stored = read_entry(self.entry_path(key), stored_shape(spec))
         if stored is not None:
             return stored.permute(1, 2, 3, 0)
+        return self._miss(key, Path(path), spec)
+
+    def reference(self, path: str | os.PathLike, spec: ClipSpec) -> CachedView | torch.Tensor:
+        """What a dataset serves for a view: a :class:`CachedView` of the entry when there is
+        one (its header and exact size checked, nothing read yet: the payload is read and
+        verified where it is served, :meth:`CachedView.read_into`), else ``self(path, spec)``
+        (decoded and stored now, or the recorded damage raised).
+
+        Raises:
+            VideoDecodeError: as ``self(path, spec)``.
+        """
+        key = self.key(path, spec)
+        entry = self.entry_path(key)
+        offset = payload_offset(entry, stored_shape(spec))
+        if offset is not None:
+            return CachedView(self, Path(path), spec, entry, offset)
+        return self._miss(key, Path(path), spec)
+
+    def _miss(self, key: str, path: Path, spec: ClipSpec) -> torch.Tensor:
+        """No valid entry: the recorded damage raised, else decoded and stored."""
         failure = _read_failure(self.failure_path(key))
         if failure is not None:
             raise RecordedDecodeError(path, failure["reason"], failure.get("detail", ""))
-        clip, failure = self._decode(Path(path), spec)
+        clip, failure = self._decode(path, spec)
         try:
             self._store(key, clip, failure)
         except WriteError as err:  # full or read-only disk: train on, uncached
@@ -344,6 +393,47 @@ class ClipCache:
                     tmp.unlink()
 
 
+@dataclass(frozen=True)
+class CachedView:
+    """A view found in the cache, read later straight into the memory that serves it.
+
+    :meth:`ClipCache.reference` makes it (the entry's header and exact size checked);
+    :func:`mvcli.data.collate.collate_views` calls :meth:`read_into` on the view's slice of
+    the batch, so a cached view is copied once, from the page cache into the batch.
+
+    Attributes:
+        cache: the cache it is in (rebuilds the entry when the read finds it damaged).
+        source: the view's video file.
+        spec: the window and size.
+        entry: the entry's file.
+        offset: where the payload starts in the entry.
+    """
+
+    cache: ClipCache
+    source: Path
+    spec: ClipSpec
+    entry: Path
+    offset: int
+
+    @property
+    def shape(self) -> torch.Size:
+        """What it holds: (3, T, H, W) uint8."""
+        return torch.Size(stored_shape(self.spec))
+
+    def read_into(self, out: torch.Tensor) -> None:
+        """Fill ``out`` (uint8 (3, T, H, W)) with the clip: the payload read into it, its
+        checksum verified on those bytes. An entry damaged or gone since it was found is
+        decoded again and rebuilt (``cache(source, spec)``), never served.
+
+        Raises:
+            VideoDecodeError: the entry was damaged and the view fails to decode now.
+        """
+        if read_payload_into(self.entry, self.offset, out):
+            return
+        log.debug("clip cache entry %s unusable at read time: rebuilding it", self.entry)
+        out.copy_(self.cache(self.source, self.spec).permute(3, 0, 1, 2))
+
+
 # -- entries ---------------------------------------------------------------------------------
 def spec_fields(spec: ClipSpec) -> dict:
     """Every field of the spec, numbers normalised to their declared type (25 == 25.0)."""
@@ -411,12 +501,81 @@ def read_entry(path: Path, shape: tuple[int, ...]) -> torch.Tensor | None:
 def entry_is_valid(path: Path, shape: tuple[int, ...]) -> bool:
     """Header and size check only (what a build needs to skip an entry); the checksum is
     verified on every read, where a mismatch makes the entry rebuilt."""
+    return payload_offset(path, shape) is not None
+
+
+def payload_offset(path: Path, shape: tuple[int, ...]) -> int | None:
+    """Where the payload of a valid-looking entry starts (header and size checked); None when
+    the entry is absent or not valid."""
+    header = _saved_header(tuple(shape))
     try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:  # the header np.save writes, compared as bytes: no parsing on the loader's path
+        if os.pread(fd, len(header), 0) == header:
+            size = len(header) + math.prod(shape) + _TRAILER_SIZE
+            return len(header) if os.fstat(fd).st_size == size else None
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    try:  # another valid encoding of the header (written by another numpy): parsed
         with open(path, "rb") as f:
             _open_entry(f, shape)
-        return True
+            return f.tell()
     except (OSError, ValueError):
+        return None
+
+
+@functools.lru_cache(maxsize=8)
+def _saved_header(shape: tuple[int, ...]) -> bytes:
+    """The header ``np.save`` writes for a uint8 C-order array of ``shape``."""
+    out = io.BytesIO()
+    header = {"descr": "|u1", "fortran_order": False, "shape": shape}
+    np.lib.format.write_array_header_1_0(out, header)
+    return out.getvalue()
+
+
+def read_payload_into(path: Path, offset: int, out: torch.Tensor) -> bool:
+    """Read an entry's payload straight into ``out`` and verify its checksum there.
+
+    ``out`` is the payload's uint8 shape (a slice of a batch, shared or pinned memory
+    included). False, with ``out`` left partly written, when the entry is gone, has another
+    size, or its checksum does not match (the caller rebuilds it).
+    """
+    if not out.is_contiguous():
+        staging = torch.empty_like(out, memory_format=torch.contiguous_format)
+        if not read_payload_into(path, offset, staging):
+            return False
+        out.copy_(staging)
+        return True
+    payload = memoryview(out.numpy()).cast("B")
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
         return False
+    try:
+        if os.fstat(fd).st_size != offset + len(payload) + _TRAILER_SIZE:
+            return False
+        if not _pread_exactly(fd, payload, offset):
+            return False
+        trailer = os.pread(fd, _TRAILER_SIZE, offset + len(payload))
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    return trailer == checksum_trailer(payload)
+
+
+def _pread_exactly(fd: int, into: memoryview, offset: int) -> bool:
+    done = 0
+    while done < len(into):  # a read may return fewer bytes (signals, > 2 GiB reads)
+        got = os.preadv(fd, [into[done:]], offset + done)
+        if got <= 0:
+            return False
+        done += got
+    return True
 
 
 def _read_failure(path: Path) -> dict | None:

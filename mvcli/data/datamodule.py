@@ -29,7 +29,7 @@ from mvcli.data.augment import (
     severity_strength,
 )
 from mvcli.data.cache import CacheReport, ClipCache, default_workers
-from mvcli.data.collate import collate_views
+from mvcli.data.collate import BatchMemory, ViewCollate
 from mvcli.data.dataset import MultiViewDataset
 from mvcli.data.sampler import (
     BalanceTarget,
@@ -124,7 +124,8 @@ class MVFoulDataModule(LightningDataModule):
         eval_batch_size: actions per evaluation/prediction batch (default: ``batch_size``).
         num_workers: data loading processes (0 decodes in the main process; default:
             ``min(8, available CPU cores)``). They persist across epochs.
-        pin_memory: page-locked host memory, for faster copies to a GPU.
+        pin_memory: page-locked host memory, for faster copies to a GPU (with CUDA only;
+            with ``num_workers`` 0 batches are assembled in it directly).
         sampler: how training actions are drawn each epoch: ``natural`` (a shuffle),
             ``balanced_offence_severity`` / ``balanced_action`` (every class of that head
             equally likely), ``balanced_joint`` (every present (offence-severity, action)
@@ -213,6 +214,8 @@ class MVFoulDataModule(LightningDataModule):
         if cache_dir == "auto":
             cache_dir = self.root / CACHE_FOLDER if self.root is not None else None
         self.cache = ClipCache(cache_dir) if cache_dir is not None else None
+        # Batch memory of every loader of this module (reused buffers in the main process).
+        self.batch_memory = BatchMemory(pin=self._pin_memory)
         self._records: dict[str, list[ActionRecord]] = {}
         self._training: list[ActionRecord] | None = None
         self._reported: set[tuple[str, str]] = set()  # (option, source): reported once
@@ -562,9 +565,9 @@ class MVFoulDataModule(LightningDataModule):
         seed = run_seed()
         order = self.train_sampler() or EpochShuffleSampler(len(dataset), seed=seed)
         augmenter = self.augmenter
-        collate = collate_views
+        collate = ViewCollate(self.batch_memory)
         if augmenter is not None and not augmenter.config.gpu:
-            collate = AugmentingCollate(collate_views, augmenter)
+            collate = AugmentingCollate(collate, augmenter)
         sampler = training_sampler(order, seed, self.trainer)
         return self._loader(
             SeededItems(dataset), self.hparams.batch_size, sampler=sampler, collate=collate
@@ -591,6 +594,10 @@ class MVFoulDataModule(LightningDataModule):
         return self._loader(dataset, self._eval_batch_size, sampler=sampler)
 
     @property
+    def _pin_memory(self) -> bool:
+        return self.hparams.pin_memory and _has_accelerator()
+
+    @property
     def _eval_batch_size(self) -> int:
         return self.hparams.eval_batch_size or self.hparams.batch_size
 
@@ -599,7 +606,7 @@ class MVFoulDataModule(LightningDataModule):
         dataset: MultiViewDataset | SeededItems,
         batch_size: int,
         sampler=None,
-        collate=collate_views,
+        collate=None,
     ):
         workers = self.hparams.num_workers
         if workers is None:
@@ -612,8 +619,8 @@ class MVFoulDataModule(LightningDataModule):
             batch_size=batch_size,
             sampler=sampler,
             num_workers=workers,
-            collate_fn=collate,
-            pin_memory=self.hparams.pin_memory and _has_accelerator(),
+            collate_fn=collate or ViewCollate(self.batch_memory),
+            pin_memory=self._pin_memory,
             # Workers' base seed from the loader's own generator, not the global RNG: how many
             # loaders were started (workers persist or not) must not move the training's RNG.
             generator=torch.Generator().manual_seed(run_seed()),

@@ -1,4 +1,10 @@
-"""MultiViewDataset: one action -> a dict of decoded views; damaged views skipped and counted."""
+"""MultiViewDataset: one action -> a dict of its views; damaged views skipped and counted.
+
+Decoded views are stacked into the sample's ``video`` tensor. With a clip cache, the sample's
+``video`` is a :class:`~mvcli.data.collate.ViewStack` of references to the cache entries
+instead: the collate function reads each one straight into its slice of the batch, so a
+cached view is copied once (page cache -> batch), never stacked first.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +17,8 @@ import torch
 from torch.utils.data import Dataset
 
 from mvcli.data.annotations import ActionRecord
+from mvcli.data.cache import ClipCache
+from mvcli.data.collate import ViewStack
 from mvcli.data.video import ClipSpec, VideoDecodeError, decode_view
 from mvcli.utils.errors import DataError
 
@@ -27,7 +35,9 @@ class MultiViewDataset(Dataset):
         spec: the frame window and size.
         num_views: views per action in training (drawn at random among those present);
             None serves every view, in file order (evaluation and prediction).
-        decode: the decoding function (swappable for a cache).
+        decode: the decoding function, or a :class:`~mvcli.data.cache.ClipCache` (then
+            ``video`` is a :class:`~mvcli.data.collate.ViewStack` of entry references, read
+            by the collate function straight into the batch).
         replace_unreadable: serve another action, drawn deterministically from ``seed`` and
             the index, in place of one with no readable view (training: every batch keeps
             its size, so every DDP rank takes the same optimizer steps). The sample then
@@ -103,7 +113,7 @@ class MultiViewDataset(Dataset):
             if self.num_views is not None and len(clips) == self.num_views:
                 break
             try:
-                clips.append(self._decode_view(path))
+                clips.append(self._view(path))
                 used.append(path.name)
             except VideoDecodeError as err:
                 skipped.append({"view": path.name, "reason": err.reason, "detail": str(err)})
@@ -116,19 +126,32 @@ class MultiViewDataset(Dataset):
             sample["offence_severity"] = record.labels.offence_severity
             sample["action"] = record.labels.action
         # (V, C, T, H, W); None marks an action left with no readable view.
-        # Contiguous, so collate copies it as is (a cache serves channels-first memory: no
-        # transpose at all; freshly decoded clips are transposed here, once).
-        if self.windows:
-            sample["video"] = stack_windows(clips) if clips else None
-            return sample
-        sample["video"] = torch.stack([c.permute(3, 0, 1, 2) for c in clips]) if clips else None
+        sample["video"] = self._stack(clips) if clips else None
         return sample
 
-    def _decode_view(self, path: Path) -> torch.Tensor | list[torch.Tensor]:
-        """One view's clip (T, H, W, C), or its clip at each window (a list)."""
+    def _view(self, path: Path):
+        """One view: a cache reference (a hit) or a decoded (T, H, W, 3) clip; with several
+        windows, a list of those, one per window."""
         if self.windows:
-            return [self.decode(path, spec) for spec in self.windows]
-        return self.decode(path, self.spec)
+            return [self._window(path, spec) for spec in self.windows]
+        return self._window(path, self.spec)
+
+    def _window(self, path: Path, spec: ClipSpec):
+        if isinstance(self.decode, ClipCache):
+            return self.decode.reference(path, spec)
+        return self.decode(path, spec)
+
+    def _stack(self, clips: list) -> torch.Tensor | ViewStack:
+        # Channels first, as the batch: a cache entry is stored so, a decoded clip is
+        # transposed by the copy that batches it. Several windows: a copies axis in front.
+        if self.windows:
+            clips = [windows[a] for a in range(len(self.windows)) for windows in clips]
+        parts = [c.permute(3, 0, 1, 2) if isinstance(c, torch.Tensor) else c for c in clips]
+        lead = (len(self.windows),) if self.windows else ()
+        if isinstance(self.decode, ClipCache):
+            return ViewStack(parts, lead)  # read by the collate function, into the batch
+        stacked = torch.stack(parts)  # contiguous: collate copies it as is
+        return stacked.unflatten(0, (*lead, -1)) if lead else stacked
 
     def _view_order(self, views: tuple[Path, ...]) -> list[Path]:
         if self.num_views is None:
@@ -140,17 +163,3 @@ class MultiViewDataset(Dataset):
         if key not in self._warned:
             self._warned.add(key)
             log.warning(message)
-
-
-def stack_windows(clips: list[list[torch.Tensor]]) -> torch.Tensor:
-    """Each view's clip at each window, ``(T, H, W, C)`` each -> ``(A, V, C, T, H, W)``, one
-    copy (contiguous, so collate copies it as is)."""
-    first = clips[0][0]
-    frames, height, width, channels = first.shape
-    out = torch.empty(
-        (len(clips[0]), len(clips), channels, frames, height, width), dtype=first.dtype
-    )
-    for v, windows in enumerate(clips):
-        for a, clip in enumerate(windows):
-            out[a, v] = clip.permute(3, 0, 1, 2)
-    return out

@@ -197,6 +197,18 @@ def shared_empty(shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
     return like.new(storage).resize_(shape)
 
 
+def storage_use_count(tensor: torch.Tensor) -> int:
+    """How many references ``tensor``'s memory has: tensors sharing its storage (views and
+    slices, and through them numpy arrays and memoryviews made from them), plus one for the
+    storage's Python object.
+
+    The use count of the storage's ``intrusive_ptr``; torch has no public API for it.
+    :class:`mvcli.data.collate.BatchMemory` reuses a batch buffer only when it has dropped
+    back to the buffer's own references.
+    """
+    return torch._C._storage_Use_Count(tensor.untyped_storage()._cdata)
+
+
 # -- jsonargparse -----------------------------------------------------------------------------
 def formatting_parser() -> Any:
     """The parser whose help is being formatted, from inside a ``HelpFormatter`` method.

@@ -21,8 +21,14 @@ from torch.utils.data import DataLoader
 from mvcli.cli import main
 from mvcli.data import cache as cache_module
 from mvcli.data.annotations import ActionRecord, read_split
-from mvcli.data.cache import ClipCache, RecordedDecodeError, entry_is_valid, stored_shape
-from mvcli.data.collate import collate_views
+from mvcli.data.cache import (
+    CachedView,
+    ClipCache,
+    RecordedDecodeError,
+    entry_is_valid,
+    stored_shape,
+)
+from mvcli.data.collate import ViewCollate, collate_views
 from mvcli.data.dataset import MultiViewDataset
 from mvcli.data.video import ClipSpec, VideoDecodeError, decode_view
 from tests.conftest import CONFIGS, REPO, TINY, tiny_args
@@ -172,6 +178,86 @@ def test_a_flipped_byte_of_the_same_size_is_rebuilt_never_served(views, tmp_path
     assert torch.equal(cache(views[0], SPEC), expected)
     assert decode.calls == 2  # rebuilt
     assert cache_module.read_entry(entry, STORED) is not None
+
+
+def test_a_reference_is_read_straight_into_its_place_and_checked_there(views, tmp_path):
+    """reference(): the decoded clip on a miss; on a hit, a CachedView read into any slice
+    (a batch's) without decoding, equal to the decoded clip."""
+    cache, decode = _cache(tmp_path)
+    expected = decode_view(views[0], SPEC).permute(3, 0, 1, 2)
+    miss = cache.reference(views[0], SPEC)
+    assert isinstance(miss, torch.Tensor) and decode.calls == 1
+    hit = cache.reference(views[0], SPEC)
+    assert isinstance(hit, CachedView) and decode.calls == 1
+    assert hit.shape == STORED and hit.entry == cache.entry_path(cache.key(views[0], SPEC))
+    batch = torch.full((3, *STORED), 7, dtype=torch.uint8)
+    hit.read_into(batch[1])
+    assert torch.equal(batch[1], expected) and (batch[0] == 7).all() and (batch[2] == 7).all()
+    strided = torch.zeros((*STORED[:-1], 2 * STORED[-1]), dtype=torch.uint8)[..., ::2]
+    hit.read_into(strided)  # not contiguous: read aside, then copied
+    assert torch.equal(strided, expected) and decode.calls == 1
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "delete", "other_header"])
+def test_a_reference_damaged_before_its_read_is_rebuilt_never_served(views, tmp_path, damage):
+    cache, decode = _cache(tmp_path)
+    expected = decode_view(views[0], SPEC).permute(3, 0, 1, 2).contiguous()
+    cache(views[0], SPEC)
+    hit = cache.reference(views[0], SPEC)
+    data = bytearray(hit.entry.read_bytes())
+    if damage == "flip":
+        data[hit.offset + len(data) // 3] ^= 0x80
+        hit.entry.write_bytes(bytes(data))
+    elif damage == "truncate":
+        hit.entry.write_bytes(bytes(data[:-1]))
+    elif damage == "delete":
+        hit.entry.unlink()
+    else:  # a valid entry whose header is longer: the payload is not where it was found
+        _write_padded_entry(hit.entry, expected)
+    out = torch.empty(STORED, dtype=torch.uint8)
+    hit.read_into(out)
+    assert torch.equal(out, expected)
+    assert decode.calls == 2 - (damage == "other_header")  # an intact entry is read again
+    again = cache.reference(views[0], SPEC)
+    assert isinstance(again, CachedView)
+    assert cache_module.read_payload_into(again.entry, again.offset, out)  # rebuilt or valid
+    assert torch.equal(out, expected)
+
+
+def _write_padded_entry(path: Path, clip: torch.Tensor, size: int = 192) -> None:
+    """An entry whose npy header is valid but not byte for byte what np.save writes."""
+    header = repr({"descr": "|u1", "fortran_order": False, "shape": tuple(clip.shape)})
+    header = header.ljust(size - 10 - 1) + "\n"
+    payload = memoryview(clip.numpy()).cast("B")
+    with open(path, "wb") as f:
+        f.write(np.lib.format.magic(1, 0) + len(header).to_bytes(2, "little") + header.encode())
+        f.write(payload)
+        f.write(cache_module.checksum_trailer(payload))
+
+
+def test_an_entry_header_np_save_did_not_write_is_parsed(views, tmp_path):
+    cache, decode = _cache(tmp_path)
+    clip = cache(views[0], SPEC).permute(3, 0, 1, 2).contiguous()
+    entry = cache.entry_path(cache.key(views[0], SPEC))
+    default = cache_module.payload_offset(entry, STORED)
+    _write_padded_entry(entry, clip)
+    assert cache_module.payload_offset(entry, STORED) == 192 != default
+    assert torch.equal(cache(views[0], SPEC), clip.permute(1, 2, 3, 0)) and decode.calls == 1
+    entry.write_bytes(entry.read_bytes()[:-1])
+    assert cache_module.payload_offset(entry, STORED) is None
+
+
+def test_a_symlink_moved_to_another_file_is_keyed_anew(views, tmp_path):
+    cache, _ = _cache(tmp_path)
+    link = tmp_path / "link.mp4"
+    link.symlink_to(views[0])
+    key = cache.key(link, SPEC)
+    assert torch.equal(cache(link, SPEC), decode_view(views[0], SPEC))
+    link.unlink()
+    link.symlink_to(views[1])
+    assert cache.key(link, SPEC) != key
+    assert torch.equal(cache(link, SPEC), decode_view(views[1], SPEC))
+    assert cache.key(views[1], SPEC) == cache.key(link, SPEC)  # keyed by the file it leads to
 
 
 def test_a_failed_write_keeps_the_good_entries(views, tmp_path, monkeypatch, caplog):
@@ -406,3 +492,24 @@ def test_dataloader_workers_share_the_cache(synthetic_root, tmp_path):
         for (video, mask), (ref_video, ref_mask) in zip(batches(cache, 2), reference, strict=True):
             assert torch.equal(video, ref_video) and torch.equal(mask, ref_mask)
     assert len(_npy(tmp_path / "cache")) == sum(len(r.views) for r in records)
+
+
+def test_a_worker_reads_the_cache_into_shared_memory_and_rebuilds_damage(synthetic_root, tmp_path):
+    """num_workers=1: each batch assembled by the worker (in shared memory) equals the
+    decoded one, an entry damaged in place (same size) included, which the worker rebuilds."""
+    records, _ = read_split(synthetic_root / "Valid")
+    cache = ClipCache(tmp_path / "cache")
+    cache.build([v for r in records for v in r.views], SPEC, workers=1, progress=False)
+    entry = cache.entry_path(cache.key(records[0].views[0], SPEC))
+    data = bytearray(entry.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    entry.write_bytes(bytes(data))
+    reference = [collate_views([MultiViewDataset(records, SPEC)[i] for i in range(j, j + 4)])
+                 for j in range(0, 8, 4)]  # fmt: skip
+    dataset = MultiViewDataset(records[:8], SPEC, decode=cache)
+    loader = DataLoader(dataset, batch_size=4, num_workers=1, collate_fn=ViewCollate())
+    for batch, expected in zip(loader, reference, strict=True):
+        assert batch["video"].is_shared()
+        assert torch.equal(batch["video"], expected["video"])
+        assert torch.equal(batch["view_mask"], expected["view_mask"])
+    assert cache_module.read_entry(entry, STORED) is not None  # rebuilt by the worker

@@ -17,7 +17,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from mvcli.cli import main
 from mvcli.data.annotations import find_views
 from mvcli.data.augment import Augmentation, AugmentingCollate, severity_strength
-from mvcli.data.collate import collate_views
+from mvcli.data.collate import ViewCollate
 from mvcli.data.datamodule import MVFoulDataModule
 from mvcli.data.sampler import ClassBalancedSampler
 from mvcli.data.synthetic import write_synthetic_dataset
@@ -33,7 +33,7 @@ def test_loader_defaults(synthetic_root, monkeypatch):
     loader = dm.val_dataloader()
     assert loader.num_workers == 2 and loader.persistent_workers
     assert loader.prefetch_factor == 2
-    assert loader.pin_memory == torch.cuda.is_available()
+    assert loader.pin_memory == torch.cuda.is_available() == dm.batch_memory.pin
     monkeypatch.setattr("mvcli.data.datamodule.default_workers", lambda: 64)
     assert dm.val_dataloader().num_workers == 8
     assert dm.cache is None and dm.datasets["val"].decode is not None
@@ -95,8 +95,11 @@ def test_datamodule_augments_training_batches_only(synthetic_root):
 
 def test_datamodule_worker_mode_and_default_strength(synthetic_root):
     dm = _module(synthetic_root, preset="mild", gpu=False)
-    assert isinstance(dm.train_dataloader().collate_fn, AugmentingCollate)
-    assert dm.val_dataloader().collate_fn is collate_views
+    train = dm.train_dataloader().collate_fn
+    assert isinstance(train, AugmentingCollate) and isinstance(train.collate, ViewCollate)
+    val = dm.val_dataloader().collate_fn
+    assert isinstance(val, ViewCollate)  # one batch memory for every loader of the module
+    assert train.collate.memory is val.memory is dm.batch_memory
     dm.trainer = SimpleNamespace(training=True)
     batch = _batch()
     assert dm.on_after_batch_transfer(batch, 0) is batch  # not twice
@@ -312,3 +315,24 @@ def test_the_cache_holds_only_the_views_each_phase_reads(synthetic_root, tmp_pat
     report = dm.build_cache(["Test"], progress=False)["Test"]
     assert report.views == sum(min(2, len(r.views)) for r in dm.records("Test"))
     assert entries() == len(dm.training_records()) + report.views
+
+
+def test_cached_training_batches_are_augmented_in_a_worker(synthetic_root, tmp_path):
+    """The copy-once cache path under the worker augmentation (gpu: false), in a worker."""
+    dm = MVFoulDataModule(
+        root=synthetic_root, frames_per_clip=4, center_frame=12, img_height=32, img_width=56,
+        num_workers=1, cache_dir=tmp_path / "cache", batch_size=4,
+        augmentation=Augmentation(preset="none", gpu=False, hflip_prob=1.0),
+    )  # fmt: skip
+    dm.build_cache(["Train"], progress=False)
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    plain = MVFoulDataModule(
+        root=synthetic_root, frames_per_clip=4, center_frame=12, img_height=32, img_width=56,
+        num_workers=0, batch_size=4,
+    )  # fmt: skip
+    plain.setup("fit")
+    expected = next(iter(plain.train_dataloader()))  # the same seeded draws, unflipped
+    assert batch["action_id"] == expected["action_id"]
+    assert torch.equal(batch["view_mask"], expected["view_mask"])
+    assert torch.equal(batch["video"], expected["video"].flip(-1))

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from mvcli.data.annotations import read_split
-from mvcli.data.collate import collate_views
+from mvcli.data.cache import CachedView, ClipCache
+from mvcli.data.collate import ViewStack, collate_views
 from mvcli.data.dataset import MultiViewDataset
 from mvcli.data.video import ClipSpec
 from mvcli.utils.errors import DataError
@@ -99,3 +100,29 @@ def test_a_training_set_without_readable_views_stops_clearly(synthetic_root, tmp
     train = MultiViewDataset(records, SPEC, num_views=2, replace_unreadable=True)
     with pytest.raises(DataError, match="no readable view.*training views look unreadable"):
         train[0]
+
+
+def test_with_a_cache_samples_carry_references_to_the_entries(synthetic_root, tmp_path):
+    """Same views, skipped views, labels and draws as decoding; ``video`` a ViewStack of the
+    entries (read by the collate function), equal to the decoded stack."""
+    split = tmp_path / "Valid"
+    shutil.copytree(synthetic_root / "Valid", split)
+    records, _ = read_split(split)
+    records[0].views[-1].write_bytes(b"")
+    cache = ClipCache(tmp_path / "cache")
+    for num_views, seed in ((None, 0), (2, 5)):
+        plain = MultiViewDataset(records, SPEC, num_views=num_views)
+        cached = MultiViewDataset(records, SPEC, num_views=num_views, decode=cache)
+        for index in range(4):
+            torch.manual_seed(seed + index)
+            expected = plain[index]
+            for _ in range(2):  # decoded and stored, then read from the cache
+                torch.manual_seed(seed + index)
+                sample = cached[index]
+                assert isinstance(sample["video"], ViewStack)
+                assert sample["video"].shape == expected["video"].shape
+                assert torch.equal(sample["video"].tensor(), expected["video"])
+                assert {k: v for k, v in sample.items() if k != "video"} == {
+                    k: v for k, v in expected.items() if k != "video"
+                }
+            assert all(isinstance(p, CachedView) for p in sample["video"].parts)

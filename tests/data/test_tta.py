@@ -239,8 +239,16 @@ def test_the_cache_holds_every_window(synthetic_root, tmp_path):
     entries = sorted(cache_dir.rglob("*.npy"))
     assert len(entries) == len(train) + 3 * len(valid)
     dm.setup("validate")
-    assert len(next(iter(dm.val_dataloader()))["video"][0]) == 3
+    cached = next(iter(dm.val_dataloader()))
+    assert len(cached["video"][0]) == 3
     assert sorted(cache_dir.rglob("*.npy")) == entries  # every window was there
+    # Read straight into the batch (the copy-once path), equal to decoding every window.
+    decoded = main([*args, "--data.cache_dir", "null"], run=False).datamodule
+    decoded.setup("validate")
+    plain = next(iter(decoded.val_dataloader()))
+    assert plain["action_id"] == cached["action_id"]
+    assert torch.equal(plain["view_mask"], cached["view_mask"])
+    assert torch.equal(plain["video"], cached["video"])
 
 
 @pytest.mark.parametrize(
