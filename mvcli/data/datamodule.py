@@ -159,6 +159,7 @@ class MVFoulDataModule(LightningDataModule):
         self.augmentation.resolved()  # bad values fail at start-up, not at the first batch
         self.hparams["augmentation"] = self.augmentation.to_dict()
         self.augmenter: BatchAugmenter | None = None
+        self._host_severity: torch.Tensor | None = None  # the batch in transfer's labels
         self.root = Path(root) if root is not None else None
         self.predict_root = Path(predict_root) if predict_root is not None else None
         self.spec = ClipSpec(
@@ -315,13 +316,18 @@ class MVFoulDataModule(LightningDataModule):
             return augmenter
         return None
 
+    def on_before_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+        # The labels as they are on the host, for the device augmentation's draws.
+        self._host_severity = batch.get("offence_severity") if isinstance(batch, dict) else None
+        return batch
+
     def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
         """Training batches are augmented here, on the device (``augmentation.gpu``)."""
         trainer = self.trainer
         augmenter = self.augmenter
         if augmenter is not None and augmenter.config.gpu and trainer is not None:
             if trainer.training:
-                return augmenter(batch)
+                return augmenter(batch, severity=self._host_severity)
         return batch
 
     def _dataset(

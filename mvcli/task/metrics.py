@@ -31,8 +31,11 @@ class BalancedAccuracy(Metric):
     def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
         if preds.ndim == target.ndim + 1:
             preds = preds.argmax(dim=-1)
-        self.support += torch.bincount(target, minlength=self.num_classes)
-        self.correct += torch.bincount(target[preds == target], minlength=self.num_classes)
+        # Scatter-adds, not bincount or a boolean selection: both make the host wait for the
+        # device (to size their output) at every update.
+        target = target.long()
+        self.support.index_add_(0, target, torch.ones_like(target))
+        self.correct.index_add_(0, target, (preds == target).long())
 
     def compute(self) -> torch.Tensor:
         present = self.support > 0
@@ -42,12 +45,19 @@ class BalancedAccuracy(Metric):
 
 
 def head_metrics(num_classes: int) -> MetricCollection:
-    """Accuracy and balanced accuracy for one head."""
+    """Accuracy and balanced accuracy for one head.
+
+    Without torchmetrics' input validation (``validate_args``: unique values and ranges
+    checked on the host at every update, a device read each; the targets come from the
+    annotations, checked when read) and without compute groups (the two share no state;
+    finding that out compares states on the host).
+    """
     return MetricCollection(
         {
-            "acc": MulticlassAccuracy(num_classes, average="micro"),
+            "acc": MulticlassAccuracy(num_classes, average="micro", validate_args=False),
             "bacc": BalancedAccuracy(num_classes),
-        }
+        },
+        compute_groups=False,
     )
 
 
