@@ -45,19 +45,12 @@ class BalancedAccuracy(Metric):
 
 
 def head_metrics(num_classes: int) -> MetricCollection:
-    """Accuracy and balanced accuracy for one head.
-
-    Without torchmetrics' input validation (``validate_args``: unique values and ranges
-    checked on the host at every update, a device read each; the targets come from the
-    annotations, checked when read) and without compute groups (the two share no state;
-    finding that out compares states on the host).
-    """
+    """Accuracy and balanced accuracy for one head."""
     return MetricCollection(
         {
-            "acc": MulticlassAccuracy(num_classes, average="micro", validate_args=False),
+            "acc": MulticlassAccuracy(num_classes, average="micro"),
             "bacc": BalancedAccuracy(num_classes),
-        },
-        compute_groups=False,
+        }
     )
 
 

@@ -315,6 +315,9 @@ def _measure(args, model, config, device, folder, flops, clock: CompileClock) ->
     out["train_clips_per_s"] = clips / train_s
     out["train_peak_gib"] = _peak_gib(device)
     out["finite_loss"] = bool(torch.isfinite(loss))
+    steps.optimizer = None  # inference's peak without the training state
+    module.zero_grad(set_to_none=True)
+    _free(device)
     module.eval()
     for _ in range(args.warmup):
         steps.infer()

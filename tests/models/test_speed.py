@@ -14,6 +14,7 @@ import yaml
 from torch import nn
 from torchvision.models.video.mvit import MSBlockConfig, MViT
 
+from mvcli.callbacks.oom import FAULT_ENV, OOMRecovery
 from mvcli.cli import main
 from mvcli.deploy.export import export_network, plain_network
 from mvcli.models.backbones import FineTuning, build_backbone
@@ -24,7 +25,7 @@ from mvcli.models.speed import (
     checkpoint_groups,
 )
 from mvcli.task.module import ClipInput, MVFoulModule
-from tests.conftest import CONFIGS, tiny_args
+from tests.conftest import CONF, CONFIGS, tiny_args
 
 NUM_CLASSES = {"offence_severity": 4, "action": 8}
 MEAN, STD = (0.45, 0.45, 0.45), (0.225, 0.225, 0.225)
@@ -295,6 +296,18 @@ def test_fit_with_freezing_and_checkpointing_resumes_without_them(synthetic_root
     assert resumed.trainer.current_epoch == 3
     assert resumed.model.network.checkpointed is None
     assert resumed.model.state_dict().keys() == model.state_dict().keys()
+
+
+def test_out_of_memory_splits_run_through_the_checkpointed_blocks(
+    synthetic_root, tmp_path, monkeypatch
+):
+    monkeypatch.setenv(FAULT_ENV, "2")  # batches of 4 actions split into 2 + 2
+    fit = main(["fit", "--config", str(CONFIGS / "demo.yaml"), "--config",
+                str(CONF / "oom_split.yaml"), *tiny_args(synthetic_root, tmp_path),
+                "--model.speed.checkpointing", "block"])  # fmt: skip
+    oom = next(c for c in fit.trainer.callbacks if isinstance(c, OOMRecovery))
+    assert oom.events == 1 and oom.micro_batch == 2
+    assert fit.trainer.global_step == 3
 
 
 def test_clip_index_picks_the_real_views_first_in_each_row():
