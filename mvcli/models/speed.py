@@ -52,7 +52,8 @@ class SpeedOptions:
             (freezing) or evaluation mode compiles again (see ``dynamic``). The Throughput
             callback logs the training time spent compiling as ``speed/compile_s`` and leaves
             it out of ``train/actions_per_s``. With ``checkpointing`` on a torchvision
-            backbone, each checkpointed block is compiled instead of the whole backbone.
+            backbone, training runs the compiled checkpointed forward (one graph, the
+            recomputed regions inside) and evaluation the compiled backbone.
         dynamic: torch.compile's ``dynamic``: null (automatic: the first shape change
             recompiles once with the changed sizes symbolic, which the clip count of
             training batches needs), true (symbolic sizes from the start: one compile),
@@ -208,7 +209,9 @@ class KeepStatistics:
         self.saved = []
 
 
-def _contexts(norms: list[nn.Module]) -> tuple:
+def _contexts(blocks: list[nn.Module]) -> tuple:
+    # The batch norms found when the group runs (SyncBatchNorm replaces them at a DDP setup).
+    norms = [m for block in blocks for m in block.modules() if _tracks_statistics(m)]
     return nullcontext(), KeepStatistics(norms)
 
 
@@ -232,18 +235,13 @@ class CheckpointedBackbone(nn.Module):
         super().__init__()
         self.plan = plan
         self.groups = groups
-        # Each group's batch norms tracking running statistics (see KeepStatistics).
-        self.norms = [
-            [m for block in group for m in block.modules() if _tracks_statistics(m)]
-            for group in groups
-        ]
 
     def forward(self, clips: torch.Tensor) -> torch.Tensor:
         state = self.plan.enter(self.plan.module, clips)
-        for group, norms in zip(self.groups, self.norms, strict=True):
+        for group in self.groups:
             options = {}
-            if norms and not torch.compiler.is_compiling():
-                options["context_fn"] = partial(_contexts, norms)
+            if not torch.compiler.is_compiling():  # see KeepStatistics
+                options["context_fn"] = partial(_contexts, group)
             run = partial(_run_blocks, group)
             state = checkpoint(run, *state, use_reentrant=False, **options)
         return self.plan.leave(self.plan.module, state)
