@@ -7,7 +7,7 @@ TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 DATA ?= data/synthetic
 RUNS ?= runs
 
-.PHONY: install test test-all lint format demo demo-shuffled demo-hard data bench balancing clean
+.PHONY: install test test-all lint format demo demo-shuffled demo-hard data bench bench-gpu balancing clean
 
 # Idempotent: a stamp file records that the install matches pyproject.toml.
 install: $(VENV)/.installed
@@ -50,6 +50,11 @@ demo-hard: install
 
 bench: install
 	$(PY) -m pytest -q -m bench tests/benchmarks -s
+
+# The speed options on a GPU (one H100: under 8 minutes) -> $(RUNS)/bench-gpu.json; without
+# CUDA it says so and exits 0 (tests/benchmarks/gpu_bench.py, docs/performance.md#gpu).
+bench-gpu: install
+	$(PY) -m tests.benchmarks.gpu_bench --out $(RUNS)/bench-gpu.json
 
 # Class balancing options vs the natural sampler at equal epochs (~15 min on 2 cores).
 balancing: install

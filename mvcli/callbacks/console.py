@@ -13,12 +13,33 @@ from lightning.pytorch.utilities.model_summary import get_human_readable_count
 class ProgressBar(RichProgressBar):
     """Rich progress bar showing the metrics only; the run's version is in its folder name.
 
-    Lightning's RichProgressBar always adds ``v_num``, which this subclass removes.
+    Lightning's RichProgressBar always adds ``v_num``, which this subclass removes, and reads
+    the logged values (the loss on the device) at every training batch, which makes the host
+    wait for the device each step: here the values shown are read every
+    ``trainer.log_every_n_steps`` batches (the loggers' interval) and at epoch ends; the bar
+    itself moves at every batch.
     """
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.shown: dict | None = None  # the metrics last read
+        self.read_now = True
+
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int
+    ) -> None:
+        self.read_now = (batch_idx + 1) % max(trainer.log_every_n_steps, 1) == 0
+        try:
+            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        finally:
+            self.read_now = True
+
     def get_metrics(self, trainer: Trainer, pl_module: LightningModule) -> dict:
+        if not self.read_now and self.shown is not None:
+            return self.shown
         items = super().get_metrics(trainer, pl_module)
         items.pop("v_num", None)
+        self.shown = items
         return items
 
 

@@ -387,6 +387,9 @@ class AdvancedFreezing(AdaptiveFreezing):
         self.importance: dict[int, float] = {}
         self.best_unfrozen: list[int] = []  # the unfrozen stages when ``best`` was reached
         self._probing = False
+        # (stage, RMS gradient) measured, still on the device: read when folded into
+        # ``importance`` (epoch end, a choice, a checkpoint), not at each probe batch.
+        self._probes: list[tuple[int, torch.Tensor]] = []
 
     # -- rollback ------------------------------------------------------------------------------
     def _checkpoint(self, trainer: Trainer) -> ModelCheckpoint:
@@ -445,6 +448,7 @@ class AdvancedFreezing(AdaptiveFreezing):
 
     # -- gradient importance -------------------------------------------------------------------
     def choose(self, trainer: Trainer, candidates: list[int]) -> int:
+        self._fold_probes()
         scores = torch.tensor([self.importance.get(i, -1.0) for i in candidates])
         scores = trainer.strategy.reduce(scores.to(trainer.strategy.root_device), reduce_op="mean")
         scores = scores.cpu()
@@ -468,18 +472,27 @@ class AdvancedFreezing(AdaptiveFreezing):
         if not self._probing:
             return
         self._probing = False
-        scale = _grad_scale(trainer)
+        scale = None
         for i in self.frozen_stages():
-            grads = [p.grad for p in self._params[i] if p.grad is not None]
+            grads = [p.grad.detach() for p in self._params[i] if p.grad is not None]
             if grads:
-                squares = sum(float(g.float().pow(2).sum()) for g in grads)
+                if scale is None:
+                    scale = _grad_scale(trainer, grads[0].device)
                 count = sum(g.numel() for g in grads)
-                value = math.sqrt(squares / count) / scale
-                if math.isfinite(value):
-                    old = self.importance.get(i)
-                    m = self.gradient_momentum
-                    self.importance[i] = value if old is None else m * old + (1 - m) * value
+                norm = torch.nn.utils.get_total_norm(grads).float()
+                self._probes.append((i, norm / math.sqrt(count) / scale))
         self._end_probe()
+
+    def _fold_probes(self) -> None:
+        """The measured RMS gradients, in order, into the importance EMA (non-finite ones
+        skipped)."""
+        probes, self._probes = self._probes, []
+        for i, measured in probes:
+            value = float(measured)
+            if math.isfinite(value):
+                old = self.importance.get(i)
+                m = self.gradient_momentum
+                self.importance[i] = value if old is None else m * old + (1 - m) * value
 
     def _end_probe(self) -> None:
         for i in self.frozen_stages():
@@ -492,9 +505,11 @@ class AdvancedFreezing(AdaptiveFreezing):
         if self._probing:  # the probe batch had no backward
             self._probing = False
             self._end_probe()
+        self._fold_probes()
         super().on_train_epoch_end(trainer, pl_module)
 
     def state_dict(self) -> dict[str, Any]:
+        self._fold_probes()
         return super().state_dict() | {
             "importance": dict(self.importance),
             "best_unfrozen": list(self.best_unfrozen),
@@ -511,6 +526,10 @@ def _broadcast(trainer: Trainer, value):
     return trainer.strategy.broadcast(value, src=0) if trainer.world_size > 1 else value
 
 
-def _grad_scale(trainer: Trainer) -> float:
+def _grad_scale(trainer: Trainer, device: torch.device) -> torch.Tensor | float:
+    """The fp16 loss scale the gradients carry (a device tensor: ``get_scale()`` would read
+    it on the host), or 1."""
     scaler = getattr(trainer.precision_plugin, "scaler", None)
-    return float(scaler.get_scale()) if scaler is not None and scaler.is_enabled() else 1.0
+    if scaler is None or not scaler.is_enabled():
+        return 1.0
+    return scaler.scale(torch.ones((), device=device))

@@ -1,11 +1,10 @@
-"""Gradient norms, total and per optimizer parameter group (Lightning's ``grad_norm``)."""
+"""Gradient norms, total and per optimizer parameter group."""
 
 from __future__ import annotations
 
 import torch
 from jsonargparse.typing import PositiveInt
 from lightning.pytorch import Callback, LightningModule, Trainer
-from lightning.pytorch.utilities import grad_norm
 from torch.optim import Optimizer
 
 
@@ -21,8 +20,10 @@ class GradientNorms(Callback):
         every_n_steps: optimizer steps between two logs.
         per_parameter: also log each parameter's norm (Lightning's ``grad_<p>_norm/<name>``).
 
-    Lightning's ``grad_norm`` (used here) gives per-parameter norms and the total only, not
-    one per optimizer parameter group, nor a period or a place outside the module.
+    The norms stay on the device (logged as tensors: Lightning reads them at its log
+    interval): Lightning's ``grad_norm`` gathers the per-parameter norms into a new tensor
+    through Python numbers, a device-to-host read per parameter, and gives no norm per
+    optimizer parameter group.
     """
 
     def __init__(
@@ -37,9 +38,9 @@ class GradientNorms(Callback):
     ) -> None:
         if trainer.global_step % self.every_n_steps != 0:
             return
-        # One norm per parameter, by Lightning; groups and total are norms of those norms.
-        per_param = grad_norm(pl_module, self.norm_type)
-        total = per_param.pop(f"grad_{self.norm_type}_norm_total", None)
+        # One norm per parameter; groups and total are norms of those norms.
+        per_param = _grad_norms(pl_module, self.norm_type)
+        total = self._combine(list(per_param.values())) if per_param else None
         names = {id(p): n for n, p in pl_module.named_parameters()}
         prefix = f"grad_{self.norm_type}_norm/"
         values = {}
@@ -60,3 +61,13 @@ class GradientNorms(Callback):
 
     def _combine(self, norms: list[torch.Tensor]) -> torch.Tensor:
         return torch.linalg.vector_norm(torch.stack(norms), self.norm_type)
+
+
+def _grad_norms(module: torch.nn.Module, norm_type: float) -> dict[str, torch.Tensor]:
+    """``grad_<p>_norm/<name>`` -> each parameter's gradient norm (Lightning's names), as
+    device tensors."""
+    return {
+        f"grad_{norm_type}_norm/{name}": torch.linalg.vector_norm(p.grad.detach(), norm_type)
+        for name, p in module.named_parameters()
+        if p.grad is not None
+    }

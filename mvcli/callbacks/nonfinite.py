@@ -4,6 +4,12 @@ The decision is reduced across processes (any rank's fault skips the step everyw
 DDP replicas never diverge. Skipped steps are counted (``train/nonfinite_steps``); past
 ``max_steps`` of them the run stops with a checkpoint, naming the action ids of the batches
 that caused them, instead of training on garbage.
+
+The decision is the one deliberate host-device synchronisation of a training step in mvcli:
+whether to call the optimizer is decided on the host, so the host reads one flag, computed on
+the device (losses and gradient norm checked together, reduced across processes there), once
+per optimizer step, as AMP's GradScaler does for fp16. Zeroing the update on the device
+instead would not skip it: AdamW's moments, step count and weight decay would still move.
 """
 
 from __future__ import annotations
@@ -68,13 +74,21 @@ class NonFiniteGuard(Callback):
     ) -> None:
         ids, self._batch_ids = self._batch_ids, []
         finite, self._losses_finite = self._losses_finite, None
-        local = self._is_nonfinite(trainer, finite, optimizer)
-        if not trainer.strategy.reduce_boolean_decision(local, all=False):
+        local = self._faults(trainer, finite, optimizer)
+        if trainer.world_size == 1:
+            if local is None:
+                return
+            faults = local
+        else:  # every process joins the reduction
+            if local is None:
+                local = torch.zeros((), dtype=torch.int32, device=pl_module.device)
+            faults = trainer.strategy.reduce(local, reduce_op="sum")
+        if not bool(faults):  # the one read: see the module docstring
             return
         # No gradient: the optimizer leaves every parameter (and its state) as it was.
         optimizer.zero_grad(set_to_none=True)
         self.skipped += 1
-        self.offending.extend(gather_lists(ids if local else [], trainer.world_size))
+        self.offending.extend(gather_lists(ids if bool(local) else [], trainer.world_size))
         if self.max_steps >= 0 and self.skipped > self.max_steps:
             self._stop = True
 
@@ -98,16 +112,23 @@ class NonFiniteGuard(Callback):
         )
 
     @staticmethod
-    def _is_nonfinite(trainer: Trainer, losses_finite: torch.Tensor | None, optimizer) -> bool:
-        if losses_finite is not None and not bool(losses_finite):
-            return True
-        if getattr(trainer.precision_plugin, "scaler", None) is not None:
-            return False  # fp16 loss scaling: inf gradients are the scaler's to skip
-        grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
-        if not grads:
-            return False
-        # A NaN/inf anywhere makes the total norm non-finite; foreach kernels, not one per tensor.
-        return not bool(torch.isfinite(torch.nn.utils.get_total_norm(grads)))
+    def _faults(
+        trainer: Trainer, losses_finite: torch.Tensor | None, optimizer
+    ) -> torch.Tensor | None:
+        """1 on the device if this process's step is faulty, else 0; None: nothing to check
+        (no loss and no gradient)."""
+        checks = [] if losses_finite is None else [losses_finite]
+        # fp16 loss scaling: inf gradients are the scaler's to skip.
+        if getattr(trainer.precision_plugin, "scaler", None) is None:
+            grads = [
+                p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None
+            ]
+            if grads:
+                # A NaN/inf anywhere makes the total norm non-finite; foreach kernels.
+                checks.append(torch.isfinite(torch.nn.utils.get_total_norm(grads)))
+        if not checks:
+            return None
+        return (~torch.stack(checks).all()).to(torch.int32)
 
 
 def _checkpoint_dir(trainer: Trainer) -> str:

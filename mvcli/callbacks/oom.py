@@ -184,7 +184,8 @@ class _Accumulator:
             scaled = self.scaler.scale(scaled)
         grads = torch.autograd.grad(scaled, self.params, allow_unused=True)
         if self.scaler is not None:
-            inv = 1.0 / self.scaler.get_scale()
+            # The scale as a device tensor (get_scale() would make the host wait for it).
+            inv = 1.0 / self.scaler.scale(torch.ones((), device=loss.device))
             grads = [g * inv if g is not None else None for g in grads]
         for i, g in enumerate(grads):
             if g is not None:

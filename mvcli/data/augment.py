@@ -242,13 +242,19 @@ class BatchAugmenter:
         p = self.params
         return any(p[k] > 0 for k in _PROBS) or (p["mix_prob"] > 0)
 
-    def __call__(self, batch: dict) -> dict:
+    def __call__(self, batch: dict, severity: torch.Tensor | None = None) -> dict:
+        """The augmented batch. ``severity``: its offence-severity labels on the host, for a
+        batch already on a device (the draws are made on the host: reading the batch's own
+        labels back would make the host wait for the device)."""
         video = batch.get("video")
         if video is None or not self.active:
             return batch
         b, v, c, t, h, w = video.shape
         mask = batch["view_mask"]
-        draw = _Draws(b, v, self.config.view_policy == "same", self._strength(batch, b))
+        strength = self._strength(
+            batch.get("offence_severity") if severity is None else severity, b
+        )
+        draw = _Draws(b, v, self.config.view_policy == "same", strength)
         x = self._temporal(video.reshape(b * v, c, t, h, w), draw)
         x = x.float().div_(255.0)
         x = self._spatial(x, draw)
@@ -262,8 +268,7 @@ class BatchAugmenter:
         batch["video"] = x * mask.view(b, v, 1, 1, 1, 1).to(x.device)  # padding stays zero
         return batch
 
-    def _strength(self, batch: dict, b: int) -> torch.Tensor:
-        labels = batch.get("offence_severity")
+    def _strength(self, labels: torch.Tensor | None, b: int) -> torch.Tensor:
         if labels is None or len(self.strength) == 1:
             return torch.ones(b)
         return self.strength[labels.cpu().clamp(max=len(self.strength) - 1)]
@@ -334,14 +339,15 @@ class BatchAugmenter:
         brightness, contrast, saturation = (
             factor(p[k]) for k in ("brightness", "contrast", "saturation")
         )
-        hue = (draw.share((torch.rand(n) * 2 - 1) * p["hue"] * s) * on).to(x.device)
+        hue = draw.share((torch.rand(n) * 2 - 1) * p["hue"] * s) * on  # on the host
         x = (x * brightness).clamp_(0, 1)
         gray = _grayscale(x)
         mean = gray.mean(dim=(-2, -1), keepdim=True)  # per frame, as torchvision's contrast
         x = (contrast * x + (1 - contrast) * mean).clamp_(0, 1)
         x = (saturation * x + (1 - saturation) * _grayscale(x)).clamp_(0, 1)
         if hue.any():
-            x = torch.einsum("nij,njthw->nithw", _hue_matrix(hue), x).clamp_(0, 1)
+            rotation = _hue_matrix(hue).to(x.device)
+            x = torch.einsum("nij,njthw->nithw", rotation, x).clamp_(0, 1)
         return x
 
     def _noise(self, x: torch.Tensor, draw: _Draws) -> torch.Tensor:
@@ -421,14 +427,12 @@ def _grayscale(x: torch.Tensor) -> torch.Tensor:
 
 
 def _hue_matrix(hue: torch.Tensor) -> torch.Tensor:
-    """(N,) rotations in turns -> (N, 3, 3) RGB matrices rotating the chroma plane of YIQ."""
-    to_yiq = torch.tensor(
-        [[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]],
-        device=hue.device,
-    )
+    """(N,) rotations in turns -> (N, 3, 3) RGB matrices rotating the chroma plane of YIQ
+    (computed where ``hue`` is: the host, as the other draws)."""
+    to_yiq = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
     angle = hue * 2 * math.pi
     cos, sin = angle.cos(), angle.sin()
-    rot = torch.zeros(len(hue), 3, 3, device=hue.device)
+    rot = torch.zeros(len(hue), 3, 3)
     rot[:, 0, 0] = 1
     rot[:, 1, 1], rot[:, 1, 2] = cos, -sin
     rot[:, 2, 1], rot[:, 2, 2] = sin, cos

@@ -196,6 +196,7 @@ class MVFoulDataModule(LightningDataModule):
         self.augmentation.resolved()  # bad values fail at start-up, not at the first batch
         self.hparams["augmentation"] = self.augmentation.to_dict()
         self.augmenter: BatchAugmenter | None = None
+        self._host_severity: torch.Tensor | None = None  # the batch in transfer's labels
         self.root = Path(root) if root is not None else None
         self.predict_root = Path(predict_root) if predict_root is not None else None
         self.spec = ClipSpec(
@@ -430,6 +431,11 @@ class MVFoulDataModule(LightningDataModule):
             return augmenter
         return None
 
+    def on_before_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+        # The labels as they are on the host, for the device augmentation's draws.
+        self._host_severity = batch.get("offence_severity") if isinstance(batch, dict) else None
+        return batch
+
     def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
         """Training batches are augmented here, on the device (``augmentation.gpu``);
         evaluation batches get their flipped copies here (``tta.flip``)."""
@@ -439,7 +445,7 @@ class MVFoulDataModule(LightningDataModule):
         augmenter = self.augmenter
         if trainer.training:
             if augmenter is not None and augmenter.config.gpu:
-                return augmenter(batch)
+                return augmenter(batch, severity=self._host_severity)
             return batch
         if self.tta.flip and isinstance(batch, dict) and batch.get("video") is not None:
             batch["video"] = with_flipped_copies(batch["video"])

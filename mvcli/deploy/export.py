@@ -9,6 +9,7 @@ skips them, as the parity check verifies).
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -48,6 +49,21 @@ class ExportableNetwork(nn.Module):
         return tuple(head(pooled) for head in net.heads.values())
 
 
+def plain_network(network: MultiViewNetwork) -> MultiViewNetwork:
+    """The network as exported: a copy without ``model.speed``'s effects on how it runs.
+
+    A deep copy is eager (PyTorch drops a module's compiled call when copying it), its 3D
+    convolution weights are put back in the default contiguous layout (what other runtimes
+    expect), and in eval mode it never takes the checkpointed training path. The weights and
+    their names are the network's.
+    """
+    plain = copy.deepcopy(network).eval()
+    for module in plain.modules():
+        if isinstance(module, nn.Conv3d):
+            module.to(memory_format=torch.contiguous_format)
+    return plain
+
+
 def example_inputs(
     frames: int, height: int, width: int, batch: int = 2, views: int = 3, seed: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -82,7 +98,7 @@ def export_network(
     """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    model = ExportableNetwork(network.eval()).eval()
+    model = ExportableNetwork(plain_network(network)).eval()
     size = {"frames": frames, "height": height, "width": width}
     manifest = {
         "mvcli_version": __version__,

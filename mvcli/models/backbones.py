@@ -110,9 +110,9 @@ class FineTuning:
             ones); None: the model's own default (torchvision: MViT 0.2, Swin3D-T 0.1,
             Swin3D-S 0.2; Hugging Face: its config's, 0 for VideoMAE).
         gradient_checkpointing: recompute block activations in the backward pass (less
-            memory, ~30% more compute): the model's own switch (Hugging Face's
-            ``gradient_checkpointing_enable()``); torchvision's models have none, so it is
-            refused for them.
+            memory, ~30% more compute): the same as ``model.speed.checkpointing: block``
+            (:class:`mvcli.models.speed.SpeedOptions`, which also offers ``stage`` and works
+            for every backbone).
         block_stages: use the blocks as the stages (for freezing, e.g. train the last 3
             blocks) without layer decay; always so for Hugging Face backbones.
     """
@@ -170,7 +170,7 @@ class TinyVideoNet(nn.Module):
         return self.pool(self.layer2(self.layer1(self.stem(x)))).flatten(1)
 
 
-class _FeaturesThenPool(nn.Module):
+class FeaturesThenPool(nn.Module):
     """S3D without its fixed-size classifier pooling, so any input large enough works."""
 
     def __init__(self, features: nn.Module) -> None:
@@ -197,7 +197,7 @@ def _video_resnet(name: str, **kwargs) -> Backbone:
 def _s3d(name: str, **kwargs) -> Backbone:
     f = get_model(name).features
     stages = [f[0:2], f[2:5], f[5:8], f[8:14], f[14:16]]
-    return Backbone(name, _FeaturesThenPool(f), 1024, stages)
+    return Backbone(name, FeaturesThenPool(f), 1024, stages)
 
 
 def _mvit(name: str, **kwargs) -> Backbone:
@@ -284,6 +284,7 @@ def build_backbone(
     width: int,
     pretrained: str | None = None,
     finetune: FineTuning | None = None,
+    checkpointing: bool = False,
 ) -> Backbone:
     """Build ``name`` for clips of ``frames`` x ``height`` x ``width``, checking they fit.
 
@@ -297,6 +298,9 @@ def build_backbone(
             (torchvision's default weights, through its weights API: downloaded once into the
             torch hub cache, checksum verified) or a path to a weights file.
         finetune: transformer fine-tuning knobs (:class:`FineTuning`).
+        checkpointing: activation checkpointing is on (``model.speed.checkpointing``): a
+            Hugging Face model's own switch is turned on here; torchvision backbones are
+            checkpointed by the network (:mod:`mvcli.models.speed`).
     """
     finetune = FineTuning.of(finetune)
     if is_hf(name):
@@ -305,7 +309,9 @@ def build_backbone(
         # The config is read (and the input checked) before the weights.
         limits = InputConstraints(**hf.constraints(name))
         limits.check(name, frames, height, width)
-        backbone = Backbone(name, constraints=limits, **hf.build_hf_backbone(name, finetune))
+        checkpointing = checkpointing or finetune.gradient_checkpointing
+        built = hf.build_hf_backbone(name, finetune, checkpointing)
+        backbone = Backbone(name, constraints=limits, **built)
         if pretrained is not None:
             load_weights(backbone, _weights_path(pretrained))
         return backbone
@@ -321,11 +327,6 @@ def build_backbone(
         raise ValueError(
             f"model.finetune applies to transformer backbones ({', '.join(TRANSFORMERS)}, "
             f"hf:...); {name!r} is not one"
-        )
-    if finetune.gradient_checkpointing:
-        raise ValueError(
-            f"model.finetune.gradient_checkpointing: torchvision's {name} has no gradient "
-            "checkpointing switch (Hugging Face backbones, hf:..., have one)"
         )
     kwargs = {}
     if finetune.drop_path is not None:

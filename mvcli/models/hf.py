@@ -249,10 +249,11 @@ def _processor_class(model_type: str):
     return getattr(transformers, names, None) if isinstance(names, str) else None
 
 
-def build_hf_backbone(name: str, finetune) -> dict:
+def build_hf_backbone(name: str, finetune, checkpointing: bool = False) -> dict:
     """Load ``name`` (``hf:<id or folder>``; its input already checked against
-    :func:`constraints`) with ``finetune`` (a ``FineTuning``) applied: the fields of its
-    :class:`mvcli.models.backbones.Backbone` (module, feature_dim, stages, stage_names)."""
+    :func:`constraints`) with ``finetune`` (a ``FineTuning``) applied and, with
+    ``checkpointing``, the model's own per-layer activation checkpointing on: the fields of
+    its :class:`mvcli.models.backbones.Backbone` (module, feature_dim, stages, stage_names)."""
     transformers = _transformers()
     ref = model_ref(name)
     config = load_config(name)
@@ -265,7 +266,7 @@ def build_hf_backbone(name: str, finetune) -> dict:
         model.register_module("predictor", None)  # V-JEPA 2 pre-training only: never used here
     if finetune.drop_path and not family.native_drop_path:
         add_drop_path(family.blocks(model), finetune.drop_path)
-    if finetune.gradient_checkpointing:
+    if checkpointing:
         if not getattr(model, "supports_gradient_checkpointing", False):
             raise ValueError(f"{name}: this model has no gradient checkpointing")
         # Newer transformers renamed the switch (the old name warns).

@@ -31,8 +31,11 @@ class BalancedAccuracy(Metric):
     def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
         if preds.ndim == target.ndim + 1:
             preds = preds.argmax(dim=-1)
-        self.support += torch.bincount(target, minlength=self.num_classes)
-        self.correct += torch.bincount(target[preds == target], minlength=self.num_classes)
+        # Scatter-adds, not bincount or a boolean selection: both make the host wait for the
+        # device (to size their output) at every update.
+        target = target.long()
+        self.support.index_add_(0, target, torch.ones_like(target))
+        self.correct.index_add_(0, target, (preds == target).long())
 
     def compute(self) -> torch.Tensor:
         present = self.support > 0

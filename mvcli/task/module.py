@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Literal, Protocol
 
 import torch
@@ -24,6 +24,7 @@ from mvcli.data.video import ClipSpec
 from mvcli.models.backbones import AnyBackbone, FineTuning, build_backbone, normalization
 from mvcli.models.network import MultiViewNetwork
 from mvcli.models.pooling import PoolingName
+from mvcli.models.speed import SpeedOptions
 from mvcli.task.losses import (
     LossConfig,
     MultiTaskLoss,
@@ -93,6 +94,7 @@ class ClipInput:
 
 # frozen: safe as shared defaults
 DEFAULT_LOSS, DEFAULT_CLIP, DEFAULT_FINETUNE = LossConfig(), ClipInput(), FineTuning()
+DEFAULT_SPEED = SpeedOptions()
 
 
 class MVFoulModule(LightningModule):
@@ -139,6 +141,11 @@ class MVFoulModule(LightningModule):
         finetune: transformer fine-tuning knobs (``--model.finetune.layer_decay``,
             ``drop_path``, ``gradient_checkpointing``, ``block_stages``:
             :class:`mvcli.models.backbones.FineTuning`).
+        speed: how the network runs, never what it computes: ``--model.speed.compile``
+            (torch.compile mode), ``memory_format`` (``channels_last_3d``),
+            ``checkpointing`` (activation checkpointing per ``stage`` or ``block``):
+            :class:`mvcli.models.speed.SpeedOptions`. Not carried over from a checkpoint
+            into later runs (a property of the machine, not of the model).
     """
 
     def __init__(
@@ -156,6 +163,7 @@ class MVFoulModule(LightningModule):
         num_classes: dict[str, int] | None = None,
         clip: ClipInput = DEFAULT_CLIP,
         finetune: FineTuning = DEFAULT_FINETUNE,
+        speed: SpeedOptions = DEFAULT_SPEED,
     ) -> None:
         super().__init__()
         # The sections go into hparams as plain dicts (checkpoints load with weights_only,
@@ -164,7 +172,8 @@ class MVFoulModule(LightningModule):
         clip_input = ClipInput(**clip) if isinstance(clip, Mapping) else clip
         self.finetune = FineTuning.of(finetune)
         loss, clip = self.loss_config.to_dict(), asdict(clip_input)
-        finetune = asdict(self.finetune)
+        self.speed = _speed(SpeedOptions.of(speed), self.finetune)
+        finetune, speed = asdict(self.finetune), self.speed.to_dict()
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
         self.optimizer = optimizer
         self.lr_scheduler = lr_scheduler
@@ -182,9 +191,17 @@ class MVFoulModule(LightningModule):
         std = tuple(clip.std) if clip.std is not None else default_std
         self.hparams.clip = asdict(clip) | {"mean": mean, "std": std}
         spec = build_backbone(
-            backbone, clip.num_frames, clip.height, clip.width, pretrained, self.finetune
+            backbone,
+            clip.num_frames,
+            clip.height,
+            clip.width,
+            pretrained,
+            self.finetune,
+            checkpointing=self.speed.checkpointing != "off",
         )
-        self.network = MultiViewNetwork(spec, pooling, num_classes, mean, std, head_dropout)
+        self.network = MultiViewNetwork(
+            spec, pooling, num_classes, mean, std, head_dropout, self.speed
+        )
         self.backbone_stages = spec.stages
         self.backbone_stage_names = spec.stage_names or _stage_names(
             self.network.backbone, spec.stages
@@ -206,7 +223,10 @@ class MVFoulModule(LightningModule):
         # Damage counts as torchmetrics, so they are summed across processes with the metrics.
         self.damage = nn.ModuleDict(
             {
-                f"{stage}_damage": nn.ModuleDict({name: SumMetric() for name in names})
+                # Counts are never NaN: no NaN check (a device-to-host read per update).
+                f"{stage}_damage": nn.ModuleDict(
+                    {name: SumMetric(nan_strategy="disable") for name in names}
+                )
                 for stage, names in _DAMAGE_COUNTS.items()
             }
         )
@@ -230,18 +250,23 @@ class MVFoulModule(LightningModule):
         # read (and reset) by mvcli.callbacks.metrics_writer.MetricsWriter; synced under DDP.
         self.test_predictions = ActionPredictions(self.heads)
 
-    def forward(self, video: torch.Tensor, view_mask: torch.Tensor) -> dict[str, torch.Tensor]:
-        return self.network(video, view_mask)
+    def forward(
+        self, video: torch.Tensor, view_mask: torch.Tensor, num_views: list[int] | None = None
+    ) -> dict[str, torch.Tensor]:
+        return self.network(video, view_mask, num_views)
 
-    def batch_logits(self, batch: dict) -> dict[str, torch.Tensor]:
+    def batch_logits(
+        self, batch: dict, num_views: list[int] | None = None
+    ) -> dict[str, torch.Tensor]:
         """The scores of a batch per head: the logits, or for a test-time augmented video
         ``(B, A, V, C, T, H, W)`` the log of the copies' averaged softmax probabilities
         (:func:`mvcli.data.tta.average_copies`), one forward pass per copy (the memory of
         an unaugmented batch). Their cross-entropy, the evaluation loss, is then the
-        negative log-likelihood of the averaged probabilities."""
+        negative log-likelihood of the averaged probabilities. ``num_views``: each action's
+        real views, when known on the host (training: see :meth:`forward`)."""
         video, mask = batch["video"], batch["view_mask"]
         if video.dim() == 6:
-            return self(video, mask)
+            return self(video, mask, num_views)
         copies = video.unbind(COPIES_DIM)
         return average_copies([self(copy, mask) for copy in copies])
 
@@ -250,7 +275,8 @@ class MVFoulModule(LightningModule):
         self._count_damage(batch, stage)
         if batch["video"] is None:
             return None  # every action of the batch was unreadable; already warned about
-        logits = self.batch_logits(batch)
+        num_views = _num_views(batch) if stage == "train" else None
+        logits = self.batch_logits(batch, num_views)
         loss, parts = self.criterion(logits, batch)
         size = len(batch["action_id"])
         self._log_loss(stage, "loss", loss, size, prog_bar=True)
@@ -500,6 +526,22 @@ class MVFoulModule(LightningModule):
                 )
             config |= {"monitor": "val/leaderboard", "reduce_on_plateau": True}
         return {"optimizer": optimizer, "lr_scheduler": config}
+
+
+def _speed(speed: SpeedOptions, finetune: FineTuning) -> SpeedOptions:
+    """``model.finetune.gradient_checkpointing`` is ``model.speed.checkpointing: block``."""
+    if finetune.gradient_checkpointing and speed.checkpointing == "off":
+        return replace(speed, checkpointing="block")
+    return speed
+
+
+def _num_views(batch: dict) -> list[int] | None:
+    """Each action's count of real views, from the host-side view names (``collate_views``
+    puts them first in the mask): the network then needs no device-to-host copy."""
+    views = batch.get("views")
+    if views is None or len(views) != len(batch["view_mask"]):
+        return None
+    return [len(v) for v in views]
 
 
 def _view_count(skipped: list[dict]) -> int:

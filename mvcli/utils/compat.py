@@ -33,6 +33,7 @@ What cannot move here, because it is a method mvcli overrides or a formatter's i
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
@@ -207,6 +208,47 @@ def storage_use_count(tensor: torch.Tensor) -> int:
     back to the buffer's own references.
     """
     return torch._C._storage_Use_Count(tensor.untyped_storage()._cdata)
+
+
+# -- torch.compile ----------------------------------------------------------------------------
+class CompileClock:
+    """Host seconds spent compiling (``torch.compile``: Dynamo tracing and the backend's code
+    generation, backward graphs compiled lazily included) while started.
+
+    torch has no public compile-time API; Dynamo calls the start and end callbacks of its
+    ``callback_handler`` around every compilation (nested ones once), which are registered
+    here. ``seconds`` is the running total since :meth:`start`.
+    """
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self._began: float | None = None
+        self._handler: Any = None
+
+    def start(self) -> None:
+        if self._handler is not None:
+            return
+        from torch._dynamo.callback import callback_handler
+
+        self._handler = callback_handler
+        callback_handler.register_start_callback(self._on_start)
+        callback_handler.register_end_callback(self._on_end)
+
+    def stop(self) -> None:
+        if self._handler is None:
+            return
+        self._handler.remove_start_callback(self._on_start)
+        self._handler.remove_end_callback(self._on_end)
+        self._handler = None
+        self._began = None
+
+    def _on_start(self, args: Any) -> None:
+        self._began = time.perf_counter()
+
+    def _on_end(self, args: Any) -> None:
+        if self._began is not None:
+            self.seconds += time.perf_counter() - self._began
+            self._began = None
 
 
 # -- jsonargparse -----------------------------------------------------------------------------

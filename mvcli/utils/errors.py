@@ -19,8 +19,9 @@ DEBUG_ENV = "MVCLI_DEBUG"
 # What lowers the memory one training action needs (out-of-memory messages).
 SETTINGS_HINT = (
     "data.frames_per_clip, data.img_height/data.img_width, data.num_views, "
-    "trainer.precision (16-mixed or bf16-mixed), a smaller model.backbone, or "
-    "a freezing strategy, e.g. --freezing FixedFreezing (frozen stages keep no gradients)"
+    "trainer.precision (16-mixed or bf16-mixed), model.speed.checkpointing stage, a smaller "
+    "model.backbone, or a freezing strategy, e.g. --freezing FixedFreezing (frozen stages "
+    "keep no gradients)"
 )
 
 

@@ -1,7 +1,7 @@
 """Hugging Face backbones on the CPU: forward + backward time per clip of the tiny random
 configs (tests/models/test_hf.py) against torchvision-built backbones of similar size, at
-the same 4x32x32 clips (one thread, medians of repeats). Real sizes on a GPU:
-``python -m tests.benchmarks.gpu_bench --backbone random:videomae --width 224 ...``."""
+the same 4x32x32 clips (one thread, medians of repeats). Real sizes on a GPU: ``make
+bench-gpu`` (a VideoMAE-B among its backbones)."""
 
 from __future__ import annotations
 

@@ -51,7 +51,7 @@ def _groups(cli) -> set[str]:
 # Wall-clock measures differ between any two runs: history.json's times and the Throughput
 # callback's logged epoch values (mvcli.callbacks.throughput); every other value must match.
 TIMING = {"epoch_time_s", "train_time_s", "peak_memory_mb", "train/actions_per_s",
-          "train/views_per_s", "train/data_wait_fraction"}  # fmt: skip
+          "train/views_per_s", "train/data_wait_fraction", "speed/compile_s"}  # fmt: skip
 
 
 def _args(runs: Path, root: Path, *extra: str, batches: int = 3) -> list[str]:

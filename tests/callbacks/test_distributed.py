@@ -85,7 +85,12 @@ def ddp_runs(clean_root, tmp_path_factory):
     """fit (1 epoch) + validate + test + predict on 2 processes; the same but fit on 1."""
     base = tmp_path_factory.mktemp("ddp")
     started = time.perf_counter()
-    fit_logs = run_two_nodes(["fit", *TWO_NODES, *tiny_args(clean_root, base / "fit")], base)
+    # The fit with speed options too (checkpointed blocks under DDP; they change no weight).
+    speed = ["--model.speed.checkpointing", "block", "--model.speed.memory_format",
+             "channels_last_3d"]  # fmt: skip
+    fit_logs = run_two_nodes(
+        ["fit", *TWO_NODES, *tiny_args(clean_root, base / "fit"), *speed], base
+    )
     ckpt = base / "fit/demo/version_0/checkpoints/last.ckpt"
     evaluate = ["--ckpt_path", str(ckpt)]
     run_two_nodes(

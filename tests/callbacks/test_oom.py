@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
-from mvcli.callbacks.oom import FAULT_ENV, OOMRecovery, OutOfMemoryStop, _slice
+from mvcli.callbacks.oom import FAULT_ENV, OOMRecovery, OutOfMemoryStop, _Accumulator, _slice
 from mvcli.cli import main
 from tests.callbacks.conftest import _max_diff
 from tests.conftest import CONF, CONFIGS, tiny_args, without_batch_norm
@@ -60,6 +62,22 @@ def test_one_action_that_does_not_fit_saves_and_stops(synthetic_root, tmp_path, 
 def test_injection_without_recovery_fails_like_a_real_oom(synthetic_root, tmp_path, monkeypatch):
     with pytest.raises(torch.OutOfMemoryError):
         _fit(synthetic_root, tmp_path, monkeypatch, 2, "--oom_recovery.enabled", "false")
+
+
+def test_fp16_scaled_micro_batch_gradients_come_back_unscaled_on_the_device():
+    """Under a GradScaler the micro-batch gradients are unscaled by the scale as a tensor
+    (reading it with get_scale() would make the host wait for the device at every step)."""
+    layer = torch.nn.Linear(3, 1)
+    x = torch.randn(4, 3)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    trainer = SimpleNamespace(precision_plugin=SimpleNamespace(scaler=scaler))
+    acc = _Accumulator(list(layer.parameters()), trainer)
+    for part in (x[:2], x[2:]):
+        acc.add(layer(part).pow(2).mean(), 0.5)
+    expected = torch.autograd.grad(layer(x).pow(2).mean(), list(layer.parameters()))
+    for grad, want in zip(acc.grads, expected, strict=True):
+        torch.testing.assert_close(grad, want)
+    assert scaler.get_scale() == 1024.0
 
 
 def test_slice_keeps_per_action_entries_and_counts():

@@ -60,7 +60,7 @@ COPY_LOGITS = {
 class CopyLogits(nn.Module):
     """A network whose logits are COPY_LOGITS of the copy it is given (told by its pixels)."""
 
-    def forward(self, video: torch.Tensor, view_mask: torch.Tensor) -> dict:
+    def forward(self, video: torch.Tensor, view_mask: torch.Tensor, num_views=None) -> dict:
         copy = int(video[0, 0, 0, 0, 0, 0])
         return {h: torch.tensor(v) for h, v in COPY_LOGITS[copy].items()}
 

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from lightning.fabric.utilities.apply_func import apply_to_collection
 from lightning.pytorch import Callback
+from torchmetrics import Metric
 
 from mvcli.cli import main
 from mvcli.data.annotations import read_split
@@ -16,6 +18,7 @@ from mvcli.deploy.scoring import score
 from mvcli.task.module import ClipInput, MVFoulModule
 from tests.conftest import CONFIGS, tiny_args
 from tests.evaluator import official_evaluate
+from tests.syncs import SyncCounter
 
 PAIRS = {
     "acc_offence_severity": "accuracy_offence_severity",
@@ -128,3 +131,57 @@ def test_fit_replaces_unreadable_training_actions(synthetic_root, tmp_path):
     # Every batch full (no action dropped), every step a loss (never None).
     assert sum(served) == len(fit.datamodule.datasets["train"])
     assert outputs and all(out is not None for out in outputs)
+
+
+# -- host-device synchronisation ----------------------------------------------------------------
+# The one read of a device value per optimizer step that mvcli makes on purpose: NonFiniteGuard
+# deciding whether the optimizer steps (mvcli/callbacks/nonfinite.py's docstring).
+DELIBERATE = "mvcli/callbacks/nonfinite.py"
+
+
+def test_training_steps_make_the_host_wait_once_per_optimizer_step(
+    synthetic_root, tmp_path, monkeypatch
+):
+    """A fit through the CLI with every per-step path of mvcli on (device augmentation with
+    mixing, noise and hue, OOM recovery's step runner, gradient-guided freezing probes,
+    gradient norms at every step, the progress bar): mvcli's code reads no device value in a
+    training step but the NonFiniteGuard's decision; Lightning reads none either between log
+    intervals (its progress bar reads through mvcli's ProgressBar at the log interval)."""
+    counter = SyncCounter()
+    transfer = MVFoulModule.transfer_batch_to_device
+
+    def transfer_and_mark(self, batch, device, dataloader_idx):
+        training = self.trainer.training and not self.trainer.sanity_checking
+        if training:  # a transfer to a device makes new tensors; on the CPU .to() does not
+            batch = apply_to_collection(batch, torch.Tensor, torch.clone)
+        batch = transfer(self, batch, device, dataloader_idx)
+        if training:
+            metrics = [m.metric_state for m in self.modules() if isinstance(m, Metric)]
+            counter.mark(batch, list(self.parameters()), list(self.buffers()), metrics)
+            counter.step += 1
+            counter.in_step = True
+        return batch
+
+    def step_done(self, outputs, batch, batch_idx):
+        counter.in_step = False
+
+    monkeypatch.setattr(MVFoulModule, "transfer_batch_to_device", transfer_and_mark)
+    monkeypatch.setattr(MVFoulModule, "on_train_batch_end", step_done, raising=False)
+    args = ["fit", "--config", str(CONFIGS / "demo.yaml"), *tiny_args(synthetic_root, tmp_path),
+            "--trainer.max_epochs", "2", "--trainer.limit_train_batches", "3",
+            "--trainer.limit_val_batches", "1", "--trainer.log_every_n_steps", "100",
+            "--data.augmentation.preset", "aggressive", "--augmentation_preview", "null",
+            "--oom_recovery.enabled", "true",
+            "--freezing", "mvcli.callbacks.freezing.AdvancedFreezing",
+            "--freezing.probe_batches", "2",
+            "--trainer.callbacks+=mvcli.callbacks.grad_norms.GradientNorms",
+            "--trainer.callbacks.every_n_steps", "1"]  # fmt: skip
+    with counter:
+        fit = main(args)
+    steps = counter.step + 1
+    assert steps == 6 and fit.trainer.global_step == 6
+    found = counter.summary()
+    deliberate = {k: n for k, n in found.items() if k[0] == "mvcli" and DELIBERATE in k[1]}
+    others = {k: n for k, n in found.items() if k not in deliberate}
+    assert not others, others
+    assert sum(deliberate.values()) == fit.trainer.global_step  # one per optimizer step
