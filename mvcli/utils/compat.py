@@ -225,6 +225,12 @@ class CompileClock:
         self._began: float | None = None
         self._handler: Any = None
 
+    def __getstate__(self) -> dict:
+        # A copy (a deepcopy of the model for EMA reaches the callbacks through jsonargparse's
+        # instantiators) is a stopped clock: Dynamo's handler holds a lock, and callbacks
+        # registered by the copy would never be removed.
+        return {"seconds": self.seconds, "_began": None, "_handler": None}
+
     def start(self) -> None:
         if self._handler is not None:
             return

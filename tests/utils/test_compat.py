@@ -15,6 +15,7 @@ gives).
 from __future__ import annotations
 
 import ast
+import copy
 import importlib
 import inspect
 from pathlib import Path
@@ -22,6 +23,7 @@ from pathlib import Path
 import pytest
 
 import mvcli
+from mvcli.utils import compat
 
 PACKAGE = Path(mvcli.__file__).parent
 COMPAT = "utils/compat.py"
@@ -204,3 +206,18 @@ def test_inherited_private_found() -> None:
     )
     found = inherited_private_uses("mvcli.callbacks.tuning", ast.parse(code))
     assert {name for _, name, _ in found} == {"_update_attr", "_early_exit"}
+
+
+def test_a_started_compile_clock_copies_as_a_stopped_one():
+    """EMA deep-copies the model, which reaches the Throughput callback's clock through
+    jsonargparse's instantiators: the copy must not carry Dynamo's handler (it holds a lock)."""
+    clock = compat.CompileClock()
+    clock.start()
+    try:
+        clock.seconds = 1.5
+        twin = copy.deepcopy(clock)
+    finally:
+        clock.stop()
+    assert twin.seconds == 1.5
+    assert twin.__getstate__()["_handler"] is None
+    twin.stop()  # a stopped clock: nothing to remove
