@@ -5,6 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 DATA ?= data/synthetic
+DATA_HARD ?= data/synthetic-hard
 RUNS ?= runs
 
 .PHONY: install test test-all lint format demo demo-shuffled demo-hard data bench bench-gpu balancing clean
@@ -37,15 +38,17 @@ format: install
 data: install
 	test -f $(DATA)/Test/annotations.json || $(PY) -m mvcli.data.synthetic --root $(DATA)
 
-demo: install data
+# The demos write their dataset when it is absent, in the same process as the run.
+demo: install
 	$(PY) -m mvcli.tools.demo --data_root $(DATA) --runs $(RUNS)
 
-demo-shuffled: install data
+demo-shuffled: install
 	$(PY) -m mvcli.tools.demo --data_root $(DATA) --runs $(RUNS) --shuffle_labels true
 
-# The demo on the real class frequencies (red cards ~2%) and annotation quirks, balanced.
+# The demo on the real class frequencies (red cards ~2%; every class in Test) and annotation
+# quirks, balanced.
 demo-hard: install
-	$(PY) -m mvcli.tools.demo --data_root data/synthetic-hard --runs $(RUNS) --name demo-hard \
+	$(PY) -m mvcli.tools.demo --data_root $(DATA_HARD) --runs $(RUNS) --name demo-hard \
 		--imbalance real --quirks true --overlay configs/demo_hard.yaml
 
 bench: install

@@ -45,6 +45,13 @@ SPLITS: dict[str, str] = {"Train": "train", "Valid": "valid", "Test": "test", "C
 # Roughly the label distribution of the real MVFoul train split.
 REAL_OFFENCE_SEVERITY_P = [0.13, 0.58, 0.27, 0.02]
 REAL_ACTION_P = [0.15, 0.43, 0.04, 0.12, 0.04, 0.06, 0.13, 0.03]
+# Class counts of the real Test split (251 actions), class index order. With imbalance="real"
+# the synthetic Test split holds exactly these, scaled, with at least REAL_TEST_MIN_COUNT of
+# each class: drawn at 2 % a 48-action Test split often has no red card, and the official
+# evaluator's balanced accuracy of an absent class is NaN.
+REAL_TEST_OFFENCE_SEVERITY = [21, 157, 68, 5]
+REAL_TEST_ACTION = [43, 107, 6, 28, 5, 11, 46, 5]
+REAL_TEST_MIN_COUNT = 3
 
 # Actions appended to every labelled split when quirks=True: name -> label fields overriding
 # the drawn ones. "missing_clip" keeps valid labels but lists a clip that is not on disk.
@@ -130,7 +137,9 @@ def write_synthetic_dataset(
         fps: Frame rate of the clips.
         min_views: Fewest views (clips) per action.
         max_views: Most views (clips) per action.
-        imbalance: "none" for balanced classes, "real" for roughly the real train distribution.
+        imbalance: "none" for balanced classes; "real": Train and Valid drawn from roughly
+            the real Train split's distribution, Test with exactly the real Test split's
+            class counts scaled (``scaled_counts``), at least 3 of each class from 24 actions.
         shuffle_labels: Render from the true labels, then permute the written labels across
             the actions of each split, so no signal links pixels and labels.
         quirks: Append actions that exercise the official skip rules ('Dont know', '',
@@ -262,6 +271,61 @@ def draw_labels(
     return off, act
 
 
+def real_test_labels(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(offence_severity, action) class indices for n Test actions: the real Test split's
+    class counts scaled to n (``scaled_counts``), paired at random.
+
+    Both heads' histograms are exact; the pairing is a seeded shuffle of each head's labels,
+    then Dives get their no-card severities by swaps, which keep both histograms.
+
+    Args:
+        n: Number of actions.
+        rng: Random generator.
+
+    Returns:
+        Two int arrays of length n.
+    """
+    off_counts = scaled_counts(n, REAL_TEST_OFFENCE_SEVERITY, REAL_TEST_MIN_COUNT)
+    act_counts = scaled_counts(n, REAL_TEST_ACTION, REAL_TEST_MIN_COUNT)
+    off = rng.permutation(np.repeat(np.arange(4), off_counts))
+    act = rng.permutation(np.repeat(np.arange(8), act_counts))
+    _dives_without_card(off, act)
+    return off, act
+
+
+def scaled_counts(n: int, counts: Sequence[int], minimum: int) -> np.ndarray:
+    """Split n items among classes in proportion to ``counts``, each getting at least
+    ``minimum`` (``n // len(counts)`` when n is too small for that).
+
+    The classes whose share falls below the minimum get the minimum; the rest share what is
+    left in proportion to their counts, rounded by largest remainder (ties: larger count).
+
+    Args:
+        n: Items to split.
+        counts: Reference count of each class (positive).
+        minimum: Fewest items of a class.
+
+    Returns:
+        int array of len(counts), summing to n.
+    """
+    weights = np.asarray(counts, dtype=float)
+    minimum = min(minimum, n // len(weights))
+    held = np.zeros(len(weights), dtype=bool)  # classes given the minimum
+    share = np.zeros(len(weights))
+    while not held.all():
+        free = weights * ~held
+        share = (n - minimum * held.sum()) * free / free.sum()
+        below = ~held & (share < minimum)
+        if not below.any():
+            break
+        held |= below
+    result = np.where(held, minimum, np.floor(share)).astype(int)
+    remainder = np.where(held, -1.0, share - np.floor(share))
+    order = np.lexsort((-weights, -remainder))  # the last key sorts first
+    result[order[: n - result.sum()]] += 1
+    return result
+
+
 def _dives_without_card(off: np.ndarray, act: np.ndarray) -> None:
     """Give every Dive offence-severity 0 or 1, swapping with non-Dive actions.
 
@@ -300,7 +364,12 @@ def _plan_split(
     quirks: bool,
     ensure_all: bool,
 ) -> list[_Action]:
-    off, act = draw_labels(n, imbalance, rng, ensure_all)
+    # The Test split's quota covers every action the evaluator counts: missing_clip's too.
+    quota = imbalance == "real" and split == "Test"
+    if quota:
+        off, act = real_test_labels(n + (1 if quirks else 0), rng)
+    else:
+        off, act = draw_labels(n, imbalance, rng, ensure_all)
     views = rng.integers(min_views, max_views + 1, size=n)
     # Drawn either way so that shuffle_labels changes nothing but the label pairing.
     permutation = np.random.default_rng(rng.integers(2**63)).permutation(n)
@@ -316,6 +385,8 @@ def _plan_split(
         for k, (name, override) in enumerate(QUIRKS.items()):
             # Dive is exempt from some skip rules; keep the skip quirks really skipped.
             o, a = int(rng.integers(1, 4)), int(rng.integers(0, 7))
+            if quota and name == "missing_clip":
+                o, a = int(off[n]), int(act[n])
             num_views = _MISSING_CLIP_VIEWS if name == "missing_clip" else min_views
             fields = {**_label_fields(o, a, rng), **override}
             entry = _entry(split, str(n + k), num_views, fields, rng)

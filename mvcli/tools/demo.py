@@ -25,7 +25,7 @@ CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
 def run_demo(
     data_root: Path = Path("data/synthetic"),
     runs: Path = Path("runs"),
-    config: Path = CONFIG,
+    run_config: Path = CONFIG,
     overlay: Path | None = None,
     shuffle_labels: bool = False,
     imbalance: Literal["none", "real"] = "none",
@@ -38,8 +38,9 @@ def run_demo(
     Args:
         data_root: synthetic dataset folder (written if absent).
         runs: folder for logs, checkpoints and predictions.
-        config: training config.
-        overlay: a config stacked on ``config`` (``configs/demo_hard.yaml``).
+        run_config: training config (not ``config``: jsonargparse's ``CLI`` drops an
+            argument of that name).
+        overlay: a config stacked on ``run_config`` (``configs/demo_hard.yaml``).
         shuffle_labels: train on a copy whose labels are shuffled across actions (written
             beside ``data_root``); the score must then stay near chance.
         imbalance: label frequencies of a dataset written here: ``none`` (balanced) or
@@ -48,7 +49,7 @@ def run_demo(
         name: run name under ``runs`` (default: ``demo``, ``demo-shuffled``).
         max_epochs: override the config's epoch count.
     """
-    start = time.perf_counter()
+    clock = _Phases()
     data_root = Path(data_root)
     name = name or ("demo-shuffled" if shuffle_labels else "demo")
     if shuffle_labels:
@@ -58,7 +59,8 @@ def run_demo(
         write_synthetic_dataset(
             data_root, shuffle_labels=shuffle_labels, imbalance=imbalance, quirks=quirks
         )
-    configs = ["--config", str(config)]
+        clock.lap("data")
+    configs = ["--config", str(run_config)]
     if overlay is not None:
         configs += ["--config", str(overlay)]
     common = [*configs, "--data.root", str(data_root)]
@@ -74,12 +76,14 @@ def run_demo(
             name,
         ]
     )
+    clock.lap("fit")
     log_dir = Path(fit.trainer.log_dir)
     best = fit.trainer.checkpoint_callback.best_model_path
     # Test writes into a new folder of the checkpoint's run (the CLI's rule for evaluation
     # outputs: <run>/test/<checkpoint stem>/), its logs and config.yaml with it.
     after = [*common, "--ckpt_path", best]
     tested = main(["test", *after])
+    clock.lap("test")
     metrics_path = Path(tested.config["test"]["metrics_writer"]["output_dir"])
     metrics_path /= "test_metrics.json"
     predictions = log_dir / "predictions.json"
@@ -95,12 +99,14 @@ def run_demo(
             "true",
         ]
     )
+    clock.lap("predict")
     metrics = json.loads(metrics_path.read_text())
     official = score(predictions, data_root / "Test" / "annotations.json")
     review = write_review(predictions, data_root / "Test" / "annotations.json")
-    minutes = (time.perf_counter() - start) / 60
+    clock.lap("score")
     summary = {
-        "minutes": round(minutes, 2),
+        "minutes": round(clock.total() / 60, 2),
+        "seconds": clock.seconds,
         "test": metrics,
         "official": official,
         "log_dir": str(log_dir),
@@ -114,15 +120,34 @@ def run_demo(
     return summary
 
 
+class _Phases:
+    """Wall-clock seconds of the demo's steps, in order."""
+
+    def __init__(self) -> None:
+        self.start = self.last = time.perf_counter()
+        self.seconds: dict[str, float] = {}
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.seconds[name] = round(now - self.last, 1)
+        self.last = now
+
+    def total(self) -> float:
+        return time.perf_counter() - self.start
+
+
 def _print_summary(summary: dict, data_root: Path) -> None:
     test = summary["test"]
+    steps = ", ".join(f"{name} {s:.0f} s" for name, s in summary["seconds"].items())
+    interval = test.get("test/leaderboard_ci95")  # absent with bootstrap_resamples 0
+    ci = f" [{interval[0]:.3f}, {interval[1]:.3f}] 95% interval" if interval else ""
     print(
-        f"\ndemo finished in {summary['minutes']:.1f} min\n"
+        f"\ndemo finished in {summary['minutes']:.1f} min ({steps})\n"
         f"  data         {data_root}\n"
         f"  logs         {summary['log_dir']}   (tensorboard --logdir {summary['log_dir']})\n"
         f"  checkpoint   {summary['checkpoint']}\n"
         f"  predictions  {summary['predictions']}\n"
-        f"  test         leaderboard {test['test/leaderboard']:.3f}  "
+        f"  test         leaderboard {test['test/leaderboard']:.3f}{ci}  "
         f"(balanced acc: offence-severity {test['test/bacc_offence_severity']:.3f}, "
         f"action {test['test/bacc_action']:.3f})\n"
         f"  scored like the official evaluator: leaderboard "

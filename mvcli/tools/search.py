@@ -13,6 +13,12 @@ settings that decide what a trial's value means (run configs and their content, 
 monitor, direction, search space) are stored with the study; a search resumed with other
 settings is refused with the differences named, since trials of another budget (more epochs)
 would be ranked and pruned against each other.
+
+Seed repeats: ``sampler: grid`` runs every combination of the categorical choices once, so a
+search space of ``seed_everything: {type: categorical, choices: [0, 1, 2]}`` trains the run
+once per seed; with ``test: true`` each completed trial also tests its best checkpoint. The
+report gives the mean and standard deviation over the completed trials of the monitored value
+and of the test metric.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ import yaml
 
 DistributionType = Literal["float", "int", "categorical"]
 PrunerName = Literal["median", "percentile", "hyperband", "none"]
-SamplerName = Literal["tpe", "random"]
+SamplerName = Literal["tpe", "random", "grid"]
 _DONE = ("COMPLETE", "PRUNED")
 _CHOICE_TYPES = (str, int, float, bool, type(None))  # what Optuna stores as a categorical
 
@@ -97,6 +103,7 @@ def search(
     seed: int | None = None,
     heartbeat_interval: int = 60,
     overrides: list[str] | None = None,
+    test: bool = False,
 ) -> dict:
     """Search hyperparameters with Optuna; every trial is an ``mvcli fit`` of ``run_config``.
 
@@ -109,7 +116,8 @@ def search(
             ``model.optimizer.init_args.lr``) -> where its value is drawn from.
         output_dir: folder of the study: storage, trials' logs, best_config.yaml.
         n_trials: trials to finish (completed or pruned) in the study, counting those of
-            earlier invocations (null: until ``timeout``).
+            earlier invocations (null: until ``timeout``; with ``grid``, until every
+            combination has run).
         timeout: stop starting new trials after this many seconds (null: no limit).
         storage: Optuna storage URL (default: ``sqlite:///<output_dir>/study.db``, so a killed
             search resumes when started again).
@@ -122,19 +130,32 @@ def search(
             percentile), ``hyperband`` or ``none``.
         pruner_startup_trials: trials run to the end before any pruning.
         pruner_warmup_epochs: epochs of each trial never pruned.
-        sampler: how values are proposed: ``tpe`` (Bayesian) or ``random``.
-        seed: seed of the sampler (null: random); a resumed study seeds it from (seed,
-            trials so far), so it draws new values.
+        sampler: how values are proposed: ``tpe`` (Bayesian), ``random``, or ``grid`` (every
+            combination of the keys' ``choices`` once, in a seeded order; categorical keys
+            only): ``seed_everything: {type: categorical, choices: [0, 1, 2]}`` repeats the
+            run with 3 seeds.
+        seed: seed of the sampler (null: random; ``grid``: 0); a resumed study seeds it from
+            (seed, trials so far), so it draws new values (``grid`` keeps its order and runs
+            the combinations not run yet).
         heartbeat_interval: seconds between a running trial's heartbeats; a trial silent for
             twice as long (its process died) is failed and queued again.
         overrides: extra ``mvcli fit`` options given to every trial
             (e.g. ``--trainer.max_epochs=5``).
+        test: after each completed trial, ``mvcli test`` its best checkpoint (the trial's
+            options, output in ``<trial run>/test/<checkpoint stem>/``); the report gives the
+            mean and standard deviation of ``test/<metric>`` over the trials, where
+            ``monitor`` is ``val/<metric>`` (else of ``test/leaderboard``).
     """
     optuna = _import_optuna()
     if not search_space:
         raise ValueError("search_space is empty: name at least one config key to search")
     for key, dist in search_space.items():
         dist.check(key)
+        if sampler == "grid" and dist.type != "categorical":
+            raise ValueError(
+                f"search_space.{key}: the grid sampler takes categorical keys only (their "
+                f"choices are the grid), got {dist.type}"
+            )
     for path in run_config:
         if not Path(path).is_file():
             raise FileNotFoundError(f"run_config: {path} does not exist")
@@ -152,7 +173,9 @@ def search(
     settings = _run_settings(run_config, overrides, monitor, direction, search_space)
     _check_settings(study, settings, storage or str(output_dir / "study.db"))
     # Seeded from (seed, trials so far): a resumed study draws new values, not the same ones.
-    study.sampler = _sampler(optuna, sampler, _resumed_seed(seed, len(study.trials)))
+    # A grid keeps its order (trial k runs combination k): only its unrun ones run again.
+    resumed = seed if sampler == "grid" else _resumed_seed(seed, len(study.trials))
+    study.sampler = _sampler(optuna, sampler, resumed, search_space)
     base_args = [a for c in run_config for a in ("--config", str(c))] + list(overrides or [])
     logger_off = _logger_disabled(run_config)
 
@@ -161,7 +184,7 @@ def search(
         trial_dir = output_dir / f"trial_{trial.number:03d}"
         args = [*base_args, *(f"--{k}={_cli_value(v)}" for k, v in values.items())]
         args += _log_args(trial_dir, logger_off)
-        return _run_trial(optuna, trial, args, monitor, trial_dir)
+        return _run_trial(optuna, trial, args, monitor, trial_dir, test)
 
     finished = _count(study, _DONE)
     remaining = None if n_trials is None else max(n_trials - finished, 0)
@@ -174,6 +197,12 @@ def search(
             callbacks.append(optuna.study.MaxTrialsCallback(n_trials, states=states))
         study.optimize(objective, n_trials=remaining, timeout=timeout, callbacks=callbacks)
     return _report(optuna, study, output_dir, monitor)
+
+
+def tested_metric(monitor: str) -> str:
+    """The test step's name for the monitored metric: ``val/x`` -> ``test/x``, else the
+    leaderboard."""
+    return "test/" + monitor.split("/", 1)[1] if monitor.startswith("val/") else "test/leaderboard"
 
 
 def _run_settings(
@@ -260,9 +289,12 @@ def _storage(optuna, url: str, heartbeat_interval: int):
         )
 
 
-def _sampler(optuna, name: SamplerName, seed: int | None):
+def _sampler(optuna, name: SamplerName, seed: int | None, space: dict[str, Distribution]):
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
+    if name == "grid":
+        grid = {key: dist.choices for key, dist in space.items()}
+        return optuna.samplers.GridSampler(grid, seed=seed)
     return optuna.samplers.TPESampler(seed=seed)
 
 
@@ -303,7 +335,7 @@ def _log_args(trial_dir: Path, logger_off: bool) -> list[str]:
     return args
 
 
-def _run_trial(optuna, trial, args: list[str], monitor: str, trial_dir: Path) -> float:
+def _run_trial(optuna, trial, args: list[str], monitor: str, trial_dir: Path, test: bool) -> float:
     from optuna_integration import PyTorchLightningPruningCallback
 
     from mvcli.cli import main
@@ -329,7 +361,28 @@ def _run_trial(optuna, trial, args: list[str], monitor: str, trial_dir: Path) ->
     value = _objective_value(trainer, monitor)
     if value is None or math.isnan(value):
         raise optuna.TrialPruned(f"trial {trial.number}: {monitor} was never computed")
+    if test:
+        trial.set_user_attr("test", _test_trial(trainer, args, tested_metric(monitor)))
     return value
+
+
+def _test_trial(trainer, args: list[str], metric: str) -> dict[str, Any]:
+    """``mvcli test`` of the trial's best checkpoint (its last one without a best)."""
+    from mvcli.cli import main
+
+    ckpt = trainer.checkpoint_callback
+    path = ckpt.best_model_path if ckpt is not None else ""
+    path = path or (ckpt.last_model_path if ckpt is not None else "")
+    if not path:
+        raise ValueError(f"test: the trial saved no checkpoint to test ({args})")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "LightningCLI's args parameter", UserWarning)
+        tested = main(["test", *args, "--ckpt_path", path])
+    metrics = tested.trainer.callback_metrics
+    if metric not in metrics:
+        raise ValueError(f"test: the test run logged no {metric} (monitor's test metric)")
+    output = tested.config["test"]["metrics_writer"]["output_dir"]
+    return {metric: float(metrics[metric]), "checkpoint": path, "output_dir": str(output)}
 
 
 def _objective_value(trainer, monitor: str) -> float | None:
@@ -354,6 +407,7 @@ def _report(optuna, study, output_dir: Path, monitor: str) -> dict:
                 "params": t.params,
                 "epochs": t.user_attrs.get("epochs"),
                 "log_dir": t.user_attrs.get("log_dir"),
+                **({"test": t.user_attrs["test"]} if "test" in t.user_attrs else {}),
             }
             for t in trials
         ],
@@ -362,6 +416,13 @@ def _report(optuna, study, output_dir: Path, monitor: str) -> dict:
     counts = {s: sum(t.state.name == s for t in trials) for s in ("COMPLETE", "PRUNED", "FAIL")}
     states = ", ".join(f"{n} {state.lower()}" for state, n in counts.items())
     print(f"mvcli search: {len(trials)} trials ({states})")
+    summary["summary"] = _spread(complete, monitor)
+    for metric, stats in summary["summary"].items():
+        spread = f" +- {stats['std']:.4f}" if stats["std"] is not None else ""
+        print(
+            f"{metric} over {stats['n']} completed trials: {stats['mean']:.4f}{spread} "
+            f"(mean +- std; min {stats['min']:.4f}, max {stats['max']:.4f})"
+        )
     if complete:
         best = study.best_trial
         summary["best"] = {"number": best.number, "value": best.value, "params": best.params}
@@ -378,6 +439,32 @@ def _report(optuna, study, output_dir: Path, monitor: str) -> dict:
         print("no trial completed: no best config")
     (output_dir / "study.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def _spread(complete: list, monitor: str) -> dict[str, dict[str, Any]]:
+    """Spread over the completed trials (a seed repeat's result) of the monitored value and,
+    for tested trials, of the test metric."""
+    metric = tested_metric(monitor)
+    values = {
+        monitor: [t.value for t in complete],
+        metric: [t.user_attrs["test"][metric] for t in complete if "test" in t.user_attrs],
+    }
+    return {name: mean_std(v) for name, v in values.items() if v}
+
+
+def mean_std(values: list[float]) -> dict[str, Any]:
+    """n, mean, sample standard deviation (ddof 1; None for one value), min and max."""
+    import numpy as np
+
+    array = np.asarray(values, dtype=float)
+    std = float(array.std(ddof=1)) if len(array) > 1 else None
+    return {
+        "n": len(array),
+        "mean": float(array.mean()),
+        "std": std,
+        "min": float(array.min()),
+        "max": float(array.max()),
+    }
 
 
 def _write_best_config(trial_config: Path, destination: Path, output_dir: Path) -> None:

@@ -18,7 +18,11 @@ from mvcli.data import synthetic
 from mvcli.data.synthetic import (
     REAL_ACTION_P,
     REAL_OFFENCE_SEVERITY_P,
+    REAL_TEST_ACTION,
+    REAL_TEST_OFFENCE_SEVERITY,
     draw_labels,
+    real_test_labels,
+    scaled_counts,
     write_synthetic_dataset,
 )
 from mvcli.data.taxonomy import (
@@ -26,8 +30,10 @@ from mvcli.data.taxonomy import (
     OFFENCE_SEVERITY_FIELDS,
     SkipAction,
     labels_from_annotation,
+    submission_entry,
 )
 from tests.conftest import REPO
+from tests.evaluator import official_evaluate
 
 SPLITS = {"Train": "train", "Valid": "valid", "Test": "test", "Chall": "challenge"}
 LABEL_KEYS = {"Offence", "Severity", "Action class"}
@@ -241,6 +247,57 @@ def test_real_imbalance_matches_the_real_distribution(tmp_path):
     train = summary["splits"]["Train"]
     assert min(train["offence_severity"]) >= 1 and min(train["action"]) >= 1  # every class
     assert max(train["action"]) == train["action"][ACTION_CLASSES.index("Standing tackling")]
+
+
+def test_real_imbalance_test_split_holds_every_class_in_the_real_test_proportions(tmp_path):
+    # As `make demo-hard` writes it (48 Test actions, quirks), in tiny clips: the 49 actions
+    # the evaluator counts (missing_clip's too) hold the real Test split's 21/157/68/5 and
+    # 43/107/6/28/5/11/46/5, scaled, at least 3 of each class.
+    tiny = {"num_frames": 8, "event_frame": 4, "height": 16, "width": 16}
+    sizes = {"train": 0, "valid": 0, "test": 48, "chall": 0, "min_views": 1, "max_views": 1}
+    write_synthetic_dataset(tmp_path, imbalance="real", quirks=True, **sizes, **tiny)
+    counted = {}
+    for action_id, entry in read(tmp_path, "Test")["Actions"].items():
+        try:
+            counted[action_id] = labels_from_annotation(entry)
+        except SkipAction:
+            continue
+    off = np.bincount([c.offence_severity for c in counted.values()], minlength=4).tolist()
+    act = np.bincount([c.action for c in counted.values()], minlength=8).tolist()
+    assert len(counted) == 49
+    assert off == [4, 29, 13, 3]
+    assert act == [7, 18, 3, 5, 3, 3, 7, 3]
+    # The classes above the minimum keep the real proportions to within one action.
+    for got, real in ((off, REAL_TEST_OFFENCE_SEVERITY), (act, REAL_TEST_ACTION)):
+        big = [i for i, n in enumerate(got) if n > 3]
+        scale = sum(got[i] for i in big) / sum(real[i] for i in big)
+        assert all(abs(got[i] - scale * real[i]) < 1 for i in big)
+
+    # The official evaluator scores a prediction file of it without NaN (every class present).
+    rng = np.random.default_rng(0)
+    guesses = {k: submission_entry(int(rng.integers(4)), int(rng.integers(8))) for k in counted}
+    predictions = tmp_path / "predictions.json"
+    predictions.write_text(json.dumps({"Actions": guesses}))
+    official = official_evaluate(tmp_path / "Test/annotations.json", predictions)
+    assert not any(np.isnan(v) for v in official.values()), official
+
+
+def test_scaled_counts_keep_the_minimum_and_sum_to_n():
+    assert scaled_counts(251, REAL_TEST_ACTION, 3).tolist() == REAL_TEST_ACTION
+    assert scaled_counts(192, REAL_TEST_OFFENCE_SEVERITY, 3).tolist() == [16, 120, 52, 4]
+    for n in range(0, 120):
+        counts = scaled_counts(n, REAL_TEST_ACTION, 3)
+        assert counts.sum() == n and counts.min() >= min(3, n // 8)
+    for seed in range(5):  # exact histograms, Dives without a card, seeded
+        off, act = real_test_labels(49, np.random.default_rng(seed))
+        assert np.bincount(off).tolist() == [4, 29, 13, 3]
+        assert np.bincount(act).tolist() == [7, 18, 3, 5, 3, 3, 7, 3]
+        assert (off[act == ACTION_CLASSES.index("Dive")] <= 1).all()
+    first, again = (
+        real_test_labels(49, np.random.default_rng(0)),
+        real_test_labels(49, np.random.default_rng(0)),
+    )
+    assert all((a == b).all() for a, b in zip(first, again, strict=True))
 
 
 # ----------------------------------------------------------------------------- safety

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 import warnings
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from jsonargparse import CLI
 
 from mvcli.commandline.quiet import quiet_third_party
 from mvcli.tools.demo import run_demo
@@ -43,6 +45,13 @@ def test_demo_trains_tests_predicts_and_scores(synthetic_root, tmp_path, capsys,
     acc = 100 * summary["test"]["test/acc_action"]
     assert summary["official"]["accuracy_action"] == pytest.approx(acc, abs=1e-4)
     assert "writing synthetic dataset" not in out  # the set was there: not written again
+    # Where the time went, step by step (no data step: the set was there), and the test
+    # leaderboard's interval beside it.
+    assert list(summary["seconds"]) == ["fit", "test", "predict", "score"]
+    assert sum(summary["seconds"].values()) <= summary["minutes"] * 60 + 1
+    assert f"({', '.join(f'{k} {v:.0f} s' for k, v in summary['seconds'].items())})" in out
+    low, high = summary["test"]["test/leaderboard_ci95"]
+    assert f"leaderboard {summary['test']['test/leaderboard']:.3f} [{low:.3f}, {high:.3f}]" in out
     # The review page of the Test predictions, beside them, printed last.
     review = Path(summary["review"])
     assert review == log_dir / "predictions.html"
@@ -50,3 +59,16 @@ def test_demo_trains_tests_predicts_and_scores(synthetic_root, tmp_path, capsys,
     assert out.rstrip().splitlines()[-1].lstrip().startswith(f"review page  {review}")
     for path in (summary["log_dir"], summary["checkpoint"], summary["predictions"]):
         assert path in out
+
+
+def test_every_option_reaches_the_demo_from_the_command_line(tmp_path):
+    # The complaint: `--config FILE` was accepted and silently dropped (jsonargparse's CLI
+    # pops a function's `config` argument), so the demo trained configs/demo.yaml anyway.
+    @functools.wraps(run_demo)
+    def spy(**kwargs):
+        return kwargs
+
+    given = CLI(spy, args=["--run_config", str(tmp_path / "a.yaml"), "--max_epochs", "3",
+                           "--overlay", str(tmp_path / "b.yaml")])  # fmt: skip
+    assert given["run_config"] == tmp_path / "a.yaml"
+    assert (given["overlay"], given["max_epochs"]) == (tmp_path / "b.yaml", 3)

@@ -3,6 +3,7 @@ leaves a best_config.yaml that trains."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
@@ -11,12 +12,13 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
 from mvcli.__main__ import run
 from mvcli.cli import main
-from mvcli.tools.search import Distribution, search
+from mvcli.tools.search import Distribution, mean_std, search
 from tests.conftest import CONF, CONFIGS, REPO
 
 optuna = pytest.importorskip("optuna")
@@ -208,3 +210,57 @@ def test_a_resumed_search_draws_new_values_and_refuses_other_settings(
     assert "was run with other settings: overrides" in line and "--trainer.max_epochs=2" in line
     assert "another --study_name or --output_dir" in line
     assert len(study.get_trials()) == 4  # nothing ran
+
+
+def test_a_seed_grid_runs_each_seed_once_tests_them_and_reports_mean_and_std(
+    tmp_path, synthetic_root, capsys
+):
+    space = {"seed_everything": {"type": "categorical", "choices": [0, 1, 2]}}
+    config = _search_config(
+        tmp_path, synthetic_root, search_space=space, sampler="grid", n_trials=None,
+        pruner="none", test=True,
+    )  # fmt: skip
+    run(["search", "--config", str(config)])
+    out = capsys.readouterr().out
+    study = optuna.load_study(study_name="mvcli", storage=f"sqlite:///{tmp_path}/study/study.db")
+    trials = study.get_trials()
+    assert _states(study) == ["COMPLETE"] * 3
+    assert sorted(t.params["seed_everything"] for t in trials) == [0, 1, 2]
+    report = json.loads((tmp_path / "study" / "study.json").read_text())
+    for trial in trials:
+        log_dir = Path(trial.user_attrs["log_dir"])
+        seed = yaml.safe_load((log_dir / "config.yaml").read_text())["seed_everything"]
+        assert seed == trial.params["seed_everything"]
+        # The trial's best checkpoint was tested like `mvcli test` would: its metrics file.
+        tested = trial.user_attrs["test"]
+        assert Path(tested["checkpoint"]).parent == log_dir / "checkpoints"
+        written = json.loads((Path(tested["output_dir"]) / "test_metrics.json").read_text())
+        assert tested["test/leaderboard"] == pytest.approx(written["test/leaderboard"])
+    val = [t.value for t in trials]
+    test = [t.user_attrs["test"]["test/leaderboard"] for t in trials]
+    for name, values in (("val/leaderboard", val), ("test/leaderboard", test)):
+        stats = report["summary"][name]
+        assert stats["n"] == 3
+        assert stats["mean"] == pytest.approx(np.mean(values))
+        assert stats["std"] == pytest.approx(np.std(values, ddof=1))
+        line = f"{name} over 3 completed trials: {stats['mean']:.4f} +- {stats['std']:.4f}"
+        assert line in out
+
+
+def test_the_summary_is_the_mean_and_sample_std():
+    stats = mean_std([0.9, 0.95, 1.0])
+    assert stats["mean"] == pytest.approx(0.95) and stats["std"] == pytest.approx(0.05)
+    assert (stats["n"], stats["min"], stats["max"]) == (3, 0.9, 1.0)
+    assert mean_std([0.5])["std"] is None  # one trial: no spread to report
+
+
+def test_the_grid_takes_categorical_keys_only(tmp_path, synthetic_root):
+    with pytest.raises(ValueError, match=r"search_space\.model\.optimizer\.init_args\.lr: the "
+                       "grid sampler takes categorical keys only"):  # fmt: skip
+        search(
+            [CONFIGS / "demo.yaml", CONF / "tiny_run.yaml"],
+            {LR: Distribution("float", low=1e-3, high=1e-2)},
+            output_dir=tmp_path / "study",
+            sampler="grid",
+            overrides=[f"--data.root={synthetic_root}"],
+        )
