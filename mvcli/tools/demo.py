@@ -44,7 +44,8 @@ def run_demo(
         shuffle_labels: train on a copy whose labels are shuffled across actions (written
             beside ``data_root``); the score must then stay near chance.
         imbalance: label frequencies of a dataset written here: ``none`` (balanced) or
-            ``real`` (the real Train split's: red cards ~2%).
+            ``real`` (Train and Valid at the real Train split's, red cards ~2%; Test with
+            every class, in the real Test split's proportions).
         quirks: a dataset written here gets the real data's annotation quirks.
         name: run name under ``runs`` (default: ``demo``, ``demo-shuffled``).
         max_epochs: override the config's epoch count.

@@ -51,6 +51,7 @@ def _cli(root, runs, batch_size: int, *extra: str):
             "--data.root", str(root),
             "--data.center_frame", "12",
             "--data.num_workers", "0",
+            "--data.cache_dir", "null",  # uncached decoding, as in the figures
             "--data.eval_batch_size", str(batch_size),
             "--trainer.default_root_dir", str(runs),
             "--trainer.logger.init_args.save_dir", str(runs),

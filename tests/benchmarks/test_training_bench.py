@@ -65,6 +65,8 @@ def _cli(root, runs, size: tuple[int, int, int], steps: int, bare: bool):
         "--data.root", str(root),
         "--data.center_frame", "12",
         "--data.num_workers", "0",
+        "--data.batch_size", "8",  # the figures' batch (demo.yaml's is 4)
+        "--data.cache_dir", "null",
         "--data.frames_per_clip", str(frames),
         "--data.img_height", str(height),
         "--data.img_width", str(width),
