@@ -481,21 +481,14 @@ def checksum_trailer(payload: memoryview | bytes) -> bytes:
 
 def read_entry(path: Path, shape: tuple[int, ...]) -> torch.Tensor | None:
     """The stored clip, read straight into a tensor; None when absent or not valid."""
-    try:
-        with open(path, "rb") as f:
-            nbytes = _open_entry(f, shape)
-            out = torch.empty(shape, dtype=torch.uint8)
-            payload = memoryview(out.numpy()).cast("B")
-            if f.readinto(payload) != nbytes:
-                return None
-            if f.read(_TRAILER_SIZE) != checksum_trailer(payload):
-                raise ValueError("payload checksum mismatch (corrupted entry)")
-            return out
-    except FileNotFoundError:
+    offset = payload_offset(path, shape)
+    if offset is None:
         return None
-    except (OSError, ValueError) as err:
-        log.debug("clip cache entry %s unusable (%s): rebuilding it", path, err)
-        return None
+    out = torch.empty(shape, dtype=torch.uint8)
+    if read_payload_into(path, offset, out):
+        return out
+    log.debug("clip cache entry %s unusable (size or checksum): rebuilding it", path)
+    return None
 
 
 def entry_is_valid(path: Path, shape: tuple[int, ...]) -> bool:
