@@ -381,12 +381,13 @@ class MVFoulDataModule(LightningDataModule):
         return self.root / self.hparams.predict_split if self.root is not None else None
 
     def predict_records(self) -> list[ActionRecord]:
+        """The actions ``predict`` reads, with the views ``eval_views`` keeps."""
         root = self.predict_root or self.split_dir(self.hparams.predict_split)
         records, report = discover_actions(root, self.hparams.allow_outside_root)
         rank_zero_info(report.summary())
         if not records:
             raise NothingToPredict(f"nothing to predict in {root}: no action with a video file")
-        return records
+        return self._chosen(records, "eval_views", "the predict input")
 
     def setup(self, stage: str) -> None:
         if stage == "fit":
@@ -406,8 +407,7 @@ class MVFoulDataModule(LightningDataModule):
         elif stage == "test":
             self.datasets["test"] = self._eval_dataset(self.evaluation_records("Test"))
         elif stage == "predict":
-            predict = self._chosen(self.predict_records(), "eval_views", "the predict input")
-            self.datasets["predict"] = self._eval_dataset(predict)
+            self.datasets["predict"] = self._eval_dataset(self.predict_records())
 
     def _augmenter(self) -> BatchAugmenter | None:
         """The training augmenter, its severity strengths from the training class counts."""
@@ -528,7 +528,7 @@ class MVFoulDataModule(LightningDataModule):
         reports = {}
         for split in splits:
             if split == "predict":
-                records = self._chosen(self.predict_records(), "eval_views", "the predict input")
+                records = self.predict_records()
             elif split == "Chall":
                 records, report = discover_actions(
                     self.split_dir(split), self.hparams.allow_outside_root
